@@ -1,0 +1,18 @@
+"""Errors that end a command with one line (``error: WHERE: WHAT``) instead of a traceback."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's data or options: ``where`` is the file (or flag) at fault."""
+
+    def __init__(self, where: str, problem: str):
+        super().__init__(f"{where}: {problem}")
+        self.where, self.problem = str(where), problem
+
+
+class DataError(UserError):
+    """Broken or missing data: a missing image, a bad caption count, malformed JSON, ..."""
+
+
+class ConfigError(UserError):
+    """An option that cannot work: an unknown model name, a missing weight file, ..."""

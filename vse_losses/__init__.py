@@ -1,0 +1,32 @@
+"""VSE++ hard-negative ranking losses as pytorch-metric-learning losses.
+
+    from vse_losses import MaxViolationLoss
+    loss = MaxViolationLoss(margin=0.2)(img_emb, cap_emb)
+"""
+
+from . import functional
+from .losses import (
+    BaseViolationLoss,
+    LpViolationLoss,
+    MaxViolationLoss,
+    MixedViolationLoss,
+    SumHingeLoss,
+    TopKViolationLoss,
+)
+from .miners import HardestNegativeMiner, TopKNegativeMiner
+from .schedules import SHToMHWarmup
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "functional",
+    "BaseViolationLoss",
+    "SumHingeLoss",
+    "MaxViolationLoss",
+    "TopKViolationLoss",
+    "LpViolationLoss",
+    "MixedViolationLoss",
+    "SHToMHWarmup",
+    "HardestNegativeMiner",
+    "TopKNegativeMiner",
+]

@@ -1,0 +1,88 @@
+"""Input and hyper-parameter guards shared by the functional API, the losses and the miners.
+
+Every check raises ``ValueError`` with a message that says what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+DIRECTIONS = ("both", "i2t", "t2i")
+IMPLS = ("auto", "dense", "chunked", "triton")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_margin(margin: float) -> float:
+    if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not math.isfinite(margin):
+        raise ValueError(f"margin must be a finite number, got {margin!r}; the paper uses margin=0.2")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}; the paper uses margin=0.2")
+    return float(margin)
+
+
+def check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ValueError(f"k must be an integer >= 1, got {k!r}; k=1 is the max violation loss")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}; k=1 is the max violation loss, a large k the sum of hinges")
+    return k
+
+
+def check_p(p: float) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or math.isnan(p):
+        raise ValueError(f"p must be a number >= 1 (float('inf') allowed), got {p!r}")
+    if p < 1:
+        raise ValueError(f"p must be >= 1, got {p}; p=1 is the sum of hinges, p=inf the max violation")
+    return float(p)
+
+
+def check_mix(mix: float) -> float:
+    if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0.0 <= mix <= 1.0:
+        raise ValueError(f"mix must be a number in [0, 1], got {mix!r}; 0 is the sum of hinges, 1 the max violation")
+    return float(mix)
+
+
+def check_choice(name: str, value: str, choices: tuple) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_embeddings(name: str, emb: torch.Tensor) -> None:
+    if not torch.is_tensor(emb):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (batch, dim), got {type(emb).__name__}")
+    if emb.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D (batch, dim), got shape {tuple(emb.shape)}; "
+            "flatten or pool your features to one vector per sample"
+        )
+    if not emb.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {emb.dtype}; call .float() first")
+    if emb.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(emb.shape)}); pass at least one sample")
+
+
+def check_labels(name: str, labels: Optional[torch.Tensor], n: int, emb_name: str) -> None:
+    if labels is None:
+        return
+    if not torch.is_tensor(labels):
+        raise ValueError(f"{name} must be a 1-D torch.Tensor of integer labels, got {type(labels).__name__}")
+    if labels.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (batch,), got shape {tuple(labels.shape)}; use labels.view(-1)")
+    if labels.shape[0] != n:
+        raise ValueError(
+            f"{name} has {labels.shape[0]} entries but {emb_name} has {n} rows; pass one label per row"
+        )
+
+
+def check_pair(emb: torch.Tensor, ref_emb: torch.Tensor) -> None:
+    check_embeddings("embeddings", emb)
+    check_embeddings("ref_emb", ref_emb)
+    if emb.shape[1] != ref_emb.shape[1]:
+        raise ValueError(
+            f"embeddings and ref_emb have different sizes ({emb.shape[1]} vs {ref_emb.shape[1]}); "
+            "project both modalities to the same embed_size"
+        )

@@ -1,0 +1,427 @@
+"""The mathematics of the VSE++ ranking losses, in plain torch (like ``torch.nn.functional``).
+
+Notation (DESIGN.md §1). ``x`` (B, D) are the queries of the image→caption direction (images),
+``y`` (M, D) the captions, ``S = x yᵀ`` (B, M) their similarities. ``(a, p)`` is a positive pair
+iff ``labels[a] == ref_labels[p]`` (without labels: ``a == p``); every other pair is a negative,
+except that a sample is never paired with itself when ``y`` is ``x`` (one modality).
+
+For a positive pair ``(a, p)`` the violation vectors are
+
+    i2t:  h_n = [α − S[a, p] + S[a, n]]_+   over the negatives n of row a,
+    t2i:  h_n = [α − S[a, p] + S[n, p]]_+   over the negatives n of column p,
+
+and each direction gives one loss term, a norm of its violation vector:
+
+    sum   ‖h‖₁                          SumHingeLoss, the paper's eq. 5 (SH)
+    max   ‖h‖∞                          MaxViolationLoss, eq. 6 (MH)
+    topk  sum of the k largest h        TopKViolationLoss: k=1 is MH, k ≥ #negatives is SH
+    lp    (Σ h^p)^{1/p}                 LpViolationLoss: p=1 is SH, p=∞ is MH
+    mix   (1−λ)‖h‖₁ + λ‖h‖∞            MixedViolationLoss, the SH→MH warm-up
+
+Padding ``h`` with zeros changes none of these norms, which is why masked-out entries are simply 0.
+
+Three implementations compute the same terms (``impl``): ``dense`` builds S and the masks;
+``chunked`` (torch, any device) and ``triton`` (CUDA) never hold anything B×M (see ``vse_losses.ops``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from . import _checks
+from .ops import hinge_norm_rows, negative_topk, resolve_impl
+
+__all__ = [
+    "Norm",
+    "positive_pairs",
+    "pair_masks",
+    "violation_norm",
+    "violation_terms",
+    "violation_terms_from_scores",
+    "sum_hinge_loss",
+    "max_violation_loss",
+    "top_k_violation_loss",
+    "lp_violation_loss",
+    "mixed_violation_loss",
+]
+
+
+@dataclass(frozen=True)
+class Norm:
+    """Which norm of the violation vector makes a loss term (see the module docstring).
+
+    The constructor canonicalises the ends of each continuum, so that they are computed by
+    exactly the same code as SH and MH: ``topk`` with k=1, ``lp`` with p=∞ and ``mix`` with
+    λ=1 become ``max``; ``lp`` with p=1 and ``mix`` with λ=0 become ``sum``.
+    """
+
+    kind: str
+    k: int = 1
+    p: float = 1.0
+    mix: float = 0.0
+
+    def __post_init__(self) -> None:
+        kind = _checks.check_choice("norm", self.kind, ("sum", "max", "topk", "lp", "mix"))
+        if kind == "topk" and _checks.check_k(self.k) == 1:
+            kind = "max"
+        if kind == "lp":
+            p = _checks.check_p(self.p)
+            kind = "sum" if p == 1.0 else "max" if p == float("inf") else "lp"
+        if kind == "mix":
+            mix = _checks.check_mix(self.mix)
+            kind = "sum" if mix == 0.0 else "max" if mix == 1.0 else "mix"
+        object.__setattr__(self, "kind", kind)
+
+    @property
+    def selection_k(self) -> int:
+        """How many hardest negatives per row/column the norm needs (0: it needs all of them)."""
+        return {"max": 1, "topk": self.k, "mix": 1}.get(self.kind, 0)
+
+    @property
+    def hinge_p(self) -> float:
+        """The p of the ℓp part of the norm (0: it has none)."""
+        return {"sum": 1.0, "lp": self.p, "mix": 1.0}.get(self.kind, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Pairs and masks
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_labels(
+    labels: Optional[torch.Tensor],
+    ref_labels: Optional[torch.Tensor],
+    B: int,
+    M: int,
+    self_ref: bool,
+    device: torch.device,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Concrete integer labels for both sides; without labels row a pairs with column a."""
+    if labels is None:
+        if ref_labels is not None:
+            raise ValueError("ref_labels were given without labels; pass labels for the embeddings too")
+        if self_ref:
+            raise ValueError(
+                "one modality without labels has no positive pairs; pass labels, or pass the other "
+                "modality as ref_emb (paired form: loss(img_emb, cap_emb))"
+            )
+        if B != M:
+            raise ValueError(
+                f"paired form needs as many captions as images (rows aligned), got {B} and {M}; "
+                "pass labels and ref_labels to pair them otherwise"
+            )
+        idx = torch.arange(B, device=device)
+        return idx, idx
+    labels = labels.to(device)
+    if ref_labels is None:
+        if not self_ref and B != M:
+            raise ValueError(
+                f"ref_labels omitted, so labels are taken for both modalities, but there are {B} "
+                f"embeddings and {M} ref_emb rows; pass ref_labels"
+            )
+        ref_labels = labels
+    return labels, ref_labels.to(device)
+
+
+def positive_pairs(labels: torch.Tensor, ref_labels: torch.Tensor, self_ref: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All positive pairs ``(a, p)``, ``labels[a] == ref_labels[p]``, in row-major order.
+
+    Enumerated through a sort of ``ref_labels``: O((B + M) log M + #pairs), nothing B×M.
+    With ``self_ref`` the pairs ``(a, a)`` are left out.
+    """
+    sorted_ref, order = torch.sort(ref_labels, stable=True)
+    lo = torch.searchsorted(sorted_ref, labels, right=False)
+    hi = torch.searchsorted(sorted_ref, labels, right=True)
+    counts = hi - lo
+    a = torch.repeat_interleave(torch.arange(labels.shape[0], device=labels.device), counts)
+    starts = torch.repeat_interleave(lo - (torch.cumsum(counts, 0) - counts), counts)
+    p = order[starts + torch.arange(a.shape[0], device=labels.device)]
+    if self_ref:
+        keep = a != p
+        a, p = a[keep], p[keep]
+    # within one row the sort is by label then index, so p ascends: re-sort for row-major order
+    key = a * ref_labels.shape[0] + p
+    perm = torch.argsort(key)
+    return a[perm], p[perm]
+
+
+def pair_masks(labels: torch.Tensor, ref_labels: torch.Tensor, self_ref: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Dense (B, M) boolean masks of positive and negative pairs (dense implementation only)."""
+    pos = labels[:, None] == ref_labels[None, :]
+    if self_ref:
+        eye = torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)
+        return pos & ~eye, ~pos & ~eye
+    return pos, ~pos
+
+
+# --------------------------------------------------------------------------------------------
+# Norms of violation vectors
+# --------------------------------------------------------------------------------------------
+
+
+def violation_norm(h: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """Norm of each row of ``h`` (..., n), ``h >= 0`` with non-negatives set to 0 → (...)."""
+    if h.shape[-1] == 0:
+        return h.sum(-1)
+    if norm.kind == "sum":
+        return h.sum(-1)
+    if norm.kind == "max":
+        # gather at argmax: ties go to the lowest index, as in every implementation
+        return h.gather(-1, h.argmax(-1, keepdim=True)).squeeze(-1)
+    if norm.kind == "topk":
+        return torch.topk(h, min(norm.k, h.shape[-1]), dim=-1).values.sum(-1)
+    if norm.kind == "lp":
+        return lp_norm(h, norm.p)
+    return (1.0 - norm.mix) * h.sum(-1) + norm.mix * violation_norm(h, Norm("max"))
+
+
+def lp_norm(h: torch.Tensor, p: float) -> torch.Tensor:
+    """(Σ h^p)^{1/p} along the last dim, scaled by the max first so nothing overflows.
+
+    ‖h‖_p = m ‖h/m‖_p for any constant m > 0, so m is detached; where h = 0 everywhere the
+    result is 0 and the gradient finite (‖h/1‖ with the sum replaced by 1 below 1e-30).
+    """
+    m = h.detach().amax(-1, keepdim=True)
+    m = torch.where(m > 0, m, torch.ones_like(m))
+    s = (h / m).pow(p).sum(-1)
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    return torch.where(s > 0, safe.pow(1.0 / p), torch.zeros_like(s)) * m.squeeze(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Loss terms
+# --------------------------------------------------------------------------------------------
+
+
+def violation_terms_from_scores(
+    scores: torch.Tensor,
+    pos_mask: torch.Tensor,
+    neg_mask: torch.Tensor,
+    *,
+    margin: float,
+    norm: Norm,
+    directions: str = "both",
+    pairs: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Dense loss terms from a score matrix and boolean pair masks.
+
+    scores: (B, M) similarities (larger = closer); pos_mask, neg_mask: (B, M) bool.
+    Returns ``(terms, anchors)``: one term per positive pair and direction (i2t terms first),
+    and for each the row index ``a`` of its pair.
+    """
+    S = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    a, p = pos_mask.nonzero(as_tuple=True) if pairs is None else pairs
+    s_ap = S[a, p][:, None]
+    neg = neg_mask.to(S.dtype)
+    terms, anchors = [], []
+    if directions in ("both", "i2t"):
+        terms.append(violation_norm(F.relu(margin - s_ap + S[a]) * neg[a], norm))
+        anchors.append(a)
+    if directions in ("both", "t2i"):
+        terms.append(violation_norm(F.relu(margin - s_ap + S[:, p].t()) * neg[:, p].t(), norm))
+        anchors.append(a)
+    return torch.cat(terms), torch.cat(anchors)
+
+
+def violation_terms(
+    x: torch.Tensor,
+    y: Optional[torch.Tensor] = None,
+    *,
+    labels: Optional[torch.Tensor] = None,
+    ref_labels: Optional[torch.Tensor] = None,
+    margin: float = 0.2,
+    norm: Norm = Norm("max"),
+    directions: str = "both",
+    impl: str = "auto",
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Loss terms of embeddings whose similarity is the dot product ``x yᵀ``.
+
+    x: (B, D); y: (M, D) or None (one modality: ``y = x``, labels required).
+    labels: (B,) or None (paired: row a with column a); ref_labels: (M,) or None (= labels).
+    Returns ``(terms, anchors)`` as :func:`violation_terms_from_scores`, computed by ``impl``;
+    terms are float32 (float64 for float64 inputs).
+    """
+    self_ref = y is None
+    y = x if y is None else y
+    B, M = x.shape[0], y.shape[0]
+    labels, ref_labels = resolve_labels(labels, ref_labels, B, M, self_ref, x.device)
+    a, p = positive_pairs(labels, ref_labels, self_ref)
+    impl = resolve_impl(impl, x, B * M)
+    if impl == "dense":
+        wide = torch.promote_types(x.dtype, torch.float32)
+        S = x.to(wide) @ y.to(wide).t()
+        pos, neg = pair_masks(labels, ref_labels, self_ref)
+        return violation_terms_from_scores(S, pos, neg, margin=margin, norm=norm, directions=directions, pairs=(a, p))
+
+    wide = torch.promote_types(x.dtype, torch.float32)
+    s_ap = (x[a].to(wide) * y[p].to(wide)).sum(-1)
+    selection = None
+    if norm.selection_k:
+        # the hardest negatives of a row do not depend on which positive of the row is the pair
+        with torch.no_grad():
+            row_val, row_idx, col_val, col_idx = negative_topk(
+                x, y, labels, ref_labels, self_ref, norm.selection_k, impl=impl
+            )
+        selection = {"i2t": (row_val, row_idx), "t2i": (col_val, col_idx)}
+    terms, anchors = [], []
+    for direction in ("i2t", "t2i"):
+        if directions not in ("both", direction):
+            continue
+        # i2t: the queries are the rows x[a] against the keys y; t2i: the columns y[p] against x
+        q_side, k_side = (x, y) if direction == "i2t" else (y, x)
+        q_lab, k_lab = (labels, ref_labels) if direction == "i2t" else (ref_labels, labels)
+        q_idx = a if direction == "i2t" else p
+        term = torch.zeros_like(s_ap)
+        if selection is not None:
+            vals, idx = selection[direction]
+            selected = selected_hinge_sum(q_side[q_idx], k_side, vals[q_idx], idx[q_idx], s_ap, margin)
+            term = term + selected * (norm.mix if norm.kind == "mix" else 1.0)
+        if norm.hinge_p:
+            q_self = q_idx if self_ref else torch.full_like(q_idx, -1)
+            hn = hinge_norm_rows(
+                q_side[q_idx], k_side, s_ap - margin, q_lab[q_idx], k_lab, q_self, norm.hinge_p, impl=impl
+            )
+            term = term + hn * ((1.0 - norm.mix) if norm.kind == "mix" else 1.0)
+        terms.append(term)
+        anchors.append(a)
+    return torch.cat(terms), torch.cat(anchors)
+
+
+def selected_hinge_sum(
+    q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, s_ap: torch.Tensor, margin: float
+) -> torch.Tensor:
+    """Σ_j [α − s_ap + q·keys[idx_j]]_+ over the selected hardest negatives of each pair.
+
+    q: (P, D) query of each pair; idx, vals: (P, k) its hardest negatives (found without
+    gradient; vals = −inf where there are fewer than k); s_ap: (P,). The hinge is monotone, so the
+    k largest hinges are the hinges of the k largest scores. The selected scores are recomputed
+    with autograd by a gather, so the backward is a scatter over the saved indices, O(P·k·D).
+    """
+    wide = torch.promote_types(q.dtype, torch.float32)
+    sel = torch.einsum("nd,nkd->nk", q.to(wide), keys[idx].to(wide))
+    sel = torch.where(vals == float("-inf"), torch.full_like(sel, float("-inf")), sel)
+    return F.relu(margin - s_ap[:, None] + sel).sum(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# The public functions
+# --------------------------------------------------------------------------------------------
+
+
+def _loss(
+    norm: Norm,
+    img: Optional[torch.Tensor],
+    cap: Optional[torch.Tensor],
+    scores: Optional[torch.Tensor],
+    labels: Optional[torch.Tensor],
+    ref_labels: Optional[torch.Tensor],
+    margin: float,
+    directions: str,
+    reduction: str,
+    impl: str,
+    similarity: str,
+) -> torch.Tensor:
+    margin = _checks.check_margin(margin)
+    _checks.check_choice("directions", directions, _checks.DIRECTIONS)
+    _checks.check_choice("reduction", reduction, _checks.REDUCTIONS)
+    _checks.check_choice("impl", impl, _checks.IMPLS)
+    _checks.check_choice("similarity", similarity, ("cosine", "dot"))
+    if scores is not None:
+        if img is not None or cap is not None:
+            raise ValueError("pass either embeddings (img, cap) or scores=, not both")
+        _checks.check_embeddings("scores", scores)
+        B, M = scores.shape
+        _checks.check_labels("labels", labels, B, "scores")
+        _checks.check_labels("ref_labels", ref_labels, M, "scores (columns)")
+        labels, ref_labels = resolve_labels(labels, ref_labels, B, M, False, scores.device)
+        pos, neg = pair_masks(labels, ref_labels, False)
+        terms, _ = violation_terms_from_scores(scores, pos, neg, margin=margin, norm=norm, directions=directions)
+        guard = scores.sum(dtype=torch.float32) * 0
+    else:
+        if img is None:
+            raise ValueError("pass image embeddings img (B, D), or a score matrix as scores=")
+        if cap is None:
+            _checks.check_embeddings("img", img)
+        else:
+            _checks.check_pair(img, cap)
+        _checks.check_labels("labels", labels, img.shape[0], "img")
+        _checks.check_labels("ref_labels", ref_labels, (img if cap is None else cap).shape[0], "cap")
+        x, y = img, cap
+        if similarity == "cosine":
+            x = F.normalize(x, dim=1)
+            y = None if y is None else F.normalize(y, dim=1)
+        terms, _ = violation_terms(
+            x, y, labels=labels, ref_labels=ref_labels, margin=margin, norm=norm, directions=directions, impl=impl
+        )
+        guard = nan_guard(img, cap)
+    terms = terms + guard
+    if reduction == "none":
+        return terms
+    if terms.numel() == 0:
+        return guard
+    return terms.sum() if reduction == "sum" else terms.mean()
+
+
+def nan_guard(x: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
+    """0·Σx (+ 0·Σy): a zero that is NaN when an input holds NaN/Inf, and ties both inputs to the
+    graph so that their gradients are zero tensors rather than None when no term depends on them."""
+    g = x.sum(dtype=torch.float32) * 0
+    return g if y is None else g + y.sum(dtype=torch.float32) * 0
+
+
+_DOC_ARGS = """
+    img: (B, D) image embeddings (or any first modality); ``None`` when ``scores`` is given.
+    cap: (M, D) caption embeddings, rows aligned with ``img`` unless labels say otherwise;
+        ``None`` for one modality (then ``labels`` are required).
+    scores: (B, M) precomputed similarities, larger = closer (cross-attention models); dense.
+    labels, ref_labels: (B,), (M,) integer labels; ``(a, p)`` is positive iff they are equal.
+        ``ref_labels`` omitted means the same labels as ``img`` (rows aligned).
+    margin: α ≥ 0 (0.2 in the paper).
+    directions: ``"both"`` (default), ``"i2t"`` or ``"t2i"``.
+    reduction: ``"mean"`` over terms (default), ``"sum"`` (the original VSE++ summed loss), ``"none"``.
+    impl: ``"auto"``, ``"dense"``, ``"chunked"`` or ``"triton"`` — the same function.
+    similarity: ``"cosine"`` (default, normalises first) or ``"dot"``.
+Returns: a scalar, or the (n_terms,) terms for ``reduction="none"`` (i2t terms first)."""
+
+
+def sum_hinge_loss(img=None, cap=None, *, scores=None, labels=None, ref_labels=None, margin=0.2,
+                   directions="both", reduction="mean", impl="auto", similarity="cosine") -> torch.Tensor:
+    """Sum of hinges (the paper's eq. 5): each term is Σ_n [α − s(a,p) + s_n]_+ over the negatives.
+    """
+    return _loss(Norm("sum"), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity)
+
+
+def max_violation_loss(img=None, cap=None, *, scores=None, labels=None, ref_labels=None, margin=0.2,
+                       directions="both", reduction="mean", impl="auto", similarity="cosine") -> torch.Tensor:
+    """Max of hinges, VSE++ (the paper's eq. 6): each term is max_n [α − s(a,p) + s_n]_+.
+    """
+    return _loss(Norm("max"), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity)
+
+
+def top_k_violation_loss(img=None, cap=None, *, k: int, scores=None, labels=None, ref_labels=None, margin=0.2,
+                         directions="both", reduction="mean", impl="auto", similarity="cosine") -> torch.Tensor:
+    """Sum of the k largest hinges (Ky Fan k-norm): k=1 is MH, k ≥ #negatives is SH.
+    """
+    return _loss(Norm("topk", k=k), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity)
+
+
+def lp_violation_loss(img=None, cap=None, *, p: float, scores=None, labels=None, ref_labels=None, margin=0.2,
+                      directions="both", reduction="mean", impl="auto", similarity="cosine") -> torch.Tensor:
+    """ℓp norm of the hinges, (Σ_n h_n^p)^{1/p}: p=1 is SH, p=∞ is MH.
+    """
+    return _loss(Norm("lp", p=p), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity)
+
+
+def mixed_violation_loss(img=None, cap=None, *, mix: float, scores=None, labels=None, ref_labels=None, margin=0.2,
+                         directions="both", reduction="mean", impl="auto", similarity="cosine") -> torch.Tensor:
+    """(1−λ)·SH + λ·MH per term, λ = ``mix`` in [0, 1]: the SH→MH warm-up of VSE∞/ADAPT.
+    """
+    return _loss(Norm("mix", mix=mix), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity)
+
+
+for _f in (sum_hinge_loss, max_violation_loss, top_k_violation_loss, lp_violation_loss, mixed_violation_loss):
+    _f.__doc__ = (_f.__doc__ or "") + "\nArgs:" + _DOC_ARGS

@@ -1,0 +1,176 @@
+"""The PML base class shared by every VSE++ ranking loss: call forms, guards, dispatch."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimilarity
+from pytorch_metric_learning.losses import BaseMetricLossFunction
+
+from .. import _checks
+from ..diagnostics import violation_stats
+from ..functional import (
+    Norm,
+    nan_guard,
+    pair_masks,
+    resolve_labels,
+    violation_norm,
+    violation_terms,
+    violation_terms_from_scores,
+)
+
+
+class BaseViolationLoss(BaseMetricLossFunction):
+    """One loss term per positive pair and direction, a norm of its violation vector (DESIGN §1).
+
+    Args:
+        margin: α ≥ 0 of the hinge (0.2 in the paper).
+        directions: ``"both"`` (default), ``"i2t"`` (embeddings as queries) or ``"t2i"``.
+        impl: ``"auto"``, ``"dense"``, ``"chunked"`` or ``"triton"``: the same function computed
+            three ways; distances other than a dot product/cosine always use ``dense``.
+        distributed: gather the negatives of every rank of the ``torch.distributed`` group.
+        **kwargs: PML's ``distance`` (default ``CosineSimilarity()``), ``reducer`` (default
+            ``MeanReducer()``: the mean over terms; ``SumReducer()`` gives the paper's summed
+            loss), ``embedding_regularizer``, ``collect_stats``.
+
+    Call forms:
+        ``loss(img_emb, cap_emb)`` — paired, as the VSE++ code: row a of each is a pair;
+        ``loss(embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None)`` — PML.
+    """
+
+    def __init__(self, margin: float = 0.2, directions: str = "both", impl: str = "auto",
+                 distributed: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.margin = _checks.check_margin(margin)
+        self.directions = _checks.check_choice("directions", directions, _checks.DIRECTIONS)
+        self.impl = _checks.check_choice("impl", impl, _checks.IMPLS)
+        self.distributed = bool(distributed)
+        self.add_to_recordable_attributes(list_of_names=["margin"], is_stat=False)
+        self.add_to_recordable_attributes(
+            list_of_names=["frac_violating", "pos_sim_mean", "hardest_neg_sim_mean", "frac_hardest_is_duplicate"],
+            is_stat=True,
+        )
+
+    def get_default_distance(self):
+        return CosineSimilarity()
+
+    def norm(self) -> Norm:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------
+
+    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
+        """Guards first, then PML's steps (compute_loss, regulariser, reducer)."""
+        if torch.is_tensor(labels) and labels.ndim == 2 and labels.is_floating_point():
+            # paired form loss(img_emb, cap_emb): the second argument is the other modality
+            if ref_emb is not None:
+                raise ValueError("paired form loss(img_emb, cap_emb) got ref_emb too; pass the captions once")
+            ref_emb, labels = labels, None
+        self.reset_stats()
+        _checks.check_embeddings("embeddings", embeddings)
+        if ref_emb is not None:
+            _checks.check_pair(embeddings, ref_emb)
+        _checks.check_labels("labels", labels, embeddings.shape[0], "embeddings")
+        _checks.check_labels("ref_labels", ref_labels, (embeddings if ref_emb is None else ref_emb).shape[0], "ref_emb")
+        if indices_tuple is not None and len(indices_tuple) not in (3, 4):
+            raise ValueError(
+                f"indices_tuple must be PML triplets (a, p, n) or pairs (a1, p, a2, n), got {len(indices_tuple)} tensors"
+            )
+        if ref_emb is None and labels is None and indices_tuple is None:
+            raise ValueError(
+                "one modality needs labels: call loss(embeddings, labels), or the paired form loss(img_emb, cap_emb)"
+            )
+        if ref_emb is None:
+            ref_emb, ref_labels = embeddings, labels
+        loss_dict = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        self.add_embedding_regularization_to_loss_dict(loss_dict, embeddings)
+        return self.reducer(loss_dict, embeddings, labels)
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        self_ref = ref_emb is embeddings
+        norm = self.norm()
+        dot = isinstance(self.distance, DotProductSimilarity) and self.distance.power == 1
+        if dot and indices_tuple is None:
+            x = self.distance.maybe_normalize(embeddings)
+            y = None if self_ref else self.distance.maybe_normalize(ref_emb)
+            terms, anchors = violation_terms(
+                x, y, labels=labels, ref_labels=ref_labels, margin=self.margin, norm=norm,
+                directions=self.directions, impl=self.impl,
+            )
+            if self.collect_stats:
+                self._record_stats(x, x if y is None else y, labels, ref_labels, self_ref, terms)
+        else:
+            terms, anchors = self._dense_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, self_ref, norm)
+        terms = terms + nan_guard(embeddings, None if self_ref else ref_emb)
+        return {"loss": {"losses": terms, "indices": anchors, "reduction_type": "element"}}
+
+    # ----------------------------------------------------------------------------------------
+
+    def _scores(self, embeddings, ref_emb) -> torch.Tensor:
+        """(B, M) similarities from the PML distance (a distance d becomes −d)."""
+        wide = torch.promote_types(embeddings.dtype, torch.float32)
+        mat = self.distance(embeddings.to(wide), ref_emb.to(wide))
+        return mat if self.distance.is_inverted else -mat
+
+    def _dense_terms(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, self_ref, norm):
+        S = self._scores(embeddings, ref_emb)
+        B, M = S.shape
+        if indices_tuple is None:
+            lab, ref_lab = resolve_labels(labels, ref_labels, B, M, self_ref, S.device)
+            pos, neg = pair_masks(lab, ref_lab, self_ref)
+        elif len(indices_tuple) == 4:
+            a1, p, a2, n = (i.to(S.device) for i in indices_tuple)
+            pos = torch.zeros(B, M, dtype=torch.bool, device=S.device)
+            neg = torch.zeros_like(pos)
+            pos[a1, p] = True
+            neg[a2, n] = True
+        else:
+            return self._triplet_terms(S, indices_tuple, norm)
+        terms, anchors = violation_terms_from_scores(
+            S, pos, neg, margin=self.margin, norm=norm, directions=self.directions
+        )
+        if self.collect_stats:
+            self._record_dense_stats(S, pos, neg, terms)
+        return terms, anchors
+
+    def _triplet_terms(self, S, indices_tuple, norm) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Triplets (a, p, n) index ``embeddings`` for a and ``ref_emb`` for p and n, so they define
+        the anchor→ref direction only: one term per distinct (a, p), over its listed negatives."""
+        if self.directions == "t2i":
+            raise ValueError(
+                "triplet indices_tuple define the anchor→ref direction only; use directions='i2t' or 'both', "
+                "or swap embeddings and ref_emb for t2i"
+            )
+        a, p, n = (i.to(S.device).long() for i in indices_tuple)
+        if a.numel() == 0:
+            return S.new_zeros(0), a
+        h = F.relu(self.margin - S[a, p] + S[a, n])
+        key = a * S.shape[1] + p
+        uniq, group = torch.unique(key, return_inverse=True)
+        order = torch.argsort(group, stable=True)
+        counts = torch.bincount(group, minlength=uniq.numel())
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.empty_like(group)
+        slot[order] = torch.arange(group.numel(), device=S.device) - starts[group[order]]
+        H = h.new_zeros(uniq.numel(), int(counts.max()))
+        H = H.index_put((group, slot), h)  # zero padding changes no norm of h ≥ 0
+        return violation_norm(H, norm), uniq // S.shape[1]
+
+    # ----------------------------------------------------------------------------------------
+
+    def _record_stats(self, x, y, labels, ref_labels, self_ref, terms):
+        stats = violation_stats(x, y, labels, ref_labels, self_ref, terms)
+        for name, value in stats.items():
+            setattr(self, name, value)
+
+    def _record_dense_stats(self, S, pos, neg, terms):
+        with torch.no_grad():
+            self.frac_violating = (terms > 0).float().mean().item() if terms.numel() else 0.0
+            self.pos_sim_mean = S[pos].mean().item() if pos.any() else float("nan")
+            masked = S.masked_fill(~neg, float("-inf"))
+            hardest = torch.cat([masked.amax(1), masked.amax(0)])
+            hardest = hardest[torch.isfinite(hardest)]
+            self.hardest_neg_sim_mean = hardest.mean().item() if hardest.numel() else float("nan")
+            self.frac_hardest_is_duplicate = float("nan")

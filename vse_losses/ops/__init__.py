@@ -1,0 +1,83 @@
+"""Fast kernels of the losses, each file one kernel with its autograd Function beside it.
+
+Two primitives are enough for every loss (see ``vse_losses.functional``):
+
+- :func:`negative_topk` — the k hardest negatives of every row and every column of ``x yᵀ``
+  (no gradient: the loss recomputes the selected scores by a gather);
+- :func:`hinge_norm_rows` — ``T_i = (Σ_j [q_i·k_j − t_i]_+^p)^{1/p}`` over the negatives of each
+  row, with a backward that recomputes score tiles.
+
+Each exists as ``chunked`` (torch, tiles of rows, any device) and ``triton`` (CUDA, the score tile
+fused with the reductions). Neither holds anything B×M.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .hinge_norm import hinge_norm_rows_chunked
+from .negative_topk import negative_topk_chunked
+
+# B·M above which "auto" leaves the dense formula for the chunked one on the CPU: below it the
+# dense formula is as fast and its few B×M buffers are small.
+AUTO_CHUNKED_MIN_PAIRS = 512 * 512
+
+
+def triton_available() -> bool:
+    try:
+        from . import triton_negative_max  # noqa: F401
+    except Exception:  # ImportError, or a triton too old for the kernels
+        return False
+    return getattr(triton_negative_max, "TRITON_AVAILABLE", False)
+
+
+def _triton_usable(x: torch.Tensor) -> bool:
+    on_device = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return on_device and x.dtype in (torch.float32, torch.float16, torch.bfloat16) and triton_available()
+
+
+def resolve_impl(impl: str, x: torch.Tensor, n_pairs: int) -> str:
+    """``auto``: triton on CUDA (fp32/fp16/bf16, triton installed), chunked when B·M is large,
+    dense otherwise. An explicit ``triton`` that cannot run raises ``ValueError``."""
+    if impl == "auto":
+        if x.is_cuda and _triton_usable(x):
+            return "triton"
+        return "chunked" if n_pairs >= AUTO_CHUNKED_MIN_PAIRS else "dense"
+    if impl == "triton" and not _triton_usable(x):
+        raise ValueError(
+            f"impl='triton' needs triton and a CUDA tensor of float32/float16/bfloat16 (got {x.device}, "
+            f"{x.dtype}); use impl='chunked' on the CPU, or set TRITON_INTERPRET=1 before importing to test"
+        )
+    return impl
+
+
+def negative_topk(x, y, x_labels, y_labels, self_ref: bool, k: int, impl: str = "chunked"):
+    """The k largest negative scores of each row and each column of ``x yᵀ``, in float32.
+
+    x: (B, D), y: (M, D); x_labels (B,), y_labels (M,) integers; (i, j) is a negative iff
+    ``x_labels[i] != y_labels[j]`` and, with ``self_ref``, ``i != j``.
+    Returns ``row_val (B, k), row_idx (B, k), col_val (M, k), col_idx (M, k)``, values in
+    descending order, ``-inf`` (index 0) where a row has fewer than k negatives; ties go to the
+    lowest index.
+    """
+    if impl == "triton" and k == 1:
+        from .triton_negative_max import negative_max_triton
+
+        rv, ri, cv, ci = negative_max_triton(x, y, x_labels, y_labels, self_ref)
+        return rv[:, None], ri[:, None], cv[:, None], ci[:, None]
+    return negative_topk_chunked(x, y, x_labels, y_labels, self_ref, k)
+
+
+def hinge_norm_rows(q, keys, t, q_labels, k_labels, q_self, p: float, impl: str = "chunked"):
+    """``T_i = (Σ_j h_ij^p)^{1/p}``, ``h_ij = [q_i·k_j − t_i]_+`` over the negatives j of row i.
+
+    q: (N, D), keys: (M, D), t: (N,); j is a negative of row i iff ``q_labels[i] != k_labels[j]``
+    and ``j != q_self[i]`` (``-1``: none excluded). Differentiable in q, keys and t. → (N,) float32.
+    """
+    if impl == "triton":
+        from .triton_hinge_norm import hinge_norm_rows_triton
+
+        return hinge_norm_rows_triton(q, keys, t, q_labels, k_labels, q_self, p)
+    return hinge_norm_rows_chunked(q, keys, t, q_labels, k_labels, q_self, p)

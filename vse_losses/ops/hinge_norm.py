@@ -1,0 +1,75 @@
+"""ℓp norms of the hinge rows, ``T_i = (Σ_j [q_i·k_j − t_i]_+^p)^{1/p}``, in tiles of rows (torch).
+
+The forward keeps only T; the backward recomputes each score tile (flash-attention style) and
+turns it into the weights ``W_ij = g_i (h_ij / T_i)^{p−1} 1[h_ij > 0]``, so that
+``∂/∂q = W keys``, ``∂/∂keys = Wᵀ q`` and ``∂/∂t = −Σ_j W_ij``. Nothing (N × M) outlives a tile.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .tiling import negative_mask, tile_rows
+
+
+def _hinge_tile(q, kw, t, q_labels, k_labels, q_self, wide):
+    S = q.to(wide) @ kw.t()
+    h = torch.relu(S - t.to(wide)[:, None])
+    return h.masked_fill_(~negative_mask(q_labels, k_labels, q_self), 0.0)
+
+
+def _lp(h: torch.Tensor, p: float) -> torch.Tensor:
+    if p == 1.0:
+        return h.sum(1)
+    m = h.amax(1)
+    m = torch.where(m > 0, m, torch.ones_like(m))
+    return (h / m[:, None]).pow_(p).sum(1).pow_(1.0 / p) * m
+
+
+def _weights(h: torch.Tensor, T: torch.Tensor, p: float) -> torch.Tensor:
+    if p == 1.0:
+        return (h > 0).to(h.dtype)
+    T = torch.where(T > 0, T, torch.ones_like(T))
+    return (h / T[:, None]).pow_(p - 1.0).masked_fill_(h <= 0, 0.0)
+
+
+class HingeNormRowsChunked(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, keys, t, q_labels, k_labels, q_self, p):
+        wide = torch.promote_types(q.dtype, torch.float32)
+        kw = keys.to(wide)
+        N = q.shape[0]
+        tile = tile_rows(N, keys.shape[0])
+        T = torch.empty(N, dtype=wide, device=q.device)
+        for r0 in range(0, N, tile):
+            r1 = min(N, r0 + tile)
+            h = _hinge_tile(q[r0:r1], kw, t[r0:r1], q_labels[r0:r1], k_labels, q_self[r0:r1], wide)
+            T[r0:r1] = _lp(h, p)
+        ctx.save_for_backward(q, keys, t, q_labels, k_labels, q_self, T)
+        ctx.p = p
+        return T
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        q, keys, t, q_labels, k_labels, q_self, T = ctx.saved_tensors
+        wide = T.dtype
+        kw = keys.to(wide)
+        N = q.shape[0]
+        tile = tile_rows(N, keys.shape[0])
+        gq = torch.empty(q.shape, dtype=wide, device=q.device)
+        gk = torch.zeros(keys.shape, dtype=wide, device=q.device)
+        gt = torch.empty(N, dtype=wide, device=q.device)
+        for r0 in range(0, N, tile):
+            r1 = min(N, r0 + tile)
+            h = _hinge_tile(q[r0:r1], kw, t[r0:r1], q_labels[r0:r1], k_labels, q_self[r0:r1], wide)
+            W = _weights(h, T[r0:r1], ctx.p).mul_(g[r0:r1, None].to(wide))
+            gq[r0:r1] = W @ kw
+            gk.addmm_(W.t(), q[r0:r1].to(wide))
+            gt[r0:r1] = -W.sum(1)
+        return gq.to(q.dtype), gk.to(keys.dtype), gt.to(t.dtype), None, None, None, None
+
+
+def hinge_norm_rows_chunked(q, keys, t, q_labels, k_labels, q_self, p: float) -> torch.Tensor:
+    """See :func:`vse_losses.ops.hinge_norm_rows`."""
+    return HingeNormRowsChunked.apply(q, keys, t, q_labels, k_labels, q_self, float(p))

@@ -1,0 +1,68 @@
+"""The k hardest negatives of every row and column of ``x yᵀ``, in tiles of rows (torch)."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from .tiling import negative_mask, tile_rows
+
+NEG_INF = float("-inf")
+
+
+def _topk_desc(S: torch.Tensor, k: int, dim: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Top-k along ``dim``, padded with −inf/0 to k; for k=1 ties go to the lowest index."""
+    n = S.shape[dim]
+    if k == 1:
+        idx = S.argmax(dim, keepdim=True)  # argmax returns the first maximal index
+        vals = S.gather(dim, idx)
+    else:
+        vals, idx = torch.topk(S, min(k, n), dim=dim)
+    if vals.shape[dim] < k:
+        pad = list(vals.shape)
+        pad[dim] = k - vals.shape[dim]
+        vals = torch.cat([vals, vals.new_full(pad, NEG_INF)], dim)
+        idx = torch.cat([idx, idx.new_zeros(pad)], dim)
+    return vals, idx
+
+
+def negative_topk_chunked(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_labels: torch.Tensor,
+    y_labels: torch.Tensor,
+    self_ref: bool,
+    k: int,
+    tile: int | None = None,
+):
+    """See :func:`vse_losses.ops.negative_topk`. Peak extra memory: a (tile, M) score tile.
+
+    Rows are complete within a tile; columns are merged across tiles in increasing row order,
+    replacing only on a strictly larger score, so ties keep the lowest row index.
+    """
+    B, M = x.shape[0], y.shape[0]
+    wide = torch.promote_types(x.dtype, torch.float32)
+    yw = y.to(wide)
+    tile = tile or tile_rows(B, M)
+    row_val = x.new_full((B, k), NEG_INF, dtype=wide)
+    row_idx = torch.zeros((B, k), dtype=torch.long, device=x.device)
+    col_val = x.new_full((M, k), NEG_INF, dtype=wide)
+    col_idx = torch.zeros((M, k), dtype=torch.long, device=x.device)
+    for r0 in range(0, B, tile):
+        r1 = min(B, r0 + tile)
+        S = x[r0:r1].to(wide) @ yw.t()
+        own = torch.arange(r0, r1, device=x.device) if self_ref else None
+        S.masked_fill_(~negative_mask(x_labels[r0:r1], y_labels, own), NEG_INF)
+        row_val[r0:r1], row_idx[r0:r1] = _topk_desc(S, k, 1)
+        tv, ti = _topk_desc(S, k, 0)
+        tv, ti = tv.t(), ti.t() + r0
+        if k == 1:
+            better = (tv > col_val) | (torch.isnan(tv) & ~torch.isnan(col_val))
+            col_val = torch.where(better, tv, col_val)
+            col_idx = torch.where(better, ti, col_idx)
+        else:
+            vals, pos = torch.topk(torch.cat([col_val, tv], 1), k, dim=1)
+            col_idx = torch.cat([col_idx, ti], 1).gather(1, pos)
+            col_val = vals
+    return row_val, row_idx, col_val, col_idx

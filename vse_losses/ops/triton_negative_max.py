@@ -1,0 +1,308 @@
+"""Fused Triton kernel: per-row and per-column max/argmax of the score matrix over negatives.
+
+``negative_max_triton(x, y, x_labels, y_labels, self_ref)`` computes, for ``S = x @ y.T``
+(fp32 accumulation, never rounded to 16 bits), restricted to the negative pairs
+``(i, j)`` (``x_labels[i] != y_labels[j]``, and ``i != j`` when ``self_ref``):
+
+* ``row_val[i] = max_j S[i, j]`` and ``row_idx[i]`` its argmax (lowest ``j`` on ties),
+* ``col_val[j] = max_i S[i, j]`` and ``col_idx[j]`` its argmax (lowest ``i`` on ties),
+
+with ``-inf`` / index ``0`` for a row or column without any negative. No ``B x M``
+tensor is ever written to memory: each program computes score tiles with ``tl.dot`` in
+registers, masks them and reduces them in the epilogue.
+
+Work decomposition (deterministic, no atomics). The ``nrb x nct`` grid of
+``BLOCK_M x BLOCK_N`` tiles is cut into ``P x Q`` rectangles of ``RB_PER x CT_PER`` tiles;
+program ``(p, q)`` owns one rectangle. It loops over its row blocks and, inside, over its
+column tiles (so the row running max lives in registers), and keeps the column running
+max of its rectangle in a partial buffer ``col_part[p, :]`` that only it reads and writes.
+At the end of each row block it writes ``row_part[q, rows]``. A tiny torch reduction then
+combines the ``Q`` row partials and the ``P`` column partials (max, then lowest index among
+equal maxima). Extra memory: ``(Q * B + P * M) * 8`` bytes (32 MiB at B = M = 65,536 with
+P = Q = 32).
+
+No autograd here: the loss gathers the selected scores with autograd itself.
+
+This module imports without triton (``TRITON_AVAILABLE`` is then ``False``). The kernels
+are handed to ``triton.jit`` lazily, at first use, so that ``TRITON_INTERPRET=1`` set after
+this module was imported (but before the first call) still selects the CPU interpreter.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Tuple
+
+import torch
+
+try:  # pragma: no cover - exercised by the import itself
+    import triton
+    import triton.language as tl
+
+    TRITON_AVAILABLE = True
+except Exception:  # ImportError, or a broken triton install
+    triton = None
+    tl = None
+    TRITON_AVAILABLE = False
+
+__all__ = ["TRITON_AVAILABLE", "negative_max_triton", "is_interpreting"]
+
+_INT32_MAX = 2147483647
+
+
+def is_interpreting() -> bool:
+    """True when ``TRITON_INTERPRET`` asks for triton's CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+# ----------------------------------------------------------------------------------------
+# Kernel (plain function; jitted lazily by ``_kernel()``)
+# ----------------------------------------------------------------------------------------
+def _negative_max_kernel(
+    x_ptr, y_ptr, xl_ptr, yl_ptr,
+    row_val_ptr, row_idx_ptr,          # (Q, B) partials
+    col_val_ptr, col_idx_ptr,          # (P, M) partials, pre-filled with -inf / 0
+    B, M, D,
+    stride_x, stride_y,
+    RB_PER, CT_PER,
+    SELF_REF: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    pid_p = tl.program_id(0)
+    pid_q = tl.program_id(1)
+    nrb = tl.cdiv(B, BLOCK_M)
+    nct = tl.cdiv(M, BLOCK_N)
+    rb_start = pid_p * RB_PER
+    rb_end = tl.minimum(rb_start + RB_PER, nrb)
+    ct_start = pid_q * CT_PER
+    ct_end = tl.minimum(ct_start + CT_PER, nct)
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+
+    for rb in range(rb_start, rb_end):
+        rows = rb * BLOCK_M + offs_m
+        row_ok = rows < B
+        xl = tl.load(xl_ptr + rows, mask=row_ok, other=0)
+        x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_x
+        run_v = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        run_i = tl.zeros([BLOCK_M], dtype=tl.int32)
+        for ct in range(ct_start, ct_end):
+            cols = ct * BLOCK_N + offs_n
+            col_ok = cols < M
+            y_cols = y_ptr + cols.to(tl.int64)[None, :] * stride_y
+            # ---- score tile S[rows, cols] = x[rows] @ y[cols].T, fp32 in registers
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for k0 in range(0, D, BLOCK_K):
+                kk = k0 + offs_k
+                if EVEN_M and EVEN_K:
+                    a = tl.load(x_rows + kk[None, :])
+                else:
+                    a = tl.load(x_rows + kk[None, :], mask=row_ok[:, None] & (kk[None, :] < D), other=0.0)
+                if EVEN_N and EVEN_K:
+                    b = tl.load(y_cols + kk[:, None])
+                else:
+                    b = tl.load(y_cols + kk[:, None], mask=col_ok[None, :] & (kk[:, None] < D), other=0.0)
+                acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+            # ---- negatives mask
+            yl = tl.load(yl_ptr + cols, mask=col_ok, other=0)
+            neg = xl[:, None] != yl[None, :]
+            if not EVEN_M:
+                neg = neg & row_ok[:, None]
+            if not EVEN_N:
+                neg = neg & col_ok[None, :]
+            if SELF_REF:
+                # only tiles that meet the diagonal pay for the i != j test
+                if (rb * BLOCK_M < (ct + 1) * BLOCK_N) & (ct * BLOCK_N < (rb + 1) * BLOCK_M):
+                    neg = neg & (rows[:, None] != cols[None, :])
+            s = tl.where(neg, acc, float("-inf"))
+            # ---- row reduction (running over column tiles; strict '>' keeps the lower j)
+            t_max = tl.max(s, axis=1)
+            t_arg = tl.min(tl.where(s == t_max[:, None], cols[None, :], 2147483647), axis=1)
+            upd = t_max > run_v
+            run_v = tl.where(upd, t_max, run_v)
+            run_i = tl.where(upd, t_arg, run_i)
+            # ---- column reduction for this row block, merged into this program's partial
+            c_max = tl.max(s, axis=0)
+            c_arg = tl.min(tl.where(s == c_max[None, :], rows[:, None], 2147483647), axis=0)
+            c_ptr = pid_p * M + cols
+            tl.debug_barrier()  # make the previous row block's stores visible to all threads
+            old_v = tl.load(col_val_ptr + c_ptr, mask=col_ok, other=float("-inf"))
+            old_i = tl.load(col_idx_ptr + c_ptr, mask=col_ok, other=0)
+            c_upd = c_max > old_v  # row blocks increase: strict '>' keeps the lower i
+            tl.store(col_val_ptr + c_ptr, tl.where(c_upd, c_max, old_v), mask=col_ok)
+            tl.store(col_idx_ptr + c_ptr, tl.where(c_upd, c_arg, old_i), mask=col_ok)
+        r_ptr = pid_q * B + rows
+        tl.store(row_val_ptr + r_ptr, run_v, mask=row_ok)
+        tl.store(row_idx_ptr + r_ptr, run_i, mask=row_ok)
+
+
+_JITTED = {}
+
+
+def _kernel():
+    """The jitted kernel for the current mode (interpreter or compiled)."""
+    if not TRITON_AVAILABLE:
+        raise RuntimeError("negative_max_triton needs triton; install it or use impl='chunked'")
+    mode = is_interpreting()
+    k = _JITTED.get(mode)
+    if k is None:
+        k = triton.jit(_negative_max_kernel)
+        _JITTED[mode] = k
+    return k
+
+
+# ----------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------
+def _default_config(dtype: torch.dtype, interpret: bool) -> dict:
+    if interpret:
+        # the CPU interpreter is slow per op: small tiles keep tests quick and exercise
+        # the multi-tile logic at small sizes
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
+    if dtype == torch.float32:
+        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
+    # fp16 / bf16 (H100: 128x128x64, 8 warps, 3-4 stages; 128x256x64 is the other candidate)
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4)
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def _choose_groups(nrb: int, nct: int, B: int, M: int, n_sm: int,
+                   max_partial_bytes: int = 256 * 2**20) -> Tuple[int, int]:
+    """Number of row groups P and column groups Q (grid = P x Q programs).
+
+    Aim at about 8 programs per SM (good wave quantisation, each program still owns many
+    tiles so that it re-reads its x block from L2, not HBM), with the partial buffers
+    ``(Q * B + P * M) * 8`` bytes under ``max_partial_bytes``.
+    """
+    target = 8 * n_sm
+    P = max(1, min(nrb, int(math.ceil(math.sqrt(target)))))
+    Q = max(1, min(nct, int(math.ceil(target / P))))
+    while (Q * B + P * M) * 8 > max_partial_bytes and (P > 1 or Q > 1):
+        if P >= Q and P > 1:
+            P = (P + 1) // 2
+        else:
+            Q = (Q + 1) // 2
+    return P, Q
+
+
+def _reduce_partials(val: torch.Tensor, idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Combine (G, L) partial maxima: max over G, lowest index among equal maxima; -inf -> 0."""
+    if val.shape[0] == 1:
+        best, bi = val[0], idx[0].long()
+    else:
+        best = val.amax(dim=0)
+        cand = torch.where(val == best.unsqueeze(0), idx, torch.full_like(idx, _INT32_MAX))
+        bi = cand.amin(dim=0).long()
+    # no negative (-inf), or a NaN max: index 0, always a valid index
+    bad = (best == float("-inf")) | (bi == _INT32_MAX) | torch.isnan(best)
+    bi = torch.where(bad, torch.zeros_like(bi), bi)
+    return best.contiguous(), bi.contiguous()
+
+
+# ----------------------------------------------------------------------------------------
+# Public entry point
+# ----------------------------------------------------------------------------------------
+@torch.no_grad()
+def negative_max_triton(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_labels: torch.Tensor,
+    y_labels: torch.Tensor,
+    self_ref: bool = False,
+    *,
+    allow_tf32: bool = False,
+    groups: Optional[Tuple[int, int]] = None,
+    config: Optional[dict] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row and column max/argmax of ``x @ y.T`` over negative pairs, fused in one pass.
+
+    Args:
+        x: (B, D) queries, y: (M, D) keys; fp32 / fp16 / bf16 (promoted to a common dtype).
+        x_labels: (B,) integer labels, y_labels: (M,) integer labels.
+        self_ref: x and y are the same embeddings: the pair (i, i) is never a negative.
+        allow_tf32: let fp32 inputs use TF32 tensor cores (default: exact fp32 products).
+        groups: (P, Q) override of the work split (tests); default chosen from the SM count.
+        config: override of BLOCK_M / BLOCK_N / BLOCK_K / num_warps / num_stages.
+
+    Returns:
+        row_val (B,) fp32, row_idx (B,) int64, col_val (M,) fp32, col_idx (M,) int64.
+        A row/column without a negative has value -inf and index 0. Ties: lowest index.
+    """
+    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"expected x (B, D) and y (M, D), got {tuple(x.shape)} and {tuple(y.shape)}")
+    B, D = x.shape
+    M = y.shape[0]
+    if x_labels.shape != (B,) or y_labels.shape != (M,):
+        raise ValueError(f"labels must be 1-D of lengths {B} and {M}, got {tuple(x_labels.shape)} "
+                         f"and {tuple(y_labels.shape)}")
+    dev = x.device
+    row_val = torch.full((B,), float("-inf"), device=dev, dtype=torch.float32)
+    row_idx = torch.zeros((B,), device=dev, dtype=torch.int64)
+    col_val = torch.full((M,), float("-inf"), device=dev, dtype=torch.float32)
+    col_idx = torch.zeros((M,), device=dev, dtype=torch.int64)
+    if B == 0 or M == 0:
+        return row_val, row_idx, col_val, col_idx
+    if D == 0:  # every score is 0
+        x = x.new_zeros((B, 1))
+        y = y.new_zeros((M, 1))
+        D = 1
+
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"negative_max_triton supports fp32/fp16/bf16, got {dtype}")
+    x = x.to(dtype).contiguous()
+    y = y.to(dtype).contiguous()
+    xl = x_labels.to(device=dev, dtype=torch.int64).contiguous()
+    yl = y_labels.to(device=dev, dtype=torch.int64).contiguous()
+
+    interpret = is_interpreting()
+    cfg = dict(_default_config(dtype, interpret))
+    if config:
+        cfg.update(config)
+    BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    nrb = triton.cdiv(B, BM) if TRITON_AVAILABLE else -(-B // BM)
+    nct = -(-M // BN)
+    if groups is None:
+        P, Q = _choose_groups(nrb, nct, B, M, _num_sms(dev))
+    else:
+        P, Q = max(1, min(int(groups[0]), nrb)), max(1, min(int(groups[1]), nct))
+    rb_per = -(-nrb // P)
+    ct_per = -(-nct // Q)
+    P = -(-nrb // rb_per)  # no empty programs
+    Q = -(-nct // ct_per)
+
+    row_pv = torch.empty((Q, B), device=dev, dtype=torch.float32)
+    row_pi = torch.empty((Q, B), device=dev, dtype=torch.int32)
+    col_pv = torch.full((P, M), float("-inf"), device=dev, dtype=torch.float32)
+    col_pi = torch.zeros((P, M), device=dev, dtype=torch.int32)
+
+    if dtype == torch.float32:
+        precision = "tf32" if allow_tf32 else "ieee"
+    else:
+        precision = "ieee"  # ignored for 16-bit inputs (fp32 accumulation)
+
+    _kernel()[(P, Q)](
+        x, y, xl, yl,
+        row_pv, row_pi, col_pv, col_pi,
+        B, M, D,
+        x.stride(0), y.stride(0),
+        rb_per, ct_per,
+        SELF_REF=bool(self_ref),
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
+        EVEN_M=(B % BM == 0), EVEN_N=(M % BN == 0), EVEN_K=(D % BK == 0),
+        INPUT_PRECISION=precision,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    row_val, row_idx = _reduce_partials(row_pv, row_pi)
+    col_val, col_idx = _reduce_partials(col_pv, col_pi)
+    return row_val, row_idx, col_val, col_idx
