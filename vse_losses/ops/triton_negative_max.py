@@ -195,6 +195,12 @@ def _choose_groups(nrb: int, nct: int, B: int, M: int, n_sm: int,
     return P, Q
 
 
+def _check_precision(p: str) -> str:
+    if p not in ("ieee", "tf32", "tf32x3"):
+        raise ValueError(f"fp32_precision must be 'ieee', 'tf32' or 'tf32x3', got {p!r}")
+    return p
+
+
 def _reduce_partials(val: torch.Tensor, idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Combine (G, L) partial maxima: max over G, lowest index among equal maxima; -inf -> 0."""
     if val.shape[0] == 1:
@@ -220,7 +226,7 @@ def negative_max_triton(
     y_labels: torch.Tensor,
     self_ref: bool = False,
     *,
-    allow_tf32: bool = False,
+    fp32_precision: str = "ieee",
     groups: Optional[Tuple[int, int]] = None,
     config: Optional[dict] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -230,7 +236,10 @@ def negative_max_triton(
         x: (B, D) queries, y: (M, D) keys; fp32 / fp16 / bf16 (promoted to a common dtype).
         x_labels: (B,) integer labels, y_labels: (M,) integer labels.
         self_ref: x and y are the same embeddings: the pair (i, i) is never a negative.
-        allow_tf32: let fp32 inputs use TF32 tensor cores (default: exact fp32 products).
+        fp32_precision: how tl.dot multiplies fp32 inputs: "ieee" (default, exact fp32
+            FMA, matches torch's default fp32 matmul; no tensor cores), "tf32x3" (tensor cores,
+            about fp32 accuracy) or "tf32" (fastest, ~1e-3 relative error). 16-bit inputs
+            always use tensor cores with fp32 accumulation.
         groups: (P, Q) override of the work split (tests); default chosen from the SM count.
         config: override of BLOCK_M / BLOCK_N / BLOCK_K / num_warps / num_stages.
 
@@ -286,10 +295,7 @@ def negative_max_triton(
     col_pv = torch.full((P, M), float("-inf"), device=dev, dtype=torch.float32)
     col_pi = torch.zeros((P, M), device=dev, dtype=torch.int32)
 
-    if dtype == torch.float32:
-        precision = "tf32" if allow_tf32 else "ieee"
-    else:
-        precision = "ieee"  # ignored for 16-bit inputs (fp32 accumulation)
+    precision = _check_precision(fp32_precision) if dtype == torch.float32 else "ieee"
 
     _kernel()[(P, Q)](
         x, y, xl, yl,
