@@ -15,6 +15,9 @@ from .losses import (
 )
 from .miners import HardestNegativeMiner, TopKNegativeMiner
 from .schedules import SHToMHWarmup
+from ._pml_registration import register_with_cross_batch_memory
+
+register_with_cross_batch_memory()
 
 __version__ = "0.1.0"
 

@@ -37,10 +37,28 @@ class TopKNegativeMiner(BaseMiner):
     def get_default_distance(self):
         return CosineSimilarity()
 
+    def forward(self, embeddings, labels=None, ref_emb=None, ref_labels=None):
+        """PML's miner call; also the paired form ``miner(img_emb, cap_emb)`` (labels optional)."""
+        if torch.is_tensor(labels) and labels.ndim == 2 and labels.is_floating_point():
+            if ref_emb is not None:
+                raise ValueError("paired form miner(img_emb, cap_emb) got ref_emb too; pass the captions once")
+            ref_emb, labels = labels, None
+        self.reset_stats()
+        with torch.no_grad():
+            if ref_emb is None:
+                if labels is None:
+                    raise ValueError("one modality needs labels: call miner(embeddings, labels)")
+                ref_emb, ref_labels = embeddings, labels
+            mining_output = self.mine(embeddings, labels, ref_emb, ref_labels)
+        self.output_assertion(mining_output)
+        return mining_output
+
     def mine(self, embeddings, labels, ref_emb, ref_labels):
         self_ref = ref_emb is embeddings
         _checks.check_embeddings("embeddings", embeddings)
         _checks.check_pair(embeddings, ref_emb)
+        _checks.check_labels("labels", labels, embeddings.shape[0], "embeddings")
+        _checks.check_labels("ref_labels", ref_labels, ref_emb.shape[0], "ref_emb")
         B, M = embeddings.shape[0], ref_emb.shape[0]
         lab, ref_lab = resolve_labels(labels, ref_labels, B, M, self_ref, embeddings.device)
         a, p = positive_pairs(lab, ref_lab, self_ref)

@@ -123,7 +123,7 @@ def _negative_max_kernel(
             # ---- row reduction (running over column tiles; strict '>' keeps the lower j)
             t_max = tl.max(s, axis=1)
             t_arg = tl.min(tl.where(s == t_max[:, None], cols[None, :], 2147483647), axis=1)
-            upd = t_max > run_v
+            upd = t_max >= run_v
             run_v = tl.where(upd, t_max, run_v)
             run_i = tl.where(upd, t_arg, run_i)
             # ---- column reduction for this row block, merged into this program's partial

@@ -1,0 +1,121 @@
+"""Every bad input of DESIGN §2 raises ValueError naming the problem and the fix."""
+
+import math
+
+import pytest
+import torch
+
+import vse_losses
+from vse_losses import functional as VF
+
+LOSSES = [vse_losses.SumHingeLoss, vse_losses.MaxViolationLoss, vse_losses.TopKViolationLoss,
+          vse_losses.LpViolationLoss, vse_losses.MixedViolationLoss]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"k": 0}, "k must be >= 1"),
+    ({"k": 2.5}, "k must be an integer"),
+    ({"k": True}, "k must be an integer"),
+])
+def test_bad_k(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        vse_losses.TopKViolationLoss(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        vse_losses.TopKNegativeMiner(**kwargs)
+
+
+@pytest.mark.parametrize("p,match", [(0.5, "p must be >= 1"), (float("nan"), "p must be a number"), ("2", "p must be")])
+def test_bad_p(p, match):
+    with pytest.raises(ValueError, match=match):
+        vse_losses.LpViolationLoss(p=p)
+
+
+@pytest.mark.parametrize("cls", LOSSES)
+@pytest.mark.parametrize("margin,match", [(-0.1, "margin must be >= 0"), (math.inf, "finite"), ("0.2", "number")])
+def test_bad_margin(cls, margin, match):
+    with pytest.raises(ValueError, match=match):
+        cls(margin=margin)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"directions": "up"}, "directions must be one of"),
+    ({"impl": "cuda"}, "impl must be one of"),
+])
+def test_bad_choices(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        vse_losses.MaxViolationLoss(**kwargs)
+
+
+def test_bad_mix():
+    with pytest.raises(ValueError, match=r"mix must be a number in \[0, 1\]"):
+        vse_losses.MixedViolationLoss(mix=1.5)
+    loss_fn = vse_losses.MixedViolationLoss()
+    with pytest.raises(ValueError, match="mix"):
+        loss_fn.mix = -0.1
+
+
+@pytest.mark.parametrize("cls", LOSSES)
+def test_bad_inputs(cls):
+    loss_fn = cls()
+    x, y = torch.randn(4, 3), torch.randn(4, 3)
+    cases = [
+        ((torch.randn(4), y), "must be 2-D"),
+        ((torch.randn(4, 3, 2), y), "must be 2-D"),
+        ((x, torch.randn(4, 5)), "different sizes"),
+        ((x, torch.randn(5, 3)), "as many captions as images"),
+        ((torch.randn(0, 3), torch.randn(0, 3)), "empty batch"),
+        ((torch.ones(4, 3, dtype=torch.long), torch.arange(4)), "floating-point"),
+    ]
+    for args, match in cases:
+        with pytest.raises(ValueError, match=match):
+            loss_fn(*args)
+    with pytest.raises(ValueError, match="3 entries but embeddings has 4 rows"):
+        loss_fn(x, torch.arange(3), ref_emb=y)
+    with pytest.raises(ValueError, match="must be 1-D"):
+        loss_fn(x, torch.arange(4).view(2, 2), ref_emb=y)
+    with pytest.raises(ValueError, match="ref_labels has 3 entries"):
+        loss_fn(x, torch.arange(4), ref_emb=y, ref_labels=torch.arange(3))
+    with pytest.raises(ValueError, match="pass ref_labels"):
+        loss_fn(x, torch.arange(4), ref_emb=torch.randn(6, 3))
+    with pytest.raises(ValueError, match="one modality needs labels"):
+        loss_fn(x)
+    with pytest.raises(ValueError, match="ref_labels were given without labels"):
+        loss_fn(x, ref_emb=y, ref_labels=torch.arange(4))
+    with pytest.raises(ValueError, match="pass the captions once"):
+        loss_fn(x, y, ref_emb=y)
+    with pytest.raises(ValueError, match="indices_tuple must be PML triplets"):
+        loss_fn(x, torch.arange(4), (torch.arange(2), torch.arange(2)), ref_emb=y)
+
+
+def test_functional_bad_inputs():
+    x, y = torch.randn(4, 3), torch.randn(4, 3)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        VF.top_k_violation_loss(x, y, k=0)
+    with pytest.raises(ValueError, match="p must be >= 1"):
+        VF.lp_violation_loss(x, y, p=0.9)
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        VF.max_violation_loss(x, y, margin=-1.0)
+    with pytest.raises(ValueError, match="either embeddings"):
+        VF.max_violation_loss(x, y, scores=x @ y.t())
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        VF.max_violation_loss(x, y, reduction="avg")
+    with pytest.raises(ValueError, match="one modality without labels"):
+        VF.max_violation_loss(x)
+    with pytest.raises(ValueError, match="scores must be 2-D"):
+        VF.max_violation_loss(scores=torch.randn(4))
+
+
+def test_triton_on_cpu_says_what_to_do(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="impl='chunked' on the CPU"):
+        vse_losses.MaxViolationLoss(impl="triton")(torch.randn(4, 3), torch.randn(4, 3))
+
+
+def test_miner_bad_inputs():
+    miner = vse_losses.HardestNegativeMiner()
+    with pytest.raises(ValueError, match="different sizes"):
+        miner(torch.randn(4, 3), None, torch.randn(4, 2))
+    with pytest.raises(ValueError, match="one modality needs labels"):
+        miner(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="always mines k=1"):
+        vse_losses.HardestNegativeMiner(k=2)

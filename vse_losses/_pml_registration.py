@@ -1,0 +1,26 @@
+"""Make PML's CrossBatchMemory accept this library's losses.
+
+CrossBatchMemory checks the loss's class name against a fixed list (``supported_losses``) and has
+no registry, so the names are appended to that list once, at import. Our losses handle the pair
+``indices_tuple`` it passes (all pairs with the memory, minus each item's own slot) exactly.
+"""
+
+from __future__ import annotations
+
+LOSS_NAMES = ("SumHingeLoss", "MaxViolationLoss", "TopKViolationLoss", "LpViolationLoss", "MixedViolationLoss")
+
+
+def register_with_cross_batch_memory() -> None:
+    try:
+        from pytorch_metric_learning.losses import CrossBatchMemory
+    except ImportError:  # a PML without CrossBatchMemory: nothing to register
+        return
+    original = CrossBatchMemory.supported_losses
+    if getattr(original, "_vse_losses", False):
+        return
+
+    def supported_losses():
+        return list(original()) + [n for n in LOSS_NAMES if n not in original()]
+
+    supported_losses._vse_losses = True
+    CrossBatchMemory.supported_losses = staticmethod(supported_losses)

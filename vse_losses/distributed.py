@@ -1,0 +1,274 @@
+"""Global negatives across the ranks of a ``torch.distributed`` process group (DESIGN.md §5).
+
+With ``distributed=True`` every rank
+
+1. gathers both modalities of every rank *with gradient* (:func:`gather_batch`; local batch
+   sizes may differ between ranks) and their labels; without labels the labels become the
+   global row index, so row a still pairs with column a;
+2. computes only the terms whose query is local — image→caption terms of the positive pairs
+   ``(a, p)`` whose row ``a`` is local, caption→image terms of those whose column ``p`` is local —
+   against the whole global batch (every impl: ``violation_terms(..., query_rows, query_cols)``);
+   over all ranks every term of the concatenated batch is computed exactly once;
+3. reduces them so that the *sum* over ranks of the losses is ``W`` times the single-process
+   loss (:func:`reduce_terms`): ``SumReducer`` → ``W·Σ local terms``; ``MeanReducer`` →
+   ``W·Σ local terms / T`` with ``T`` the global number of terms (one ``all_reduce``).
+
+The backward of the gather sums the gradients of every rank's loss into the local rows, so
+after DDP's averaging (sum over ranks, divided by ``W``) each parameter gets
+``(1/W)·∂(Σ_r L_r)/∂θ = ∂L/∂θ``: exactly the gradient of one process on the concatenated
+batch; the mean of the ranks' loss values is the single-process loss.
+
+Every rank must call the loss (and its backward) with the same options, as for any collective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+__all__ = [
+    "is_initialized",
+    "world_size",
+    "gather_rows",
+    "gather_batch",
+    "GlobalBatch",
+    "reduce_terms",
+    "reducer_rule",
+]
+
+
+def is_initialized() -> bool:
+    """Whether a default ``torch.distributed`` process group exists."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    """World size of the default process group; ``ValueError`` when there is none."""
+    if not is_initialized():
+        raise ValueError(
+            "distributed=True needs an initialised torch.distributed process group: launch with "
+            "torchrun and call torch.distributed.init_process_group('nccl' on GPUs, 'gloo' on CPUs) "
+            "before the first loss call, or use distributed=False for one process"
+        )
+    return dist.get_world_size()
+
+
+# --------------------------------------------------------------------------------------------
+# Gather with gradient
+# --------------------------------------------------------------------------------------------
+
+
+class _AllGather(torch.autograd.Function):
+    """``all_gather`` of equal-shaped tensors → (W, *shape). The backward sums the gradient
+    that every rank's loss gives to the gathered tensor and returns this rank's slice
+    (reduce-scatter on NCCL, an all-reduce elsewhere: gloo has no reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        world, rank = dist.get_world_size(), dist.get_rank()
+        ctx.rank = rank
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x)
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        if dist.get_backend() == "nccl":
+            out = grad.new_empty(grad.shape[1:])
+            dist.reduce_scatter_tensor(out, grad.flatten(0, 1))
+            return out
+        dist.all_reduce(grad)
+        return grad[ctx.rank]
+
+
+def _gather_sizes(values: Sequence[int], device: torch.device) -> List[List[int]]:
+    """All ranks' small integer vectors (one collective) → a list per rank."""
+    t = torch.tensor(list(values), dtype=torch.long, device=device)
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t)
+    return [p.tolist() for p in parts]
+
+
+def _pad_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Zero rows appended to ``t`` up to ``n`` rows (differentiable)."""
+    if t.shape[0] == n:
+        return t
+    return torch.cat([t, t.new_zeros((n - t.shape[0],) + tuple(t.shape[1:]))])
+
+
+def gather_rows(x: torch.Tensor, sizes: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """Concatenation of every rank's ``x`` along dim 0, in rank order, differentiable.
+
+    ``sizes`` (rows per rank) may differ between ranks; omitted, they are gathered first. The
+    gradient of the local rows is the sum over ranks of the gradients that their losses give
+    to them (so call the backward on every rank).
+    """
+    if sizes is None:
+        sizes = [s[0] for s in _gather_sizes([x.shape[0]], x.device)]
+    n_max = max(sizes)
+    parts = _AllGather.apply(_pad_rows(x, n_max))
+    return torch.cat([parts[r, : sizes[r]] for r in range(len(sizes))])
+
+
+def _gather_no_grad(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    n_max = max(sizes)
+    x = _pad_rows(x.contiguous(), n_max)
+    parts = [torch.empty_like(x) for _ in sizes]
+    dist.all_gather(parts, x)
+    return torch.cat([parts[r][: sizes[r]] for r in range(len(sizes))])
+
+
+# --------------------------------------------------------------------------------------------
+# The global batch
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GlobalBatch:
+    """Every rank's rows, concatenated in rank order.
+
+    x: (N, D) first modality (queries of image→caption), with gradient to the local rows;
+    y: (M, D) second modality, or ``None`` for one modality (then y is x);
+    labels (N,), ref_labels (M,): concrete global labels (the global row index without labels);
+    rows: this rank's rows ``[r0, r1)`` of x; cols: its rows ``[c0, c1)`` of y (= rows for one
+    modality); world: the world size; has_labels: whether the caller passed labels.
+    """
+
+    x: torch.Tensor
+    y: Optional[torch.Tensor]
+    labels: torch.Tensor
+    ref_labels: torch.Tensor
+    rows: Tuple[int, int]
+    cols: Tuple[int, int]
+    world: int
+    has_labels: bool
+
+    def guard(self) -> torch.Tensor:
+        """0·Σx (+0·Σy) on the gathered tensors: NaN when any rank's input holds NaN/Inf, and
+        the loss of every rank reaches the gather, so that every rank joins its backward."""
+        g = self.x.sum(dtype=torch.float32) * 0
+        return g if self.y is None else g + self.y.sum(dtype=torch.float32) * 0
+
+
+def gather_batch(
+    x: torch.Tensor,
+    y: Optional[torch.Tensor],
+    labels: Optional[torch.Tensor],
+    ref_labels: Optional[torch.Tensor],
+) -> GlobalBatch:
+    """Gather both modalities (with gradient) and labels of every rank of the default group.
+
+    x: (B_r, D); y: (M_r, D) or ``None`` (one modality); labels (B_r,) or ``None`` (paired:
+    row a with column a, then B_r must equal M_r); ref_labels (M_r,) or ``None`` (= labels).
+    Local batch sizes may differ between ranks. All ranks must agree on D, on passing labels or
+    not and on one or two modalities (a ``ValueError`` on every rank otherwise).
+    Four collectives: the sizes, the labels, the embeddings (both modalities in one), and in
+    the backward one all-reduce (gloo) or reduce-scatter (NCCL) of their gradient.
+    """
+    from .functional import resolve_labels  # functional imports this module
+
+    self_ref = y is None
+    B, M = x.shape[0], (B if self_ref else y.shape[0])
+    # local validation first (before any collective), then concrete local labels
+    lab, ref_lab = resolve_labels(labels, ref_labels, B, M, self_ref, x.device)
+    table = _gather_sizes([B, M, x.shape[1], int(labels is not None), int(self_ref)], x.device)
+    for name, col in (("embedding size", 2), ("labels given (1) or not (0)", 3), ("one modality (1) or two (0)", 4)):
+        if len({row[col] for row in table}) > 1:
+            raise ValueError(
+                f"distributed=True: ranks disagree on the {name}: {[row[col] for row in table]} "
+                "(rank order); every rank must call the loss the same way"
+            )
+    b_sizes, m_sizes = [row[0] for row in table], [row[1] for row in table]
+    rank = dist.get_rank()
+    r0, c0 = sum(b_sizes[:rank]), sum(m_sizes[:rank])
+    if labels is None:
+        # paired form: the global row index, so that row a still pairs with column a
+        lab, ref_lab = lab + r0, ref_lab + c0
+
+    # labels: one collective for both sides
+    lab, ref_lab = lab.long(), ref_lab.long()
+    if self_ref:
+        g_lab = _gather_no_grad(lab, b_sizes)
+        g_ref = g_lab
+    else:
+        both = _gather_no_grad(torch.cat([_pad_rows(lab, max(b_sizes)), ref_lab]), [max(b_sizes) + m for m in m_sizes])
+        g_lab = torch.cat([both[sum(max(b_sizes) + m for m in m_sizes[:r]):][: b_sizes[r]] for r in range(len(b_sizes))])
+        g_ref = torch.cat(
+            [both[sum(max(b_sizes) + m for m in m_sizes[:r]) + max(b_sizes):][: m_sizes[r]] for r in range(len(m_sizes))]
+        )
+
+    # embeddings: one collective for both modalities (each padded to its largest local size)
+    if self_ref:
+        X, Y = gather_rows(x, b_sizes), None
+    else:
+        dtype = torch.promote_types(x.dtype, y.dtype)
+        bm, mm = max(b_sizes), max(m_sizes)
+        parts = _AllGather.apply(torch.cat([_pad_rows(x.to(dtype), bm), _pad_rows(y.to(dtype), mm)]))
+        X = torch.cat([parts[r, : b_sizes[r]] for r in range(len(b_sizes))])
+        Y = torch.cat([parts[r, bm : bm + m_sizes[r]] for r in range(len(m_sizes))])
+    rows = (r0, r0 + B)
+    cols = rows if self_ref else (c0, c0 + M)
+    return GlobalBatch(X, Y, g_lab, g_ref, rows, cols, len(b_sizes), labels is not None)
+
+
+# --------------------------------------------------------------------------------------------
+# Reduction
+# --------------------------------------------------------------------------------------------
+
+
+def reduce_terms(terms: torch.Tensor, rule: Tuple, world: int) -> Optional[torch.Tensor]:
+    """This rank's share of the global reduction of the terms, scaled so that the ranks' losses
+    sum to ``world`` × the single-process loss (DDP then averages the gradients by ``world``).
+
+    rule: ``("sum",)`` → ``W·Σ local``; ``("mean",)`` → ``W·Σ local / T`` with ``T`` the global
+    number of terms; ``("threshold", low, high)`` (PML's ThresholdReducer, AvgNonZeroReducer:
+    low=0) → ``W·Σ selected local / T_selected``, the selection ``low < term < high`` made on
+    the terms, which are the single-process terms. Returns ``None`` where the single-process
+    reducer must decide (no term on any rank: the caller reduces the empty local terms).
+    """
+    kind = rule[0]
+    if kind == "sum":
+        return terms.sum() * world
+    if kind == "mean":
+        keep = None
+    elif kind == "threshold":
+        low, high = rule[1], rule[2]
+        keep = torch.ones_like(terms, dtype=torch.bool)
+        if low is not None:
+            keep &= terms.detach() > low
+        if high is not None:
+            keep &= terms.detach() < high
+    else:
+        raise ValueError(f"unknown reduction rule {rule!r}")
+    n = torch.tensor(
+        [float(terms.numel() if keep is None else keep.sum().item())], dtype=torch.float64, device=terms.device
+    )
+    dist.all_reduce(n)
+    total = int(n.item())
+    if kind == "mean":
+        return None if total == 0 else terms.sum() * (world / total)
+    if total == 0:
+        return terms.sum() * 0  # ThresholdReducer: nothing past the filter gives 0
+    return torch.where(keep, terms, torch.zeros_like(terms)).sum() * (world / total)
+
+
+def reducer_rule(reducer) -> Optional[Tuple]:
+    """The :func:`reduce_terms` rule of a PML reducer for the main loss, ``None`` where the
+    distributed reduction is not exact (any other reducer)."""
+    from pytorch_metric_learning.reducers import MeanReducer, MultipleReducers, SumReducer, ThresholdReducer
+
+    if isinstance(reducer, MultipleReducers):  # PML wraps the reducer when there is a regulariser
+        reducer = reducer.reducers["loss"] if "loss" in reducer.reducers else reducer.default_reducer
+    if type(reducer) is MeanReducer:
+        return ("mean",)
+    if type(reducer) is SumReducer:
+        return ("sum",)
+    if isinstance(reducer, ThresholdReducer) and type(reducer).element_reduction is ThresholdReducer.element_reduction:
+        return ("threshold", reducer.low, reducer.high)
+    return None
