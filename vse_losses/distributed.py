@@ -116,14 +116,6 @@ def gather_rows(x: torch.Tensor, sizes: Optional[Sequence[int]] = None) -> torch
     return torch.cat([parts[r, : sizes[r]] for r in range(len(sizes))])
 
 
-def _gather_no_grad(x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
-    n_max = max(sizes)
-    x = _pad_rows(x.contiguous(), n_max)
-    parts = [torch.empty_like(x) for _ in sizes]
-    dist.all_gather(parts, x)
-    return torch.cat([parts[r][: sizes[r]] for r in range(len(sizes))])
-
-
 # --------------------------------------------------------------------------------------------
 # The global batch
 # --------------------------------------------------------------------------------------------
@@ -174,7 +166,8 @@ def gather_batch(
     from .functional import resolve_labels  # functional imports this module
 
     self_ref = y is None
-    B, M = x.shape[0], (B if self_ref else y.shape[0])
+    B = x.shape[0]
+    M = B if self_ref else y.shape[0]
     # local validation first (before any collective), then concrete local labels
     lab, ref_lab = resolve_labels(labels, ref_labels, B, M, self_ref, x.device)
     table = _gather_sizes([B, M, x.shape[1], int(labels is not None), int(self_ref)], x.device)
@@ -191,27 +184,28 @@ def gather_batch(
         # paired form: the global row index, so that row a still pairs with column a
         lab, ref_lab = lab + r0, ref_lab + c0
 
-    # labels: one collective for both sides
-    lab, ref_lab = lab.long(), ref_lab.long()
+    # labels, then embeddings: one collective each for both modalities, every rank's x padded to
+    # the largest local B and its y to the largest local M, so that all ranks send equal shapes
+    bm, mm = max(b_sizes), max(m_sizes)
+
+    def split(parts):
+        first = torch.cat([parts[r, : b_sizes[r]] for r in range(len(b_sizes))])
+        if self_ref:
+            return first, None
+        return first, torch.cat([parts[r, bm : bm + m_sizes[r]] for r in range(len(m_sizes))])
+
+    def pack(a, b):
+        return _pad_rows(a, bm) if self_ref else torch.cat([_pad_rows(a, bm), _pad_rows(b, mm)])
+
+    lab_parts = [torch.empty(bm if self_ref else bm + mm, dtype=torch.long, device=x.device) for _ in b_sizes]
+    dist.all_gather(lab_parts, pack(lab.long(), ref_lab.long()).contiguous())
+    g_lab, g_ref = split(torch.stack(lab_parts))
     if self_ref:
-        g_lab = _gather_no_grad(lab, b_sizes)
+        X, Y = split(_AllGather.apply(pack(x, None)))
         g_ref = g_lab
     else:
-        both = _gather_no_grad(torch.cat([_pad_rows(lab, max(b_sizes)), ref_lab]), [max(b_sizes) + m for m in m_sizes])
-        g_lab = torch.cat([both[sum(max(b_sizes) + m for m in m_sizes[:r]):][: b_sizes[r]] for r in range(len(b_sizes))])
-        g_ref = torch.cat(
-            [both[sum(max(b_sizes) + m for m in m_sizes[:r]) + max(b_sizes):][: m_sizes[r]] for r in range(len(m_sizes))]
-        )
-
-    # embeddings: one collective for both modalities (each padded to its largest local size)
-    if self_ref:
-        X, Y = gather_rows(x, b_sizes), None
-    else:
         dtype = torch.promote_types(x.dtype, y.dtype)
-        bm, mm = max(b_sizes), max(m_sizes)
-        parts = _AllGather.apply(torch.cat([_pad_rows(x.to(dtype), bm), _pad_rows(y.to(dtype), mm)]))
-        X = torch.cat([parts[r, : b_sizes[r]] for r in range(len(b_sizes))])
-        Y = torch.cat([parts[r, bm : bm + m_sizes[r]] for r in range(len(m_sizes))])
+        X, Y = split(_AllGather.apply(pack(x.to(dtype), y.to(dtype))))
     rows = (r0, r0 + B)
     cols = rows if self_ref else (c0, c0 + M)
     return GlobalBatch(X, Y, g_lab, g_ref, rows, cols, len(b_sizes), labels is not None)

@@ -33,7 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from . import _checks
-from .ops import hinge_norm_rows, negative_topk, resolve_impl
+from . import distributed as _dist
+from .ops import hinge_norm_pairs, hinge_norm_rows, negative_topk, resolve_impl
+from .ops.tiling import SameLabel
 
 __all__ = [
     "Norm",
@@ -42,6 +44,7 @@ __all__ = [
     "violation_norm",
     "violation_terms",
     "violation_terms_from_scores",
+    "query_violation_terms",
     "sum_hinge_loss",
     "max_violation_loss",
     "top_k_violation_loss",
@@ -133,20 +136,11 @@ def positive_pairs(labels: torch.Tensor, ref_labels: torch.Tensor, self_ref: boo
     Enumerated through a sort of ``ref_labels``: O((B + M) log M + #pairs), nothing B×M.
     With ``self_ref`` the pairs ``(a, a)`` are left out.
     """
-    sorted_ref, order = torch.sort(ref_labels, stable=True)
-    lo = torch.searchsorted(sorted_ref, labels, right=False)
-    hi = torch.searchsorted(sorted_ref, labels, right=True)
-    counts = hi - lo
-    a = torch.repeat_interleave(torch.arange(labels.shape[0], device=labels.device), counts)
-    starts = torch.repeat_interleave(lo - (torch.cumsum(counts, 0) - counts), counts)
-    p = order[starts + torch.arange(a.shape[0], device=labels.device)]
+    a, p = SameLabel(ref_labels).entries(labels)
     if self_ref:
         keep = a != p
         a, p = a[keep], p[keep]
-    # within one row the sort is by label then index, so p ascends: re-sort for row-major order
-    key = a * ref_labels.shape[0] + p
-    perm = torch.argsort(key)
-    return a[perm], p[perm]
+    return a, p  # rows ascend, and within a row the stable sort keeps the columns ascending
 
 
 def pair_masks(labels: torch.Tensor, ref_labels: torch.Tensor, self_ref: bool) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -237,6 +231,8 @@ def violation_terms(
     norm: Norm = Norm("max"),
     directions: str = "both",
     impl: str = "auto",
+    query_rows: Optional[Tuple[int, int]] = None,
+    query_cols: Optional[Tuple[int, int]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Loss terms of embeddings whose similarity is the dot product ``x yᵀ``.
 
@@ -244,6 +240,12 @@ def violation_terms(
     labels: (B,) or None (paired: row a with column a); ref_labels: (M,) or None (= labels).
     Returns ``(terms, anchors)`` as :func:`violation_terms_from_scores`, computed by ``impl``;
     terms are float32 (float64 for float64 inputs).
+
+    query_rows, query_cols: ``(start, stop)`` to compute only the i2t terms of the pairs whose
+    row ``a`` is in ``[start, stop)`` and the t2i terms of those whose column ``p`` is in the
+    column range, each still against every negative (the terms of one rank with
+    ``distributed=True``; cost O((rows + cols)·(B + M)·D)). Then the anchors are the terms'
+    query indices within their range: ``a − start`` for i2t terms, ``p − start`` for t2i terms.
     """
     self_ref = y is None
     y = x if y is None else y
@@ -251,6 +253,11 @@ def violation_terms(
     labels, ref_labels = resolve_labels(labels, ref_labels, B, M, self_ref, x.device)
     a, p = positive_pairs(labels, ref_labels, self_ref)
     impl = resolve_impl(impl, x, B * M)
+    if query_rows is not None or query_cols is not None:
+        return query_violation_terms(
+            x, y, labels, ref_labels, self_ref, (a, p), query_rows or (0, B), query_cols or (0, M),
+            margin=margin, norm=norm, directions=directions, impl=impl,
+        )
     if impl == "dense":
         wide = torch.promote_types(x.dtype, torch.float32)
         S = x.to(wide) @ y.to(wide).t()
@@ -267,27 +274,95 @@ def violation_terms(
                 x, y, labels, ref_labels, self_ref, norm.selection_k, impl=impl
             )
         selection = {"i2t": (row_val, row_idx), "t2i": (col_val, col_idx)}
+    hinge = None
+    if norm.hinge_p:
+        # one pass over the score tiles gives both directions' ℓp norms
+        T1, T2 = hinge_norm_pairs(
+            x, y, s_ap - margin, a, p, labels, ref_labels, self_ref, norm.hinge_p,
+            do_i2t=directions != "t2i", do_t2i=directions != "i2t", impl=impl,
+        )
+        hinge = {"i2t": T1, "t2i": T2}
     terms, anchors = [], []
     for direction in ("i2t", "t2i"):
         if directions not in ("both", direction):
             continue
         # i2t: the queries are the rows x[a] against the keys y; t2i: the columns y[p] against x
         q_side, k_side = (x, y) if direction == "i2t" else (y, x)
-        q_lab, k_lab = (labels, ref_labels) if direction == "i2t" else (ref_labels, labels)
         q_idx = a if direction == "i2t" else p
         term = torch.zeros_like(s_ap)
         if selection is not None:
             vals, idx = selection[direction]
             selected = selected_hinge_sum(q_side[q_idx], k_side, vals[q_idx], idx[q_idx], s_ap, margin)
             term = term + selected * (norm.mix if norm.kind == "mix" else 1.0)
-        if norm.hinge_p:
-            q_self = q_idx if self_ref else torch.full_like(q_idx, -1)
-            hn = hinge_norm_rows(
-                q_side[q_idx], k_side, s_ap - margin, q_lab[q_idx], k_lab, q_self, norm.hinge_p, impl=impl
-            )
-            term = term + hn * ((1.0 - norm.mix) if norm.kind == "mix" else 1.0)
+        if hinge is not None:
+            term = term + hinge[direction] * ((1.0 - norm.mix) if norm.kind == "mix" else 1.0)
         terms.append(term)
         anchors.append(a)
+    return torch.cat(terms), torch.cat(anchors)
+
+
+def query_violation_terms(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    labels: torch.Tensor,
+    ref_labels: torch.Tensor,
+    self_ref: bool,
+    pairs: Tuple[torch.Tensor, torch.Tensor],
+    rows: Tuple[int, int],
+    cols: Tuple[int, int],
+    *,
+    margin: float,
+    norm: Norm,
+    directions: str,
+    impl: str,
+    scores=None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The terms of the queries in ``rows`` (i2t) and ``cols`` (t2i) against every key.
+
+    Each direction works on its block of queries only: i2t on ``x[rows]`` against ``y``, t2i
+    on ``y[cols]`` against ``x`` (the transposed problem), so nothing outside the two blocks of
+    ``S`` is computed. ``pairs`` are all positive pairs ``(a, p)``; ``scores(u, v)`` (dense
+    only, default ``u vᵀ``) gives the similarities of rows of x to rows of y. Returns the terms
+    and each term's query index within its range.
+    A sample's pair with itself (one modality) has equal labels, so the label test alone
+    excludes it from the negatives.
+    """
+    a, p = pairs
+    wide = torch.promote_types(x.dtype, torch.float32)
+    terms, anchors = [], []
+    for direction in ("i2t", "t2i"):
+        if directions not in ("both", direction):
+            continue
+        # i2t: queries x[a] against the keys y; t2i: queries y[p] against the keys x
+        (lo, hi), q_side, k_side = (rows, x, y) if direction == "i2t" else (cols, y, x)
+        q_lab, k_lab = (labels, ref_labels) if direction == "i2t" else (ref_labels, labels)
+        q_all, k_all = (a, p) if direction == "i2t" else (p, a)
+        keep = (q_all >= lo) & (q_all < hi)
+        q_idx, k_idx = q_all[keep], k_all[keep]
+        if impl == "dense":
+            score = scores or (lambda u, v: u.to(wide) @ v.to(wide).t())
+            S = score(x[lo:hi], y) if direction == "i2t" else score(x, y[lo:hi]).t()
+            neg = (q_lab[lo:hi, None] != k_lab[None, :]).to(S.dtype)
+            qi = q_idx - lo
+            term = violation_norm(F.relu(margin - S[qi, k_idx][:, None] + S[qi]) * neg[qi], norm)
+        else:
+            s_ap = (q_side[q_idx].to(wide) * k_side[k_idx].to(wide)).sum(-1)
+            term = torch.zeros_like(s_ap)
+            if norm.selection_k:
+                with torch.no_grad():
+                    vals, idx, _, _ = negative_topk(
+                        q_side[lo:hi], k_side, q_lab[lo:hi], k_lab, False, norm.selection_k, impl=impl
+                    )
+                selected = selected_hinge_sum(q_side[q_idx], k_side, vals[q_idx - lo], idx[q_idx - lo], s_ap, margin)
+                term = term + selected * (norm.mix if norm.kind == "mix" else 1.0)
+            if norm.hinge_p:
+                hn = hinge_norm_rows(
+                    q_side[q_idx], k_side, s_ap - margin, q_lab[q_idx], k_lab, torch.full_like(q_idx, -1),
+                    norm.hinge_p, impl=impl,
+                )
+                term = term + hn * ((1.0 - norm.mix) if norm.kind == "mix" else 1.0)
+        terms.append(term)
+        anchors.append(q_idx - lo)
     return torch.cat(terms), torch.cat(anchors)
 
 
@@ -324,15 +399,23 @@ def _loss(
     reduction: str,
     impl: str,
     similarity: str,
+    distributed: bool = False,
 ) -> torch.Tensor:
     margin = _checks.check_margin(margin)
     _checks.check_choice("directions", directions, _checks.DIRECTIONS)
     _checks.check_choice("reduction", reduction, _checks.REDUCTIONS)
     _checks.check_choice("impl", impl, _checks.IMPLS)
     _checks.check_choice("similarity", similarity, ("cosine", "dot"))
+    world = _dist.world_size() if distributed else 1  # ValueError without a process group
     if scores is not None:
         if img is not None or cap is not None:
             raise ValueError("pass either embeddings (img, cap) or scores=, not both")
+        if world > 1:
+            raise ValueError(
+                "distributed=True needs the embeddings (img, cap) to gather them; a precomputed scores= "
+                "matrix cannot be extended to other ranks' negatives: compute the (local × global) scores "
+                "yourself, or use distributed=False"
+            )
         _checks.check_embeddings("scores", scores)
         B, M = scores.shape
         _checks.check_labels("labels", labels, B, "scores")
@@ -354,10 +437,22 @@ def _loss(
         if similarity == "cosine":
             x = F.normalize(x, dim=1)
             y = None if y is None else F.normalize(y, dim=1)
-        terms, _ = violation_terms(
-            x, y, labels=labels, ref_labels=ref_labels, margin=margin, norm=norm, directions=directions, impl=impl
-        )
-        guard = nan_guard(img, cap)
+        if world > 1:
+            # local queries against every rank's batch; the ranks' losses sum to W × the global loss
+            batch = _dist.gather_batch(x, y, labels, ref_labels)
+            terms, _ = violation_terms(
+                batch.x, batch.y, labels=batch.labels, ref_labels=batch.ref_labels, margin=margin, norm=norm,
+                directions=directions, impl=impl, query_rows=batch.rows, query_cols=batch.cols,
+            )
+            guard = batch.guard()
+            value = None if reduction == "none" else _dist.reduce_terms(terms, (reduction,), world)
+            if value is not None:
+                return value + guard
+        else:
+            terms, _ = violation_terms(
+                x, y, labels=labels, ref_labels=ref_labels, margin=margin, norm=norm, directions=directions, impl=impl
+            )
+            guard = nan_guard(img, cap)
     terms = terms + guard
     if reduction == "none":
         return terms
@@ -385,42 +480,57 @@ _DOC_ARGS = """
     reduction: ``"mean"`` over terms (default), ``"sum"`` (the original VSE++ summed loss), ``"none"``.
     impl: ``"auto"``, ``"dense"``, ``"chunked"`` or ``"triton"`` — the same function.
     similarity: ``"cosine"`` (default, normalises first) or ``"dot"``.
+    distributed: negatives from every rank of the initialised ``torch.distributed`` group
+        (``vse_losses.distributed``): each rank passes its local batch and gets its share, so that
+        the mean over ranks of the values, and DDP's average of the gradients, are those of one
+        process on the concatenated batch; ``reduction="none"`` gives this rank's terms (i2t terms
+        of its rows, then t2i terms of its columns), unscaled. World size 1: plain behaviour.
 Returns: a scalar, or the (n_terms,) terms for ``reduction="none"`` (i2t terms first)."""
 
 
 def sum_hinge_loss(img=None, cap=None, *, scores=None, labels=None, ref_labels=None, margin=0.2,
-                   directions="both", reduction="mean", impl="auto", similarity="cosine") -> torch.Tensor:
+                   directions="both", reduction="mean", impl="auto", similarity="cosine",
+                   distributed=False) -> torch.Tensor:
     """Sum of hinges (the paper's eq. 5): each term is Σ_n [α − s(a,p) + s_n]_+ over the negatives.
     """
-    return _loss(Norm("sum"), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity)
+    return _loss(Norm("sum"), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity,
+                 distributed)
 
 
 def max_violation_loss(img=None, cap=None, *, scores=None, labels=None, ref_labels=None, margin=0.2,
-                       directions="both", reduction="mean", impl="auto", similarity="cosine") -> torch.Tensor:
+                       directions="both", reduction="mean", impl="auto", similarity="cosine",
+                       distributed=False) -> torch.Tensor:
     """Max of hinges, VSE++ (the paper's eq. 6): each term is max_n [α − s(a,p) + s_n]_+.
     """
-    return _loss(Norm("max"), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity)
+    return _loss(Norm("max"), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity,
+                 distributed)
 
 
 def top_k_violation_loss(img=None, cap=None, *, k: int, scores=None, labels=None, ref_labels=None, margin=0.2,
-                         directions="both", reduction="mean", impl="auto", similarity="cosine") -> torch.Tensor:
+                         directions="both", reduction="mean", impl="auto", similarity="cosine",
+                         distributed=False) -> torch.Tensor:
     """Sum of the k largest hinges (Ky Fan k-norm): k=1 is MH, k ≥ #negatives is SH.
     """
-    return _loss(Norm("topk", k=k), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity)
+    return _loss(Norm("topk", k=k), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity,
+                 distributed)
 
 
 def lp_violation_loss(img=None, cap=None, *, p: float, scores=None, labels=None, ref_labels=None, margin=0.2,
-                      directions="both", reduction="mean", impl="auto", similarity="cosine") -> torch.Tensor:
+                      directions="both", reduction="mean", impl="auto", similarity="cosine",
+                      distributed=False) -> torch.Tensor:
     """ℓp norm of the hinges, (Σ_n h_n^p)^{1/p}: p=1 is SH, p=∞ is MH.
     """
-    return _loss(Norm("lp", p=p), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity)
+    return _loss(Norm("lp", p=p), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity,
+                 distributed)
 
 
 def mixed_violation_loss(img=None, cap=None, *, mix: float, scores=None, labels=None, ref_labels=None, margin=0.2,
-                         directions="both", reduction="mean", impl="auto", similarity="cosine") -> torch.Tensor:
+                         directions="both", reduction="mean", impl="auto", similarity="cosine",
+                         distributed=False) -> torch.Tensor:
     """(1−λ)·SH + λ·MH per term, λ = ``mix`` in [0, 1]: the SH→MH warm-up of VSE∞/ADAPT.
     """
-    return _loss(Norm("mix", mix=mix), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity)
+    return _loss(Norm("mix", mix=mix), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity,
+                 distributed)
 
 
 for _f in (sum_hinge_loss, max_violation_loss, top_k_violation_loss, lp_violation_loss, mixed_violation_loss):

@@ -117,6 +117,18 @@ def test_fp32_self_ref(B, D, n_labels):
     check(x, y, xl, yl, True, tol=1e-4)
 
 
+@pytest.mark.parametrize("tiles", [(16, 32), (32, 16), (16, 64)])
+def test_self_ref_rectangular_tiles(tiles):
+    # BLOCK_M != BLOCK_N: the diagonal crosses tiles off the (rb == ct) diagonal
+    B, D = 100, 16
+    x, _, _, _ = make_inputs(B, B, D, torch.float32, seed=12)
+    x = torch.nn.functional.normalize(x, dim=1)
+    lab = torch.arange(B, device=DEVICE)
+    cfg = dict(BLOCK_M=tiles[0], BLOCK_N=tiles[1])
+    check(x, x, lab, lab + 1000, True, tol=1e-4, config=cfg)
+    check(x, x, lab % 7, lab % 7, True, tol=1e-4, config=cfg, groups=(2, 2))
+
+
 def test_self_ref_distinct_labels_excludes_diagonal():
     # labels all distinct and x is y: only the self_ref flag excludes (i, i)
     B, D = 40, 16
@@ -124,10 +136,10 @@ def test_self_ref_distinct_labels_excludes_diagonal():
     x = torch.nn.functional.normalize(x, dim=1)  # unit rows: the diagonal is the row max
     lab = torch.arange(B, device=DEVICE)
     ylab = lab + 1000  # every pair, diagonal included, has different labels
-    rv, ri, cv, ci = check(x, x, lab, ylab, True, tol=1e-4)
+    _, ri, _, _ = check(x, x, lab, ylab, True, tol=1e-4)
     assert (ri != torch.arange(B, device=DEVICE)).all()
     # without self_ref the diagonal (1, the largest cosine) wins
-    rv2, ri2, _, _ = check(x, x, lab, ylab, False, tol=1e-4)
+    _, ri2, _, _ = check(x, x, lab, ylab, False, tol=1e-4)
     assert torch.equal(ri2, torch.arange(B, device=DEVICE))
 
 
@@ -154,8 +166,8 @@ def test_ties_lowest_index():
     xl = torch.arange(45, device=DEVICE)
     yl = torch.arange(50, device=DEVICE) + 100
     for groups in [(1, 1), (3, 3), None]:
-        rv, ri, cv, ci = negative_max_triton(x, y, xl, yl, False, groups=groups)
-        erv, eri, ecv, eci, s, neg = dense_reference(x, y, xl, yl, False)
+        rv, ri, _, ci = negative_max_triton(x, y, xl, yl, False, groups=groups)
+        _, eri, _, eci, _, _ = dense_reference(x, y, xl, yl, False)
         # the reference resolves ties exactly on float64 scores of identical rows
         s32 = x @ y.T  # identical rows give bitwise identical fp32 dots
         assert torch.equal(ri, eri)

@@ -10,11 +10,14 @@ from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimila
 from pytorch_metric_learning.losses import BaseMetricLossFunction
 
 from .. import _checks
+from .. import distributed as _dist
 from ..diagnostics import violation_stats
 from ..functional import (
     Norm,
     nan_guard,
     pair_masks,
+    positive_pairs,
+    query_violation_terms,
     resolve_labels,
     violation_norm,
     violation_terms,
@@ -30,7 +33,11 @@ class BaseViolationLoss(BaseMetricLossFunction):
         directions: ``"both"`` (default), ``"i2t"`` (embeddings as queries) or ``"t2i"``.
         impl: ``"auto"``, ``"dense"``, ``"chunked"`` or ``"triton"``: the same function computed
             three ways; distances other than a dot product/cosine always use ``dense``.
-        distributed: gather the negatives of every rank of the ``torch.distributed`` group.
+        distributed: negatives from every rank of the initialised ``torch.distributed`` group
+            (``vse_losses.distributed``, docs/distributed.md): each rank passes its local batch;
+            with ``MeanReducer``, ``SumReducer`` or a ``ThresholdReducer`` (``AvgNonZeroReducer``)
+            the mean of the ranks' losses, and DDP's average of the gradients, are exactly those
+            of one process on the concatenated batch. World size 1: plain behaviour.
         **kwargs: PML's ``distance`` (default ``CosineSimilarity()``), ``reducer`` (default
             ``MeanReducer()``: the mean over terms; ``SumReducer()`` gives the paper's summed
             loss), ``embedding_regularizer``, ``collect_stats``.
@@ -84,6 +91,8 @@ class BaseViolationLoss(BaseMetricLossFunction):
             )
         if ref_emb is None:
             ref_emb, ref_labels = embeddings, labels
+        if self.distributed and _dist.world_size() > 1:  # ValueError without a process group
+            return self._forward_distributed(embeddings, labels, indices_tuple, ref_emb, ref_labels)
         loss_dict = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
         self.add_embedding_regularization_to_loss_dict(loss_dict, embeddings)
         return self.reducer(loss_dict, embeddings, labels)
@@ -105,6 +114,52 @@ class BaseViolationLoss(BaseMetricLossFunction):
             terms, anchors = self._dense_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, self_ref, norm)
         terms = terms + nan_guard(embeddings, None if self_ref else ref_emb)
         return {"loss": {"losses": terms, "indices": anchors, "reduction_type": "element"}}
+
+    def _forward_distributed(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        """The local queries against every rank's batch (DESIGN §5), reduced so that the ranks'
+        losses sum to W × the single-process loss (see ``vse_losses.distributed``)."""
+        if indices_tuple is not None:
+            raise ValueError(
+                "distributed=True builds the pairs from labels over the global batch, but indices_tuple "
+                "indexes this rank's batch only: drop indices_tuple, or use distributed=False"
+            )
+        self_ref = ref_emb is embeddings
+        norm = self.norm()
+        dot = isinstance(self.distance, DotProductSimilarity) and self.distance.power == 1
+        x, y = embeddings, (None if self_ref else ref_emb)
+        if dot:  # normalise locally, row by row, before gathering
+            x = self.distance.maybe_normalize(x)
+            y = None if self_ref else self.distance.maybe_normalize(y)
+        g = _dist.gather_batch(x, y, labels, None if self_ref else ref_labels)
+        gy = g.x if g.y is None else g.y
+        if dot:
+            terms, anchors = violation_terms(
+                g.x, g.y, labels=g.labels, ref_labels=g.ref_labels, margin=self.margin, norm=norm,
+                directions=self.directions, impl=self.impl, query_rows=g.rows, query_cols=g.cols,
+            )
+        else:
+            terms, anchors = query_violation_terms(
+                g.x, gy, g.labels, g.ref_labels, self_ref, positive_pairs(g.labels, g.ref_labels, self_ref),
+                g.rows, g.cols, margin=self.margin, norm=norm, directions=self.directions, impl="dense",
+                scores=self._scores,
+            )
+        if self.collect_stats:
+            if dot:
+                self._record_stats(
+                    g.x, gy, g.labels if g.has_labels else None, g.ref_labels if g.has_labels else None, self_ref, terms
+                )
+            else:
+                with torch.no_grad():
+                    self._record_dense_stats(self._scores(g.x, gy), *pair_masks(g.labels, g.ref_labels, self_ref), terms)
+        # anchors: the local index of each term's query (the row for i2t, the ref_emb row for t2i)
+        loss = {"losses": terms, "indices": anchors, "reduction_type": "element"}
+        rule = _dist.reducer_rule(self.reducer)
+        value = None if rule is None else _dist.reduce_terms(terms, rule, g.world)
+        if value is not None:
+            loss = {"losses": value, "indices": None, "reduction_type": "already_reduced"}
+        loss_dict = {"loss": loss}
+        self.add_embedding_regularization_to_loss_dict(loss_dict, embeddings)
+        return self.reducer(loss_dict, embeddings, labels) + g.guard()
 
     # ----------------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import os
 import torch
 
 from .hinge_norm import hinge_norm_rows_chunked
+from .hinge_norm_pairs import hinge_norm_pairs_chunked
 from .negative_topk import negative_topk_chunked
 
 # B·M above which "auto" leaves the dense formula for the chunked one on the CPU: below it the
@@ -81,3 +82,24 @@ def hinge_norm_rows(q, keys, t, q_labels, k_labels, q_self, p: float, impl: str 
 
         return hinge_norm_rows_triton(q, keys, t, q_labels, k_labels, q_self, p)
     return hinge_norm_rows_chunked(q, keys, t, q_labels, k_labels, q_self, p)
+
+
+def hinge_norm_pairs(x, y, t, a, p_idx, labels, ref_labels, self_ref: bool, p: float,
+                     do_i2t: bool = True, do_t2i: bool = True, impl: str = "chunked"):
+    """Both directions' ℓp hinge norms of every positive pair ``(a_j, p_j)``, threshold ``t_j``.
+
+    ``T¹_j`` over the negatives n of row a_j of ``[x_{a_j}·y_n − t_j]_+``, ``T²_j`` over the
+    negatives n of column p_j of ``[x_n·y_{p_j} − t_j]_+`` (negatives as in :func:`negative_topk`).
+    Differentiable in x, y and t. Returns ``(T¹, T²)``, each (P,) float32 (zeros for a direction
+    not asked for). ``chunked`` makes one pass over row tiles for both directions; ``triton``
+    runs :func:`hinge_norm_rows` once per direction.
+    """
+    if impl != "triton":
+        return hinge_norm_pairs_chunked(x, y, t, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i)
+    none = torch.full_like(a, -1)
+    T1 = T2 = torch.zeros_like(t, dtype=torch.promote_types(t.dtype, torch.float32))
+    if do_i2t:
+        T1 = hinge_norm_rows(x[a], y, t, labels[a], ref_labels, a if self_ref else none, p, impl=impl)
+    if do_t2i:
+        T2 = hinge_norm_rows(y[p_idx], x, t, ref_labels[p_idx], labels, p_idx if self_ref else none, p, impl=impl)
+    return T1, T2

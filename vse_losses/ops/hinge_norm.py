@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from .tiling import negative_mask, tile_rows
+from .tiling import SameLabel, mask_non_negatives_, tile_rows
 
 
-def _hinge_tile(q, kw, t, q_labels, k_labels, q_self, wide):
+def _hinge_tile(q, kw, t, q_labels, same, q_self, wide):
     S = q.to(wide) @ kw.t()
-    h = torch.relu(S - t.to(wide)[:, None])
-    return h.masked_fill_(~negative_mask(q_labels, k_labels, q_self), 0.0)
+    mask_non_negatives_(S, same, q_labels, q_self, float("-inf"))
+    return S.sub_(t.to(wide)[:, None]).clamp_(min=0.0)
 
 
 def _lp(h: torch.Tensor, p: float) -> torch.Tensor:
@@ -41,9 +41,10 @@ class HingeNormRowsChunked(torch.autograd.Function):
         N = q.shape[0]
         tile = tile_rows(N, keys.shape[0])
         T = torch.empty(N, dtype=wide, device=q.device)
+        same = SameLabel(k_labels)
         for r0 in range(0, N, tile):
             r1 = min(N, r0 + tile)
-            h = _hinge_tile(q[r0:r1], kw, t[r0:r1], q_labels[r0:r1], k_labels, q_self[r0:r1], wide)
+            h = _hinge_tile(q[r0:r1], kw, t[r0:r1], q_labels[r0:r1], same, q_self[r0:r1], wide)
             T[r0:r1] = _lp(h, p)
         ctx.save_for_backward(q, keys, t, q_labels, k_labels, q_self, T)
         ctx.p = p
@@ -60,9 +61,10 @@ class HingeNormRowsChunked(torch.autograd.Function):
         gq = torch.empty(q.shape, dtype=wide, device=q.device)
         gk = torch.zeros(keys.shape, dtype=wide, device=q.device)
         gt = torch.empty(N, dtype=wide, device=q.device)
+        same = SameLabel(k_labels)
         for r0 in range(0, N, tile):
             r1 = min(N, r0 + tile)
-            h = _hinge_tile(q[r0:r1], kw, t[r0:r1], q_labels[r0:r1], k_labels, q_self[r0:r1], wide)
+            h = _hinge_tile(q[r0:r1], kw, t[r0:r1], q_labels[r0:r1], same, q_self[r0:r1], wide)
             W = _weights(h, T[r0:r1], ctx.p).mul_(g[r0:r1, None].to(wide))
             gq[r0:r1] = W @ kw
             gk.addmm_(W.t(), q[r0:r1].to(wide))

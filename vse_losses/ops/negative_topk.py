@@ -6,7 +6,7 @@ from typing import Tuple
 
 import torch
 
-from .tiling import negative_mask, tile_rows
+from .tiling import SameLabel, mask_non_negatives_, tile_rows
 
 NEG_INF = float("-inf")
 
@@ -49,11 +49,12 @@ def negative_topk_chunked(
     row_idx = torch.zeros((B, k), dtype=torch.long, device=x.device)
     col_val = x.new_full((M, k), NEG_INF, dtype=wide)
     col_idx = torch.zeros((M, k), dtype=torch.long, device=x.device)
+    same = SameLabel(y_labels)
     for r0 in range(0, B, tile):
         r1 = min(B, r0 + tile)
         S = x[r0:r1].to(wide) @ yw.t()
         own = torch.arange(r0, r1, device=x.device) if self_ref else None
-        S.masked_fill_(~negative_mask(x_labels[r0:r1], y_labels, own), NEG_INF)
+        mask_non_negatives_(S, same, x_labels[r0:r1], own, NEG_INF)
         row_val[r0:r1], row_idx[r0:r1] = _topk_desc(S, k, 1)
         tv, ti = _topk_desc(S, k, 0)
         tv, ti = tv.t(), ti.t() + r0

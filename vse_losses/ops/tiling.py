@@ -1,6 +1,8 @@
-"""How many query rows one tile of the chunked kernels holds."""
+"""Tiles of the chunked kernels: how many rows one holds, and which of its entries are not negatives."""
 
 from __future__ import annotations
+
+from typing import Optional, Tuple
 
 import torch
 
@@ -15,12 +17,37 @@ def tile_rows(n_rows: int, n_cols: int) -> int:
     return max(1, min(n_rows, max(MIN_TILE_ROWS, TILE_ELEMENTS // max(n_cols, 1))))
 
 
-def negative_mask(
-    q_labels: torch.Tensor, k_labels: torch.Tensor, q_self: torch.Tensor | None
+class SameLabel:
+    """The (row, column) entries with equal labels, listed without comparing every pair.
+
+    The column labels are sorted once; each row's run of equal labels is then found by binary
+    search, so listing the entries of n rows costs O(n log M + #entries), not O(n·M).
+    """
+
+    def __init__(self, col_labels: torch.Tensor):
+        self.sorted, self.order = torch.sort(col_labels, stable=True)
+
+    def entries(self, row_labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(rows, cols)`` with ``row_labels[rows] == col_labels[cols]``, rows ascending."""
+        lo = torch.searchsorted(self.sorted, row_labels, right=False)
+        counts = torch.searchsorted(self.sorted, row_labels, right=True) - lo
+        rows = torch.repeat_interleave(torch.arange(row_labels.shape[0], device=row_labels.device), counts)
+        starts = torch.repeat_interleave(lo - (torch.cumsum(counts, 0) - counts), counts)
+        return rows, self.order[starts + torch.arange(rows.shape[0], device=row_labels.device)]
+
+
+def mask_non_negatives_(
+    S: torch.Tensor,
+    same: SameLabel,
+    row_labels: torch.Tensor,
+    row_self: Optional[torch.Tensor],
+    fill: float,
 ) -> torch.Tensor:
-    """(rows, M) bool: ``q_labels[i] != k_labels[j]`` and ``j != q_self[i]`` (q_self −1: none)."""
-    neg = q_labels[:, None] != k_labels[None, :]
-    if q_self is not None:
-        cols = torch.arange(k_labels.shape[0], device=k_labels.device)
-        neg &= cols[None, :] != q_self[:, None]
-    return neg
+    """Set the entries of the tile S (rows × M) that are not negatives to ``fill``, in place:
+    the same-label entries and, where ``row_self[i] >= 0``, column ``row_self[i]`` of row i."""
+    rows, cols = same.entries(row_labels)
+    S[rows, cols] = fill
+    if row_self is not None:
+        keep = row_self >= 0
+        S[torch.arange(S.shape[0], device=S.device)[keep], row_self[keep]] = fill
+    return S

@@ -295,11 +295,14 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def _fwd_config(dtype: torch.dtype, interpret: bool) -> dict:
+def _fwd_config(dtype: torch.dtype, interpret: bool, p_mode: int) -> dict:
+    # register use checked by compiling for sm_90 (triton 3.8): these have no spills
     if interpret:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
     if dtype == torch.float32:
-        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
+        return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
+    if p_mode == 0:  # exp2/log2 temporaries: 128x128 spills, 128x64 uses 128 registers
+        return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3)
     return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
 
 
@@ -310,7 +313,7 @@ def _bwd_config(dtype: torch.dtype, D: int, interpret: bool) -> dict:
     # D chunk, so BLOCK_D as large as registers allow
     bd = max(16, min(256, _next_pow2(D)))
     if dtype == torch.float32:
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, BLOCK_D=min(bd, 128), num_warps=8, num_stages=2)
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, BLOCK_D=min(bd, 64), num_warps=8, num_stages=2)
     return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, BLOCK_D=bd, num_warps=8, num_stages=3)
 
 
@@ -339,7 +342,7 @@ def _forward(q, keys, t, ql, kl, qs, p, precision, config=None):
         if N and M and D == 0:
             return _dense_small(q, keys, t, ql, kl, qs, p)
         return out
-    cfg = dict(_fwd_config(q.dtype, is_interpreting()))
+    cfg = dict(_fwd_config(q.dtype, is_interpreting(), _p_mode(p)))
     if config:
         cfg.update({k: v for k, v in config.items() if k in cfg})
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]

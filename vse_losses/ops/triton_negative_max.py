@@ -123,7 +123,7 @@ def _negative_max_kernel(
             # ---- row reduction (running over column tiles; strict '>' keeps the lower j)
             t_max = tl.max(s, axis=1)
             t_arg = tl.min(tl.where(s == t_max[:, None], cols[None, :], 2147483647), axis=1)
-            upd = t_max >= run_v
+            upd = t_max > run_v
             run_v = tl.where(upd, t_max, run_v)
             run_i = tl.where(upd, t_arg, run_i)
             # ---- column reduction for this row block, merged into this program's partial
@@ -165,7 +165,7 @@ def _default_config(dtype: torch.dtype, interpret: bool) -> dict:
         # the multi-tile logic at small sizes
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
     if dtype == torch.float32:
-        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
+        return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
     # fp16 / bf16 (H100: 128x128x64, 8 warps, 3-4 stages; 128x256x64 is the other candidate)
     return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4)
 
@@ -255,12 +255,11 @@ def negative_max_triton(
         raise ValueError(f"labels must be 1-D of lengths {B} and {M}, got {tuple(x_labels.shape)} "
                          f"and {tuple(y_labels.shape)}")
     dev = x.device
-    row_val = torch.full((B,), float("-inf"), device=dev, dtype=torch.float32)
-    row_idx = torch.zeros((B,), device=dev, dtype=torch.int64)
-    col_val = torch.full((M,), float("-inf"), device=dev, dtype=torch.float32)
-    col_idx = torch.zeros((M,), device=dev, dtype=torch.int64)
     if B == 0 or M == 0:
-        return row_val, row_idx, col_val, col_idx
+        return (torch.full((B,), float("-inf"), device=dev, dtype=torch.float32),
+                torch.zeros((B,), device=dev, dtype=torch.int64),
+                torch.full((M,), float("-inf"), device=dev, dtype=torch.float32),
+                torch.zeros((M,), device=dev, dtype=torch.int64))
     if D == 0:  # every score is 0
         x = x.new_zeros((B, 1))
         y = y.new_zeros((M, 1))
@@ -279,7 +278,7 @@ def negative_max_triton(
     if config:
         cfg.update(config)
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
-    nrb = triton.cdiv(B, BM) if TRITON_AVAILABLE else -(-B // BM)
+    nrb = -(-B // BM)
     nct = -(-M // BN)
     if groups is None:
         P, Q = _choose_groups(nrb, nct, B, M, _num_sms(dev))

@@ -1,0 +1,251 @@
+"""The cases of tests/test_distributed.py, run inside gloo worker processes.
+
+Every rank builds the same global batch (deterministic from a seed), computes the single-process
+reference on the concatenated batch itself, then the distributed loss on its own slice, and
+records for each case the difference between
+
+- the mean over ranks of the loss values and the single-process loss, and
+- every parameter gradient after DDP's averaging (all-reduce, divide by W) and the
+  single-process gradient,
+
+into ``{out_dir}/rank{r}_world{w}.json``. A case that raises records the error instead (every rank
+raises the same way in these cases, so the collectives stay in step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from pytorch_metric_learning import distances, reducers
+from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
+
+import vse_losses
+from vse_losses import functional as VF
+
+LOSSES = {
+    "SumHingeLoss": {},
+    "MaxViolationLoss": {},
+    "TopKViolationLoss": {"k": 3},
+    "LpViolationLoss": {"p": 2.5},
+    "MixedViolationLoss": {"mix": 0.3},
+}
+REDUCERS = {"mean": reducers.MeanReducer, "sum": reducers.SumReducer, "avgnz": reducers.AvgNonZeroReducer}
+# rows per rank: unequal on purpose (one rank of world 3 holds a single pair)
+IMG_SIZES = {2: [5, 3], 3: [4, 1, 3]}
+CAP_SIZES = {2: [7, 4], 3: [6, 2, 5]}  # the cross-modal form: captions per rank ≠ images per rank
+D_IMG, D_CAP, D = 6, 5, 8
+
+
+def case_ids(world: int) -> list:
+    """Every case of one world size as a string ``loss/reducer/form/impl[/extra]``."""
+    ids = []
+    for name in LOSSES:
+        for red in ("mean", "sum"):
+            for form in ("paired", "dup"):
+                for impl in ("dense", "chunked"):
+                    ids.append(f"{name}/{red}/{form}/{impl}")
+    for name in ("SumHingeLoss", "MaxViolationLoss", "LpViolationLoss"):
+        for impl in ("dense", "chunked"):
+            ids.append(f"{name}/mean/xmodal/{impl}")
+            ids.append(f"{name}/sum/selfref/{impl}")
+    for name in ("SumHingeLoss", "MaxViolationLoss"):
+        ids.append(f"{name}/avgnz/dup/chunked")
+        ids.append(f"{name}/mean/dup/dense/lpdistance")
+        ids.append(f"{name}/mean/dup/chunked/float32")
+        ids.append(f"{name}/mean/selfref/chunked/lonely")  # a rank whose rows have no positive pair
+    ids += [
+        "max_violation_loss/mean/dup/chunked/functional",
+        "max_violation_loss/sum/paired/dense/functional",
+        "sum_hinge_loss/mean/xmodal/chunked/functional",
+        "lp_violation_loss/mean/paired/chunked/functional",
+        "MaxViolationLoss/mean/paired/chunked/wrapper",
+        "SumHingeLoss/sum/dup/dense/wrapper",
+        "MaxViolationLoss/mean/dup/dense/wrapper-efficient",
+    ]
+    if world == 2:
+        # the real DistributedDataParallel (its first use imports torch._dynamo: seconds, so once)
+        ids += ["MaxViolationLoss/mean/dup/chunked/ddp", "SumHingeLoss/sum/paired/chunked/ddp"]
+    return ids
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class TwoTowers(torch.nn.Module):
+    def __init__(self, dtype):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.img = torch.nn.Linear(D_IMG, D, dtype=dtype)
+        self.cap = torch.nn.Linear(D_CAP, D, dtype=dtype)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=dtype))
+
+    def forward(self, img, cap):
+        return self.img(img), self.cap(cap)
+
+
+def global_batch(world: int, form: str, dtype, extra: str):
+    """Inputs and labels of the concatenated batch, and each rank's rows ``(img, cap)`` ranges."""
+    g = torch.Generator().manual_seed(100 + world)
+    b_sizes = IMG_SIZES[world] if not extra.startswith("wrapper") else [3] * world  # PML's wrapper needs equal sizes
+    m_sizes = CAP_SIZES[world] if form == "xmodal" else b_sizes
+    N, M = sum(b_sizes), sum(m_sizes)
+    img = torch.randn(N, D_IMG, generator=g, dtype=dtype)
+    cap = torch.randn(M, D_CAP, generator=g, dtype=dtype)
+    labels = cap_labels = None
+    if form == "dup" or form == "selfref":
+        # few labels: duplicates within and across ranks, so term counts differ between ranks
+        labels = torch.randint(0, max(2, N // 2), (N,), generator=g)
+        if extra == "lonely":
+            labels = torch.arange(N)
+            labels[: b_sizes[0]] = torch.tensor([0, 0, 1, 1, 2][: b_sizes[0]])  # only rank 0 has pairs
+        cap_labels = labels
+    elif form == "xmodal":
+        labels = torch.arange(N)  # image ids
+        cap_labels = torch.randint(0, N, (M,), generator=g)  # the image of each caption
+    rows = [(sum(b_sizes[:r]), sum(b_sizes[: r + 1])) for r in range(world)]
+    cols = [(sum(m_sizes[:r]), sum(m_sizes[: r + 1])) for r in range(world)]
+    return img, cap, labels, cap_labels, rows, cols
+
+
+def call(loss_fn, form, img_emb, cap_emb, labels, cap_labels):
+    if form == "paired":
+        return loss_fn(img_emb, cap_emb)
+    if form == "dup":
+        return loss_fn(img_emb, labels, ref_emb=cap_emb)
+    if form == "xmodal":
+        return loss_fn(img_emb, labels, ref_emb=cap_emb, ref_labels=cap_labels)
+    if form == "selfref":
+        return loss_fn(img_emb, labels)
+    raise ValueError(form)
+
+
+def call_functional(name, form, img_emb, cap_emb, labels, cap_labels, red, impl, distributed):
+    fn = getattr(VF, name)
+    kw = dict(reduction=red, impl=impl, distributed=distributed)
+    if name == "lp_violation_loss":
+        kw["p"] = 2.5
+    if form == "paired":
+        return fn(img_emb, cap_emb, **kw)
+    if form == "dup":
+        return fn(img_emb, cap_emb, labels=labels, **kw)
+    return fn(img_emb, cap_emb, labels=labels, ref_labels=cap_labels, **kw)
+
+
+def make_loss(name, red, impl, extra, distributed):
+    kw = dict(LOSSES[name], reducer=REDUCERS[red](), impl=impl)
+    if extra == "lpdistance":
+        kw["distance"] = distances.LpDistance()
+    if extra.startswith("wrapper"):
+        return vse_losses.__dict__[name](**kw)
+    return vse_losses.__dict__[name](**kw, distributed=distributed)
+
+
+def run_case(case: str, world: int, rank: int) -> dict:
+    parts = case.split("/")
+    name, red, form, impl = parts[:4]
+    extra = parts[4] if len(parts) > 4 else ""
+    dtype = torch.float32 if extra == "float32" else torch.float64
+    img, cap, labels, cap_labels, rows, cols = global_batch(world, form, dtype, extra)
+    functional = extra == "functional"
+
+    def loss_of(model, img_in, cap_in, lab, cap_lab, distributed):
+        img_emb, cap_emb = model(img_in, cap_in)
+        if functional:
+            return call_functional(name, form, img_emb, cap_emb, lab, cap_lab, red, impl, distributed)
+        loss_fn = make_loss(name, red, impl, extra, distributed)
+        if distributed and extra.startswith("wrapper"):
+            loss_fn = DistributedLossWrapper(loss_fn, efficient=extra == "wrapper-efficient")
+            if form == "dup" and extra == "wrapper-efficient":
+                return loss_fn(img_emb, lab, ref_emb=cap_emb, ref_labels=cap_lab)
+        return call(loss_fn, form, img_emb, cap_emb, lab, cap_lab)
+
+    # the single-process reference on the concatenated batch
+    ref_model = TwoTowers(dtype)
+    ref_loss = loss_of(ref_model, img, cap, labels, cap_labels, False)
+    ref_loss.backward()
+    ref_grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in ref_model.parameters()]  # noqa: E501
+
+    # this rank's slice
+    (r0, r1), (c0, c1) = rows[rank], cols[rank]
+    lab = None if labels is None else labels[r0:r1]
+    cap_lab = None if cap_labels is None else cap_labels[c0:c1]
+    model = TwoTowers(dtype)
+    if extra == "ddp":
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    loss = loss_of(model, img[r0:r1], cap[c0:c1], lab, cap_lab, True)
+    loss.backward()
+    grads = []
+    for p in model.parameters():
+        g = torch.zeros_like(p) if p.grad is None else p.grad.clone()  # one modality: no caption tower
+        if extra != "ddp":  # DDP's averaging, by hand
+            dist.all_reduce(g)
+            g /= world
+        grads.append(g)
+    values = torch.tensor([loss.item()], dtype=torch.float64)
+    dist.all_reduce(values)
+    mean_loss = values.item() / world
+    scale = max(1.0, max(float(g.abs().max()) for g in ref_grads))
+    return {
+        "ref_loss": ref_loss.item(),
+        "mean_loss": mean_loss,
+        "loss_err": abs(mean_loss - ref_loss.item()) / max(1.0, abs(ref_loss.item())),
+        "grad_err": max(float((g - r).abs().max()) for g, r in zip(grads, ref_grads)) / scale,
+        "grad_norm": scale,
+        "error": None,
+    }
+
+
+def mismatch_case(world: int, rank: int) -> dict:
+    """Rank 0 passes labels, the others do not: a ValueError on every rank."""
+    x, y = torch.randn(3, 4), torch.randn(3, 4)
+    try:
+        vse_losses.MaxViolationLoss(distributed=True)(x, torch.arange(3) if rank == 0 else None, ref_emb=y)
+    except ValueError as e:
+        return {"error": str(e)}
+    return {"error": None}
+
+
+def nan_case(world: int, rank: int) -> dict:
+    """NaN in one rank's input: every rank's loss is NaN (as one process on the whole batch)."""
+    x, y = torch.randn(3, 4, requires_grad=True), torch.randn(3, 4)
+    x2 = x.clone()
+    if rank == world - 1:
+        x2 = torch.where(torch.arange(3)[:, None] == 1, torch.full_like(x2, float("nan")), x2)
+    loss = vse_losses.MaxViolationLoss(distributed=True)(x2, y)
+    loss.backward()
+    return {"value": float(loss), "grad_is_tensor": x.grad is not None}
+
+
+def worker(rank: int, worlds: tuple, out_dir: str) -> None:
+    """One spawned process: for each world size (largest first) ranks below it form a fresh
+    gloo group, run every case and write ``rank{r}_world{w}.json``; the others are done."""
+    torch.set_num_threads(1)
+    for world in worlds:
+        if rank >= world:
+            return
+        init = os.path.join(out_dir, f"init{world}")
+        dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
+                                timeout=timedelta(seconds=60))
+        results = {}
+        try:
+            for case in case_ids(world):
+                if os.environ.get("VSE_DIST_DEBUG"):
+                    print(f"{time.time():.2f}", rank, world, case, flush=True)
+                try:
+                    results[case] = run_case(case, world, rank)
+                except Exception:  # recorded, reported by the test of this case
+                    results[case] = {"error": traceback.format_exc()}
+            results["mismatch"] = mismatch_case(world, rank)
+            results["nan"] = nan_case(world, rank)
+        finally:
+            with open(os.path.join(out_dir, f"rank{rank}_world{world}.json"), "w") as f:
+                json.dump(results, f)
+            dist.destroy_process_group()

@@ -1,0 +1,139 @@
+"""ℓp norms of both directions' violation vectors of every positive pair, in one pass over row
+tiles of ``S = x yᵀ`` (torch).
+
+For a positive pair ``(a_j, p_j)`` with threshold ``t_j`` (= s(a_j, p_j) − α):
+
+    i2t:  T¹_j = (Σ_n [S[a_j, n] − t_j]_+^p)^{1/p}   over the negatives n of row a_j,
+    t2i:  T²_j = (Σ_n [S[n, p_j] − t_j]_+^p)^{1/p}   over the negatives n of column p_j.
+
+A row tile holds whole rows, so T¹ of its pairs is complete; T² is accumulated over the tiles
+online (running max and rescaled sum, as flash-attention's softmax). One score product serves both
+directions. The backward recomputes each tile and turns it into ``dS = Σ weights`` scattered
+into rows (i2t) and columns (t2i), then ``∂x = dS y``, ``∂y = dSᵀ x``, ``∂t_j = −Σ_n W_jn``:
+four products in all against the dense formula's three, and nothing B×M outlives a tile.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .tiling import SameLabel, mask_non_negatives_, tile_rows
+
+NEG_INF = float("-inf")
+
+
+def _weights(h: torch.Tensor, T: torch.Tensor, g: torch.Tensor, p: float) -> torch.Tensor:
+    """∂T/∂h · g, elementwise for h ≥ 0 with T and g broadcast against h: (h/T)^{p−1} g on h > 0."""
+    if p == 1.0:
+        return torch.where(h > 0, g, torch.zeros((), dtype=h.dtype, device=h.device))
+    T = torch.where(T > 0, T, torch.ones_like(T))
+    return (h / T).pow_(p - 1.0).mul_(g).masked_fill_(h <= 0, 0.0)
+
+
+class _Tiles:
+    """The masked score tiles, recomputed identically in forward and backward."""
+
+    def __init__(self, x, y, a, p_idx, labels, ref_labels, self_ref):
+        self.x, self.a, self.labels, self.self_ref = x, a, labels, self_ref
+        self.wide = torch.promote_types(x.dtype, torch.float32)
+        self.yw = y.to(self.wide)
+        self.same = SameLabel(ref_labels)
+        B, M, P = x.shape[0], y.shape[0], a.shape[0]
+        self.tile = tile_rows(B, M + P)
+        # the unlabelled case: pair j is (j, j), so the pairs' rows (and columns) are the tile itself
+        eye = torch.arange(B, device=a.device)
+        self.diagonal = P == B == M and torch.equal(a, eye) and torch.equal(p_idx, eye)
+
+    def __iter__(self):
+        B = self.x.shape[0]
+        for r0 in range(0, B, self.tile):
+            r1 = min(B, r0 + self.tile)
+            S = self.x[r0:r1].to(self.wide) @ self.yw.t()
+            own = torch.arange(r0, r1, device=S.device) if self.self_ref else None
+            mask_non_negatives_(S, self.same, self.labels[r0:r1], own, NEG_INF)
+            j0, j1 = (int(v) for v in torch.searchsorted(self.a, torch.tensor([r0, r1], device=self.a.device)))
+            yield r0, r1, j0, j1, S
+
+    def rows_of_pairs(self, S, r0, j0, j1):
+        """(j1 − j0, M): the tile's rows of the pairs j0..j1 (whose a lies in the tile)."""
+        return S if self.diagonal else S[self.a[j0:j1] - r0]
+
+
+class HingeNormPairsChunked(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, t, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i):
+        tiles = _Tiles(x, y, a, p_idx, labels, ref_labels, self_ref)
+        tw = t.to(tiles.wide)
+        P = a.shape[0]
+        T1 = torch.zeros(P, dtype=tiles.wide, device=x.device)
+        m2 = torch.zeros(P, dtype=tiles.wide, device=x.device)  # running max of the t2i hinges
+        s2 = torch.zeros(P, dtype=tiles.wide, device=x.device)  # Σ (h / m2)^p so far (Σ h for p = 1)
+        for r0, r1, j0, j1, S in tiles:
+            if do_i2t and j1 > j0:
+                H = tiles.rows_of_pairs(S, r0, j0, j1)
+                H = (H - tw[j0:j1, None]).clamp_(min=0.0)
+                T1[j0:j1] = _lp_rows(H, p)
+            if do_t2i:
+                H = S if tiles.diagonal else S[:, p_idx]
+                H = (H - tw[None, :]).clamp_(min=0.0)
+                if p == 1.0:
+                    s2 += H.sum(0)
+                else:
+                    m_new = torch.maximum(m2, H.amax(0))
+                    safe = torch.where(m_new > 0, m_new, torch.ones_like(m_new))
+                    s2 = s2 * (m2 / safe).pow(p) + (H / safe).pow_(p).sum(0)
+                    m2 = m_new
+        T2 = s2 if p == 1.0 else torch.where(m2 > 0, m2 * s2.pow(1.0 / p), torch.zeros_like(m2))
+        ctx.save_for_backward(x, y, t, a, p_idx, labels, ref_labels, T1, T2)
+        ctx.self_ref, ctx.p, ctx.do_i2t, ctx.do_t2i = self_ref, p, do_i2t, do_t2i
+        return T1, T2
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g1, g2):
+        x, y, t, a, p_idx, labels, ref_labels, T1, T2 = ctx.saved_tensors
+        p = ctx.p
+        tiles = _Tiles(x, y, a, p_idx, labels, ref_labels, ctx.self_ref)
+        wide, tw = tiles.wide, t.to(tiles.wide)
+        gx = torch.empty(x.shape, dtype=wide, device=x.device)
+        gy = torch.zeros(y.shape, dtype=wide, device=x.device)
+        gt = torch.zeros(t.shape, dtype=wide, device=x.device)
+        do_i2t = ctx.do_i2t and g1 is not None
+        do_t2i = ctx.do_t2i and g2 is not None
+        for r0, r1, j0, j1, S in tiles:
+            dS = torch.zeros_like(S)
+            if do_i2t and j1 > j0:
+                H = (tiles.rows_of_pairs(S, r0, j0, j1) - tw[j0:j1, None]).clamp_(min=0.0)
+                W = _weights(H, T1[j0:j1, None], g1[j0:j1, None].to(wide), p)
+                if tiles.diagonal:
+                    dS += W
+                else:
+                    dS.index_add_(0, a[j0:j1] - r0, W)
+                gt[j0:j1] -= W.sum(1)
+            if do_t2i:
+                H = ((S if tiles.diagonal else S[:, p_idx]) - tw[None, :]).clamp_(min=0.0)
+                W = _weights(H, T2[None, :], g2[None, :].to(wide), p)
+                if tiles.diagonal:
+                    dS += W
+                else:
+                    dS.index_add_(1, p_idx, W)
+                gt -= W.sum(0)
+            gx[r0:r1] = dS @ tiles.yw
+            gy.addmm_(dS.t(), x[r0:r1].to(wide))
+        return gx.to(x.dtype), gy.to(y.dtype), gt.to(t.dtype), None, None, None, None, None, None, None, None
+
+
+def _lp_rows(h: torch.Tensor, p: float) -> torch.Tensor:
+    if p == 1.0:
+        return h.sum(1)
+    m = h.amax(1)
+    safe = torch.where(m > 0, m, torch.ones_like(m))
+    return torch.where(m > 0, (h / safe[:, None]).pow_(p).sum(1).pow_(1.0 / p) * m, torch.zeros_like(m))
+
+
+def hinge_norm_pairs_chunked(x, y, t, a, p_idx, labels, ref_labels, self_ref: bool, p: float,
+                             do_i2t: bool = True, do_t2i: bool = True):
+    """See :func:`vse_losses.ops.hinge_norm_pairs`."""
+    return HingeNormPairsChunked.apply(
+        x, y, t, a, p_idx, labels, ref_labels, bool(self_ref), float(p), bool(do_i2t), bool(do_t2i)
+    )
