@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from .tiling import SameLabel, mask_non_negatives_, tile_rows
+from .tiling import Matmul, SameLabel, mask_non_negatives_, tile_rows
 
 
-def _hinge_tile(q, kw, t, q_labels, same, q_self, wide):
-    S = q.to(wide) @ kw.t()
+def _hinge_tile(mm, q, kt, t, q_labels, same, q_self):
+    S = mm(q, kt)
     mask_non_negatives_(S, same, q_labels, q_self, float("-inf"))
-    return S.sub_(t.to(wide)[:, None]).clamp_(min=0.0)
+    return S.sub_(t.to(S.dtype)[:, None]).clamp_(min=0.0)
 
 
 def _lp(h: torch.Tensor, p: float) -> torch.Tensor:
@@ -36,15 +36,15 @@ def _weights(h: torch.Tensor, T: torch.Tensor, p: float) -> torch.Tensor:
 class HingeNormRowsChunked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, keys, t, q_labels, k_labels, q_self, p):
-        wide = torch.promote_types(q.dtype, torch.float32)
-        kw = keys.to(wide)
+        mm = Matmul(q.dtype, q.device)
+        wide, kt = mm.wide, mm.operand(keys).t()
         N = q.shape[0]
         tile = tile_rows(N, keys.shape[0])
         T = torch.empty(N, dtype=wide, device=q.device)
         same = SameLabel(k_labels)
         for r0 in range(0, N, tile):
             r1 = min(N, r0 + tile)
-            h = _hinge_tile(q[r0:r1], kw, t[r0:r1], q_labels[r0:r1], same, q_self[r0:r1], wide)
+            h = _hinge_tile(mm, q[r0:r1], kt, t[r0:r1], q_labels[r0:r1], same, q_self[r0:r1])
             T[r0:r1] = _lp(h, p)
         ctx.save_for_backward(q, keys, t, q_labels, k_labels, q_self, T)
         ctx.p = p
@@ -54,8 +54,9 @@ class HingeNormRowsChunked(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         q, keys, t, q_labels, k_labels, q_self, T = ctx.saved_tensors
-        wide = T.dtype
-        kw = keys.to(wide)
+        mm = Matmul(q.dtype, q.device)
+        wide, kw = mm.wide, mm.operand(keys)
+        kt = kw.t()
         N = q.shape[0]
         tile = tile_rows(N, keys.shape[0])
         gq = torch.empty(q.shape, dtype=wide, device=q.device)
@@ -64,10 +65,10 @@ class HingeNormRowsChunked(torch.autograd.Function):
         same = SameLabel(k_labels)
         for r0 in range(0, N, tile):
             r1 = min(N, r0 + tile)
-            h = _hinge_tile(q[r0:r1], kw, t[r0:r1], q_labels[r0:r1], same, q_self[r0:r1], wide)
+            h = _hinge_tile(mm, q[r0:r1], kt, t[r0:r1], q_labels[r0:r1], same, q_self[r0:r1])
             W = _weights(h, T[r0:r1], ctx.p).mul_(g[r0:r1, None].to(wide))
-            gq[r0:r1] = W @ kw
-            gk.addmm_(W.t(), q[r0:r1].to(wide))
+            gq[r0:r1] = mm(W, kw)
+            gk += mm(W.t(), q[r0:r1])
             gt[r0:r1] = -W.sum(1)
         return gq.to(q.dtype), gk.to(keys.dtype), gt.to(t.dtype), None, None, None, None
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .tiling import SameLabel, mask_non_negatives_, tile_rows
+from .tiling import Matmul, SameLabel, mask_non_negatives_, tile_rows
 
 NEG_INF = float("-inf")
 
@@ -35,8 +35,8 @@ class _Tiles:
 
     def __init__(self, x, y, a, p_idx, labels, ref_labels, self_ref):
         self.x, self.a, self.labels, self.self_ref = x, a, labels, self_ref
-        self.wide = torch.promote_types(x.dtype, torch.float32)
-        self.yw = y.to(self.wide)
+        self.mm = Matmul(x.dtype, x.device)
+        self.wide, self.y = self.mm.wide, self.mm.operand(y)
         self.same = SameLabel(ref_labels)
         B, M, P = x.shape[0], y.shape[0], a.shape[0]
         self.tile = tile_rows(B, M + P)
@@ -48,7 +48,7 @@ class _Tiles:
         B = self.x.shape[0]
         for r0 in range(0, B, self.tile):
             r1 = min(B, r0 + self.tile)
-            S = self.x[r0:r1].to(self.wide) @ self.yw.t()
+            S = self.mm(self.x[r0:r1], self.y.t())
             own = torch.arange(r0, r1, device=S.device) if self.self_ref else None
             mask_non_negatives_(S, self.same, self.labels[r0:r1], own, NEG_INF)
             j0, j1 = (int(v) for v in torch.searchsorted(self.a, torch.tensor([r0, r1], device=self.a.device)))
@@ -118,8 +118,8 @@ class HingeNormPairsChunked(torch.autograd.Function):
                 else:
                     dS.index_add_(1, p_idx, W)
                 gt -= W.sum(0)
-            gx[r0:r1] = dS @ tiles.yw
-            gy.addmm_(dS.t(), x[r0:r1].to(wide))
+            gx[r0:r1] = tiles.mm(dS, tiles.y)
+            gy += tiles.mm(dS.t(), x[r0:r1])
         return gx.to(x.dtype), gy.to(y.dtype), gt.to(t.dtype), None, None, None, None, None, None, None, None
 
 

@@ -6,7 +6,7 @@ from typing import Tuple
 
 import torch
 
-from .tiling import SameLabel, mask_non_negatives_, tile_rows
+from .tiling import Matmul, SameLabel, mask_non_negatives_, tile_rows
 
 NEG_INF = float("-inf")
 
@@ -42,8 +42,8 @@ def negative_topk_chunked(
     replacing only on a strictly larger score, so ties keep the lowest row index.
     """
     B, M = x.shape[0], y.shape[0]
-    wide = torch.promote_types(x.dtype, torch.float32)
-    yw = y.to(wide)
+    mm = Matmul(x.dtype, x.device)
+    wide, yt = mm.wide, mm.operand(y).t()
     tile = tile or tile_rows(B, M)
     row_val = x.new_full((B, k), NEG_INF, dtype=wide)
     row_idx = torch.zeros((B, k), dtype=torch.long, device=x.device)
@@ -52,7 +52,7 @@ def negative_topk_chunked(
     same = SameLabel(y_labels)
     for r0 in range(0, B, tile):
         r1 = min(B, r0 + tile)
-        S = x[r0:r1].to(wide) @ yw.t()
+        S = mm(x[r0:r1], yt)
         own = torch.arange(r0, r1, device=x.device) if self_ref else None
         mask_non_negatives_(S, same, x_labels[r0:r1], own, NEG_INF)
         row_val[r0:r1], row_idx[r0:r1] = _topk_desc(S, k, 1)

@@ -51,3 +51,32 @@ def mask_non_negatives_(
         keep = row_self >= 0
         S[torch.arange(S.shape[0], device=S.device)[keep], row_self[keep]] = fill
     return S
+
+
+class Matmul:
+    """Products with float32 results (float64 for float64 inputs), in the inputs' own precision
+    where the device can: on CUDA, fp16/bf16 operands go to the tensor cores with an fp32 output
+    (``torch.mm(..., out_dtype=torch.float32)``, torch ≥ 2.9); elsewhere both are widened first.
+    The reductions always see the wide result, never a score rounded to half precision."""
+
+    _native_ok = True  # cleared once if this torch has no out_dtype
+
+    def __init__(self, dtype: torch.dtype, device: torch.device):
+        self.wide = torch.promote_types(dtype, torch.float32)
+        self.native = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and Matmul._native_ok
+        self.operand_dtype = dtype if self.native else self.wide
+
+    def operand(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` in the operand dtype (convert a large operand once, outside the tile loop)."""
+        return t.to(self.operand_dtype)
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a, b = self.operand(a), self.operand(b)
+        if self.native:
+            try:
+                return torch.mm(a, b, out_dtype=torch.float32)
+            except (TypeError, RuntimeError):
+                Matmul._native_ok = self.native = False
+                self.operand_dtype = self.wide
+                a, b = self.operand(a), self.operand(b)
+        return a @ b
