@@ -8,6 +8,7 @@ what the workers recorded: the mean over ranks of the loss values equals the sin
 loss, and every parameter gradient after DDP's averaging equals the single-process gradient.
 """
 
+import importlib
 import json
 import os
 
@@ -41,7 +42,7 @@ def start_method() -> str:
     if forced:
         return forced
     if "fork" in mp.get_all_start_methods() and not torch.cuda.is_initialized():
-        import torch._dynamo  # noqa: F401  DistributedDataParallel imports it: once here, not per worker
+        importlib.import_module("torch._dynamo")  # DistributedDataParallel imports it: once here, not per worker
 
         return "fork"
     return "spawn"
@@ -92,14 +93,37 @@ def test_pml_distributed_loss_wrapper(results, world):
 @pytest.mark.parametrize("world", WORLDS)
 def test_ranks_disagreeing_on_labels_raise_on_every_rank(results, world):
     for rec in results[world]:
-        assert rec["mismatch"]["error"] is not None and "disagree" in rec["mismatch"]["error"]
+        assert rec["mismatch"]["error"] is not None and "disagree" in rec["mismatch"]["error"], rec["mismatch"]
 
 
 @pytest.mark.parametrize("world", WORLDS)
 def test_nan_on_one_rank_gives_nan_on_every_rank(results, world):
     for rec in results[world]:
+        assert "value" in rec["nan"], rec["nan"]
         assert rec["nan"]["value"] != rec["nan"]["value"]  # NaN
         assert rec["nan"]["grad_is_tensor"]
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_gather_rows_unequal_sizes_and_gradient(results, world):
+    for rec in results[world]:
+        assert rec["gather"]["error"] is None and rec["gather"]["rows_ok"] and rec["gather"]["grad_ok"], rec["gather"]
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_collect_stats_are_those_of_the_global_batch(results, world):
+    for rec in results[world]:
+        rec = rec["stats"]
+        assert rec["error"] is None, rec["error"]
+        assert rec["dot"] < 1e-12 and rec["lp"] < 1e-12, rec
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_other_reducers_get_the_local_terms(results, world):
+    for rec in results[world]:
+        rec = rec["reducers"]
+        assert rec["error"] is None, rec["error"]
+        assert rec["terms_err"] < 1e-9 and rec["indices_ok"] and rec["reg_err"] < 1e-9, rec
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +195,8 @@ def test_query_blocks_partition_the_terms(impl, norm, self_ref):
     dtype = torch.float32 if impl == "triton" else torch.float64
     g = torch.Generator().manual_seed(3)
     x = torch.nn.functional.normalize(torch.randn(9, 6, generator=g, dtype=dtype), dim=1).to(device)
-    y = None if self_ref else torch.nn.functional.normalize(torch.randn(12, 6, generator=g, dtype=dtype), dim=1).to(device)
+    y = torch.nn.functional.normalize(torch.randn(12, 6, generator=g, dtype=dtype), dim=1).to(device)
+    y = None if self_ref else y
     labels = torch.tensor([0, 1, 1, 2, 3, 3, 4, 5, 5], device=device)
     ref_labels = None if self_ref else torch.tensor([0, 0, 1, 2, 2, 3, 4, 4, 5, 5, 1, 3], device=device)
     x.requires_grad_(True)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import FAST_IMPLS, LOSS_CASES
+from cases import FAST_IMPLS, LOSS_CASES
 from pytorch_metric_learning.reducers import MeanReducer, SumReducer
 from reference import cosine, loop_terms, original_vsepp_loss
 

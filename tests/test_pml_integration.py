@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import FAST_IMPLS, LOSS_CASES
+from cases import FAST_IMPLS, LOSS_CASES
 from pytorch_metric_learning import distances, losses, miners, reducers
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from reference import cosine, loop_terms

@@ -8,7 +8,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-from conftest import LOSS_CASES  # noqa: E402
+from cases import LOSS_CASES  # noqa: E402
 from pytorch_metric_learning.reducers import SumReducer  # noqa: E402
 
 import vse_losses  # noqa: E402
