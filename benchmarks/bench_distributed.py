@@ -16,7 +16,11 @@ and times, as the median over rounds of the slowest rank (each round starts at a
 - ``single``: one process, one thread, on the whole ``W·B_local`` batch (the work that the ranks
   share).
 
-``gather %`` = gather / loss. Processes are started by fork where available (``--start spawn``
+``gather %`` = gather / loss. A second table times the compute alone, in one process (one thread,
+no communication): one rank's two query blocks against one process on the whole batch; its
+ratio tends to 2/W (each rank scores B·N pairs per direction, one process N² for both).
+
+Processes are started by fork where available (``--start spawn``
 otherwise); with more processes than cores (4 on a 2-core machine) the ranks time-share the cores
 and the collectives wait for descheduled peers: read those rows as an upper bound.
 """
@@ -136,8 +140,51 @@ def measure(world: int, configs: list, rounds: int = 5, start: str | None = None
     return rows
 
 
+def block_share(world: int, B: int, D: int, loss: str, impl: str, rounds: int = 5) -> dict:
+    """In this process, one thread, no communication: one rank's two blocks of queries (its B
+    rows against the N = W·B columns, its B columns against the N rows) against the whole
+    N × N problem of one process, forward and backward. The ratio tends to 2/W."""
+    from vse_losses.functional import Norm, violation_terms
+
+    torch.set_num_threads(1)
+    cls, kw = LOSSES[loss]
+    norm = Norm(**{"SumHingeLoss": {"kind": "sum"}, "MaxViolationLoss": {"kind": "max"},
+                   "TopKViolationLoss": {"kind": "topk", **kw}, "LpViolationLoss": {"kind": "lp", **kw},
+                   "MixedViolationLoss": {"kind": "mix", **kw}}[cls])
+    N = world * B
+    x = torch.nn.functional.normalize(torch.randn(N, D), dim=1).requires_grad_(True)
+    y = torch.nn.functional.normalize(torch.randn(N, D), dim=1).requires_grad_(True)
+    lab = torch.arange(N)
+
+    def run(q=None):
+        violation_terms(x, y, labels=lab, norm=norm, impl=impl, query_rows=q, query_cols=q)[0].sum().backward()
+
+    def med(fn):
+        fn()
+        ts = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(ts)
+
+    full = med(run)
+    rank = med(lambda: run((0, B)))
+    return {"world": world, "B": B, "N": N, "D": D, "loss": loss, "impl": impl, "full_ms": full, "rank_ms": rank}
+
+
+def block_table(rows: list) -> str:
+    lines = ["| W | B_local | N | D | loss | impl | one rank's blocks ms | one process on N ms | ratio | 2/W |",
+             "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['world']} | {r['B']} | {r['N']} | {r['D']} | {r['loss']} | {r['impl']} "
+                     f"| {r['rank_ms']:.1f} | {r['full_ms']:.1f} | {r['rank_ms'] / r['full_ms']:.2f} | {2 / r['world']:.2f} |")
+    return "\n".join(lines)
+
+
 def table(rows: list) -> str:
-    head = "| W | B_local | N | D | loss | impl | gather ms | loss ms (distributed) | gather % | local-only ms | one process on N ms |"
+    head = ("| W | B_local | N | D | loss | impl | gather ms | loss ms (distributed) | gather % | local-only ms "
+            "| one process on N ms |")
     lines = [head, "|" + "---|" * 11]
     for r in rows:
         single = f"{r['single_ms']:.1f}" if "single_ms" in r else "—"
@@ -171,9 +218,14 @@ def main(argv=None) -> None:
     print(f"# {date.today().isoformat()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
           f"torch {torch.__version__}, gloo, 1 thread per rank, float32, forward+backward, median of {args.rounds}")
     print(table(rows))
+    blocks = [block_share(int(w), c["B"], c["D"], c["loss"], c["impl"], args.rounds)
+              for w in args.worlds.split(",") for c in configs]
+    print()
+    print("# compute alone: one rank's query blocks vs one process on the whole batch (one thread, no communication)")
+    print(block_table(blocks))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"distributed": rows, "blocks": blocks}, f, indent=1)
 
 
 def test_bench_distributed_gather(benchmark):

@@ -23,10 +23,12 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from pytorch_metric_learning import distances, reducers
+from pytorch_metric_learning.regularizers import LpRegularizer
 from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
 
 import vse_losses
 from vse_losses import functional as VF
+from vse_losses.distributed import gather_rows
 
 LOSSES = {
     "SumHingeLoss": {},
@@ -171,7 +173,7 @@ def run_case(case: str, world: int, rank: int) -> dict:
     ref_model = TwoTowers(dtype)
     ref_loss = loss_of(ref_model, img, cap, labels, cap_labels, False)
     ref_loss.backward()
-    ref_grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in ref_model.parameters()]  # noqa: E501
+    ref_grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in ref_model.parameters()]
 
     # this rank's slice
     (r0, r1), (c0, c1) = rows[rank], cols[rank]
@@ -224,6 +226,68 @@ def nan_case(world: int, rank: int) -> dict:
     return {"value": float(loss), "grad_is_tensor": x.grad is not None}
 
 
+def reducers_case(world: int, rank: int) -> dict:
+    """Reducers without an exact distributed rule get this rank's terms: with DoNothingReducer
+    the ranks' terms are, between them, every term of the concatenated batch; an embedding
+    regulariser stays per rank (PML's semantics under DDP)."""
+    img, cap, labels, _, rows, _ = global_batch(world, "dup", torch.float64, "")
+    (r0, r1) = rows[rank]
+    x = img[:, :4].clone().requires_grad_(True)
+    y = cap[:, :4]
+    ref = vse_losses.TopKViolationLoss(k=2, reducer=reducers.SumReducer())(x, labels, ref_emb=y)
+    local = x[r0:r1].detach().clone().requires_grad_(True)
+    out = vse_losses.TopKViolationLoss(k=2, reducer=reducers.DoNothingReducer(), distributed=True)(
+        local, labels[r0:r1], ref_emb=y[r0:r1]
+    )
+    terms = out["loss"]["losses"]
+    indices_ok = bool(((out["loss"]["indices"] >= 0) & (out["loss"]["indices"] < r1 - r0)).all())
+    terms.sum().backward()  # every rank joins the gather's backward
+    total = terms.detach().sum().reshape(1)
+    dist.all_reduce(total)
+    plain = vse_losses.SumHingeLoss(distributed=True)(local, labels[r0:r1], ref_emb=y[r0:r1])
+    with_reg = vse_losses.SumHingeLoss(distributed=True, embedding_regularizer=LpRegularizer())(
+        local, labels[r0:r1], ref_emb=y[r0:r1]
+    )
+    reg_local = LpRegularizer()(local)
+    return {
+        "terms_err": abs(total.item() - ref.item()) / max(1.0, abs(ref.item())),
+        "indices_ok": indices_ok,
+        "reg_err": abs(with_reg.item() - plain.item() - reg_local.item()),
+        "error": None,
+    }
+
+
+def gather_case(world: int, rank: int) -> dict:
+    """gather_rows with unequal sizes: the rows of every rank in order, and the gradient of
+    Σ_r loss_r(gathered) in each rank's own rows."""
+    sizes = IMG_SIZES[world]
+    full = torch.arange(sum(sizes) * 2, dtype=torch.float64).reshape(-1, 2)
+    r0 = sum(sizes[:rank])
+    local = full[r0 : r0 + sizes[rank]].clone().requires_grad_(True)
+    gathered = gather_rows(local)
+    weights = torch.arange(full.shape[0], dtype=torch.float64)[:, None] * (rank + 1)
+    (gathered * weights).sum().backward()  # Σ over ranks of the weights: world·(world+1)/2 · index
+    expected = torch.arange(full.shape[0], dtype=torch.float64)[r0 : r0 + sizes[rank], None] * world * (world + 1) / 2
+    return {"rows_ok": bool(torch.equal(gathered.detach(), full)),
+            "grad_ok": bool(torch.equal(local.grad, expected.expand_as(local))), "error": None}
+
+
+def stats_case(world: int, rank: int) -> dict:
+    """collect_stats=True: the diagnostics of the global batch on every rank (dot and other
+    distances), as one process on the concatenated batch records them."""
+    img, cap, labels, _, rows, _ = global_batch(world, "dup", torch.float64, "")
+    (r0, r1) = rows[rank]
+    x, y = img[:, :4], cap[:, :4]
+    out = {"error": None}
+    for name, kw in (("dot", {}), ("lp", {"distance": distances.LpDistance()})):
+        ref_fn = vse_losses.MaxViolationLoss(collect_stats=True, **kw)
+        ref_fn(x, labels, ref_emb=y)
+        fn = vse_losses.MaxViolationLoss(collect_stats=True, distributed=True, **kw)
+        fn(x[r0:r1], labels[r0:r1], ref_emb=y[r0:r1])
+        out[name] = max(abs(getattr(fn, s) - getattr(ref_fn, s)) for s in ("pos_sim_mean", "hardest_neg_sim_mean"))
+    return out
+
+
 def worker(rank: int, worlds: tuple, out_dir: str) -> None:
     """One spawned process: for each world size (largest first) ranks below it form a fresh
     gloo group, run every case and write ``rank{r}_world{w}.json``; the others are done."""
@@ -243,8 +307,12 @@ def worker(rank: int, worlds: tuple, out_dir: str) -> None:
                     results[case] = run_case(case, world, rank)
                 except Exception:  # recorded, reported by the test of this case
                     results[case] = {"error": traceback.format_exc()}
-            results["mismatch"] = mismatch_case(world, rank)
-            results["nan"] = nan_case(world, rank)
+            for name, fn in (("mismatch", mismatch_case), ("nan", nan_case), ("reducers", reducers_case),
+                             ("gather", gather_case), ("stats", stats_case)):
+                try:
+                    results[name] = fn(world, rank)
+                except Exception:
+                    results[name] = {"error": traceback.format_exc()}
         finally:
             with open(os.path.join(out_dir, f"rank{rank}_world{world}.json"), "w") as f:
                 json.dump(results, f)

@@ -11,7 +11,9 @@ With ``distributed=True`` every rank
    over all ranks every term of the concatenated batch is computed exactly once;
 3. reduces them so that the *sum* over ranks of the losses is ``W`` times the single-process
    loss (:func:`reduce_terms`): ``SumReducer`` → ``W·Σ local terms``; ``MeanReducer`` →
-   ``W·Σ local terms / T`` with ``T`` the global number of terms (one ``all_reduce``).
+   ``W·Σ local terms / T`` with ``T`` the global number of terms (one ``all_reduce``);
+   ``ThresholdReducer``/``AvgNonZeroReducer`` likewise over the selected terms. Other reducers
+   get this rank's terms, unscaled.
 
 The backward of the gather sums the gradients of every rank's loss into the local rows, so
 after DDP's averaging (sum over ranks, divided by ``W``) each parameter gets
@@ -28,7 +30,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 __all__ = [
     "is_initialized",
@@ -78,8 +79,8 @@ class _AllGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous()
-        if dist.get_backend() == "nccl":
+        grad = grad.clone(memory_format=torch.contiguous_format)  # reduced in place: never alias autograd's
+        if grad.is_cuda and "nccl" in str(dist.get_backend()).lower():
             out = grad.new_empty(grad.shape[1:])
             dist.reduce_scatter_tensor(out, grad.flatten(0, 1))
             return out

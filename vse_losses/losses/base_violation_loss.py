@@ -150,16 +150,20 @@ class BaseViolationLoss(BaseMetricLossFunction):
                 )
             else:
                 with torch.no_grad():
-                    self._record_dense_stats(self._scores(g.x, gy), *pair_masks(g.labels, g.ref_labels, self_ref), terms)
-        # anchors: the local index of each term's query (the row for i2t, the ref_emb row for t2i)
-        loss = {"losses": terms, "indices": anchors, "reduction_type": "element"}
+                    pos, neg = pair_masks(g.labels, g.ref_labels, self_ref)
+                    self._record_dense_stats(self._scores(g.x, gy), pos, neg, terms)
         rule = _dist.reducer_rule(self.reducer)
         value = None if rule is None else _dist.reduce_terms(terms, rule, g.world)
         if value is not None:
             loss = {"losses": value, "indices": None, "reduction_type": "already_reduced"}
+        else:  # another reducer gets this rank's terms; indices: the local index of each term's
+            # query (the embeddings row for i2t terms, the ref_emb row for t2i terms)
+            loss = {"losses": terms + g.guard(), "indices": anchors, "reduction_type": "element"}
         loss_dict = {"loss": loss}
         self.add_embedding_regularization_to_loss_dict(loss_dict, embeddings)
-        return self.reducer(loss_dict, embeddings, labels) + g.guard()
+        out = self.reducer(loss_dict, embeddings, labels)
+        # the guard keeps every rank's loss on the gather, so that every rank joins its backward
+        return out + g.guard() if torch.is_tensor(out) else out
 
     # ----------------------------------------------------------------------------------------
 
