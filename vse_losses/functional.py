@@ -89,6 +89,16 @@ class Norm:
         """The p of the ℓp part of the norm (0: it has none)."""
         return {"sum": 1.0, "lp": self.p, "mix": 1.0}.get(self.kind, 0.0)
 
+    @property
+    def selection_weight(self) -> float:
+        """Weight of the hardest-negatives part of the term (λ of the mix, else 1)."""
+        return self.mix if self.kind == "mix" else 1.0
+
+    @property
+    def hinge_weight(self) -> float:
+        """Weight of the ℓp part of the term (1 − λ of the mix, else 1)."""
+        return 1.0 - self.mix if self.kind == "mix" else 1.0
+
 
 # --------------------------------------------------------------------------------------------
 # Pairs and masks
@@ -293,9 +303,9 @@ def violation_terms(
         if selection is not None:
             vals, idx = selection[direction]
             selected = selected_hinge_sum(q_side[q_idx], k_side, vals[q_idx], idx[q_idx], s_ap, margin)
-            term = term + selected * (norm.mix if norm.kind == "mix" else 1.0)
+            term = term + selected * norm.selection_weight
         if hinge is not None:
-            term = term + hinge[direction] * ((1.0 - norm.mix) if norm.kind == "mix" else 1.0)
+            term = term + hinge[direction] * norm.hinge_weight
         terms.append(term)
         anchors.append(a)
     return torch.cat(terms), torch.cat(anchors)
@@ -354,13 +364,13 @@ def query_violation_terms(
                         q_side[lo:hi], k_side, q_lab[lo:hi], k_lab, False, norm.selection_k, impl=impl
                     )
                 selected = selected_hinge_sum(q_side[q_idx], k_side, vals[q_idx - lo], idx[q_idx - lo], s_ap, margin)
-                term = term + selected * (norm.mix if norm.kind == "mix" else 1.0)
+                term = term + selected * norm.selection_weight
             if norm.hinge_p:
                 hn = hinge_norm_rows(
                     q_side[q_idx], k_side, s_ap - margin, q_lab[q_idx], k_lab, torch.full_like(q_idx, -1),
                     norm.hinge_p, impl=impl,
                 )
-                term = term + hn * ((1.0 - norm.mix) if norm.kind == "mix" else 1.0)
+                term = term + hn * norm.hinge_weight
         terms.append(term)
         anchors.append(q_idx - lo)
     return torch.cat(terms), torch.cat(anchors)
