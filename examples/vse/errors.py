@@ -1,11 +1,19 @@
 """Errors that end a command with one line (``error: WHERE: WHAT``) instead of a traceback."""
 from __future__ import annotations
 
+from typing import Optional
+
 
 class UserError(Exception):
     """A problem with the user's data or options: ``where`` is the file (or flag) at fault."""
 
-    def __init__(self, where: str, problem: str):
+    def __init__(self, where: str, problem: Optional[str] = None):
+        if problem is None:
+            # Re-raised from a DataLoader worker with one message holding the worker's traceback:
+            # keep its last line, "pkg.DataError: WHERE: WHAT".
+            last = [ln for ln in str(where).splitlines() if ln.strip()][-1:] or [str(where)]
+            text = last[0].split("Error: ", 1)[-1]
+            where, _, problem = text.partition(": ")
         super().__init__(f"{where}: {problem}")
         self.where, self.problem = str(where), problem
 

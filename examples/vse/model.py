@@ -35,12 +35,12 @@ def _xavier_fc(fc: nn.Linear) -> None:
 
 
 class SmallCNN(nn.Module):
-    """A four-block conv net for small images (the embedded demo's default ``--cnn_type``).
+    """Three conv blocks and a linear layer, for small images (the embedded demo's ``--cnn_type``).
 
     Spatial layout is kept (flattened, not pooled away) because captions name positions.
     """
 
-    def __init__(self, in_size: int = 32, width: int = 32, out_dim: int = 512):
+    def __init__(self, in_size: int = 32, width: int = 16, out_dim: int = 512):
         super().__init__()
         c = [3, width, 2 * width, 4 * width]
         layers = []
@@ -90,7 +90,7 @@ def build_cnn(cnn_type: str, weights_path: Optional[str], crop_size: int, log=pr
         names = torchvision.models.list_models(module=torchvision.models)
         if cnn_type not in names:
             raise ConfigError("--cnn_type", f"unknown model {cnn_type!r}: use smallcnn or a torchvision "
-                              f"classification model ({', '.join(sorted(n for n in names if n in ('resnet152', 'vgg19', 'resnet18', 'resnet50')))}, ...)")
+                              "classification model name (resnet152, vgg19, resnet18, mobilenet_v3_small, ...)")
         kwargs = {"aux_logits": False, "init_weights": True} if cnn_type in ("inception_v3", "googlenet") else {}
         net = torchvision.models.get_model(cnn_type, weights=None, **kwargs)
         if weights_path:
@@ -100,6 +100,7 @@ def build_cnn(cnn_type: str, weights_path: Optional[str], crop_size: int, log=pr
             log(f"loaded CNN weights from {weights_path}")
     if weights_path and cnn_type == "smallcnn":
         _load_weights(net, weights_path)
+        log(f"loaded CNN weights from {weights_path}")
     if not weights_path:
         log(f"notice: no --cnn_weights given: the {cnn_type} image encoder starts from random initialisation")
     return net, dim
@@ -115,6 +116,10 @@ def _load_weights(net: nn.Module, path: str) -> None:
     if not isinstance(state, dict):
         raise ConfigError(path, "CNN weights must be a state_dict (a dict of tensors)")
     state = OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in state.items())
+    own = net.state_dict()
+    # inception_v3/googlenet are built without their auxiliary classifiers: drop those weights
+    state = OrderedDict((k, v) for k, v in state.items()
+                        if k in own or not k.startswith(("AuxLogits.", "aux1.", "aux2.")))
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:

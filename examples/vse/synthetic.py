@@ -219,6 +219,9 @@ def load(cfg: SyntheticConfig, cache_dir: str | None = None, log=print) -> Dict[
     arrays["meta"] = np.array(json.dumps({s: [list(map(list, x)) for x in d["descriptions"]] for s, d in data.items()}))
     fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npz.tmp")
     os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
     os.replace(tmp, path)

@@ -1,0 +1,26 @@
+#!/usr/bin/env python
+"""Evaluate a saved VSE++ model by the paper's protocol.
+
+    python examples/evaluate.py runs/runX/model_best.pth.tar                 # embedded data, test split
+    python examples/evaluate.py CHECKPOINT --data_path DATA --split test     # Flickr30K, or COCO 5K
+    python examples/evaluate.py CHECKPOINT --data_path DATA --data_name coco_precomp --split testall --fold5
+                                                                             # COCO 1K (5 folds) and 5K
+
+Prints the table train_coco.py prints (R@1, R@5, R@10, medr, meanr per direction, rsum).
+"""
+import argparse
+import functools
+import os
+import sys
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+try:
+    import vse_losses  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from vse.evaluate_cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""evaluate.py: the test metrics of a saved checkpoint."""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import List, Optional
+
+import torch
+
+from . import checkpoint, data, evaluation
+from .errors import UserError
+from .model import build_model
+from .training import evaluate_split, make_tokenizer, resolve_device, write_json
+from .vocab import Vocabulary
+
+log = functools.partial(print, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Evaluate a train_coco.py checkpoint (image→text and text→image "
+                                            "R@1/5/10, medr, meanr, rsum).")
+    p.add_argument("checkpoint", help="checkpoint.pth.tar or model_best.pth.tar")
+    p.add_argument("--data_path", default=None, help="dataset root (default: the one stored in the checkpoint)")
+    p.add_argument("--data_name", default=None, help="dataset name (default: the one stored in the checkpoint)")
+    p.add_argument("--split", default="test", choices=list(data.SPLITS))
+    p.add_argument("--fold5", action="store_true", help="COCO 1K: mean over 5 folds, plus the whole set as 5k_*")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch_size", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--data_cache", default=None, help="embedded dataset cache directory")
+    p.add_argument("--out", default=None, metavar="JSON", help="also write the metrics to this file")
+    return p
+
+
+def evaluate(args) -> dict:
+    ckpt = checkpoint.load(args.checkpoint)
+    opt = argparse.Namespace(**ckpt["opt"])
+    opt.cnn_weights = None  # the weights are in the checkpoint
+    for k in ("data_path", "data_name", "batch_size", "workers", "data_cache"):
+        if getattr(args, k) is not None:
+            setattr(opt, k, getattr(args, k))
+    if args.data_path is not None and args.data_name is None and opt.data_name == "synthetic":
+        opt.data_name = "precomp"
+    opt.precomp = opt.data_name == "precomp" or opt.data_name.endswith("_precomp")
+    device = resolve_device(args.device)
+    vocab = Vocabulary(ckpt["vocab"])
+    model = build_model(opt, len(vocab), log=lambda *a: None)
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    split = data.load_split(opt, args.split, log=log)
+    if opt.precomp and split.img_dim != opt.img_dim:
+        raise UserError(split.source, f"features have {split.img_dim} dimensions, the model expects {opt.img_dim}")
+    try:
+        m = evaluate_split(model, split, make_tokenizer(opt, vocab), opt, device, fold5=args.fold5)
+    except ValueError as e:
+        raise UserError("--fold5", str(e)) from None
+    title = f"{args.split} ({split.n_images} images" + (", 1K = mean of 5 folds" if args.fold5 else "") + ")"
+    log(f"checkpoint {args.checkpoint} (epoch {ckpt['epoch']}), data {split.source}")
+    log(evaluation.format_table(m, title))
+    if args.out:
+        write_json(m, args.out)
+    return m
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        evaluate(args)
+    except UserError as e:
+        print(f"error: {e.where}: {e.problem}", file=sys.stderr, flush=True)
+        return 2
+    return 0

@@ -1,0 +1,169 @@
+"""Few-step training runs on each data layout, exact resume, checkpoints and evaluate.py."""
+import csv
+import json
+import os
+
+import pytest
+import torch
+
+from .helpers import TINY, make_precomp, make_raw
+from vse import checkpoint, evaluation, training
+from vse.evaluate_cli import main as evaluate_main
+from vse.training import main
+
+
+def _run(argv):
+    assert main(argv) == 0
+
+
+def _outputs_ok(run_dir, epochs=1):
+    for name in ("checkpoint.pth.tar", "model_best.pth.tar", "metrics.csv", "metrics.png", "test_metrics.json"):
+        assert os.path.isfile(os.path.join(run_dir, name)), name
+    with open(os.path.join(run_dir, "test_metrics.json")) as f:
+        m = json.load(f)
+    assert list(m) == list(evaluation.KEYS)
+    with open(os.path.join(run_dir, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+    assert not [n for n in os.listdir(run_dir) if n.startswith(".tmp")]  # atomic writes leave nothing behind
+    ckpt = torch.load(os.path.join(run_dir, "checkpoint.pth.tar"), weights_only=True)
+    assert isinstance(ckpt["vocab"], list) and isinstance(ckpt["opt"], dict)
+    return m, ckpt
+
+
+def test_train_synthetic_and_evaluate(tmp_path, synth_args, capsys):
+    run = str(tmp_path / "run")
+    _run(synth_args + ["--logger_name", run, "--max_violation"])
+    out = capsys.readouterr().out
+    assert "best achievable R@1" in out and "embedded demo:" in out and "MaxViolationLoss" in out
+    assert "R@1" in out and "medr" in out
+    m, ckpt = _outputs_ok(run)
+    assert ckpt["opt"]["cnn_type"] == "smallcnn" and ckpt["opt"]["data_name"] == "synthetic"
+    # evaluate.py on the best model reproduces the test figures and prints the same table
+    assert evaluate_main([os.path.join(run, "model_best.pth.tar"), "--data_cache", synth_args[1],
+                          "--out", str(tmp_path / "m.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "image→text" in printed and "meanr" in printed
+    assert json.load(open(tmp_path / "m.json")) == pytest.approx(m)
+
+
+def test_train_precomp(tmp_path, capsys):
+    make_precomp(str(tmp_path))
+    run = str(tmp_path / "run")
+    _run(TINY + ["--data_path", str(tmp_path), "--data_name", "toy_precomp", "--logger_name", run, "--loss", "topk",
+                 "--topk_k", "3", "--num_epochs", "2", "--lr_update", "1"])
+    m, ckpt = _outputs_ok(run, epochs=2)
+    assert ckpt["opt"]["img_dim"] == 12 and ckpt["opt"]["precomp"] is True
+    rows = list(csv.DictReader(open(os.path.join(run, "metrics.csv"))))
+    assert float(rows[1]["lr"]) == pytest.approx(2e-5)  # divided by 10 after lr_update epochs
+    assert "random initialisation" not in capsys.readouterr().out  # no CNN on features
+
+
+@pytest.mark.parametrize("name", ["f8k", "coco"])
+def test_train_raw_images(tmp_path, name):
+    make_raw(str(tmp_path), name)
+    run = str(tmp_path / "run")
+    _run(TINY + ["--data_path", str(tmp_path), "--data_name", name, "--logger_name", run, "--cnn_type", "smallcnn",
+                 "--crop_size", "32", "--finetune", "--loss", "lp", "--lp_p", "3", "--use_restval"])
+    _outputs_ok(run)
+
+
+def test_warmup_and_val_step(tmp_path, synth_args, capsys):
+    run = str(tmp_path / "run")
+    _run(synth_args + ["--logger_name", run, "--warmup_steps", "3", "--val_step", "2"])
+    out = capsys.readouterr().out
+    assert "iteration 2: dev" in out and "warm-up" in out
+    _, ckpt = _outputs_ok(run)
+    assert ckpt["warmup"]["num_steps"] == 20  # 64 images × 5 captions / 16 per batch
+    rows = list(csv.DictReader(open(os.path.join(run, "metrics.csv"))))
+    assert float(rows[0]["mix"]) == 1.0
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_resume_is_exact(tmp_path, synth_args, monkeypatch):
+    args = synth_args + ["--loss", "mh", "--warmup_steps", "30"]
+    args = [a for a in args if a != "--loss" and a != "mh"]
+    straight = str(tmp_path / "straight")
+    _run(args + ["--logger_name", straight, "--num_epochs", "3", "--lr_update", "2"])
+
+    # the same run, interrupted during its third epoch, then resumed
+    stopped = str(tmp_path / "stopped")
+    real_epoch = training.train_epoch
+
+    def interrupt_third(*a, **k):
+        if a[-2] == 2:  # the epoch argument
+            raise KeyboardInterrupt
+        return real_epoch(*a, **k)
+
+    monkeypatch.setattr(training, "train_epoch", interrupt_third)
+    assert main(args + ["--logger_name", stopped, "--num_epochs", "3", "--lr_update", "2"]) == 130
+    monkeypatch.setattr(training, "train_epoch", real_epoch)
+    assert torch.load(os.path.join(stopped, "checkpoint.pth.tar"), weights_only=True)["epoch"] == 2
+    _run(["--resume", os.path.join(stopped, "checkpoint.pth.tar"), "--data_cache", synth_args[1]])
+
+    a, b = _weights(os.path.join(straight, "checkpoint.pth.tar")), _weights(os.path.join(stopped, "checkpoint.pth.tar"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ca = torch.load(os.path.join(straight, "checkpoint.pth.tar"), weights_only=True)
+    cb = torch.load(os.path.join(stopped, "checkpoint.pth.tar"), weights_only=True)
+    assert ca["Eiters"] == cb["Eiters"] and ca["best_rsum"] == cb["best_rsum"] and ca["warmup"] == cb["warmup"]
+    assert json.load(open(os.path.join(straight, "test_metrics.json"))) == json.load(open(os.path.join(stopped, "test_metrics.json")))
+
+
+def test_resume_extends_with_new_options(tmp_path, synth_args, capsys):
+    run = str(tmp_path / "run")
+    _run(synth_args + ["--logger_name", run])
+    _run(["--resume", os.path.join(run, "checkpoint.pth.tar"), "--num_epochs", "2", "--data_cache", synth_args[1]])
+    assert "resuming" in capsys.readouterr().out
+    ckpt = torch.load(os.path.join(run, "checkpoint.pth.tar"), weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["opt"]["num_epochs"] == 2 and ckpt["opt"]["embed_size"] == 32
+    assert len(list(csv.DictReader(open(os.path.join(run, "metrics.csv"))))) == 2
+
+
+def test_checkpoint_is_weights_only_and_atomic(tmp_path):
+    state = {"a": torch.ones(2), "opt": {"x": 1, "s": "y"}, "vocab": ["<pad>"]}
+    path = str(tmp_path / "c.pth.tar")
+    checkpoint.atomic_save(state, path)
+    checkpoint.atomic_save(state, path)  # overwrite in place
+    assert os.listdir(tmp_path) == ["c.pth.tar"]
+    assert torch.load(path, weights_only=True)["opt"] == {"x": 1, "s": "y"}
+    rng = checkpoint.rng_state()
+    checkpoint.atomic_save(rng, path)
+    x = torch.rand(3)
+    checkpoint.set_rng_state(torch.load(path, weights_only=True))
+    assert torch.equal(torch.rand(3), x)
+
+
+def test_torchvision_cnn_and_local_weights(tmp_path, capsys):
+    import torchvision
+
+    from vse.model import EncoderImageFull
+
+    enc = EncoderImageFull(16, "resnet18", finetune=False, crop_size=32)
+    assert "random initialisation" in capsys.readouterr().out
+    assert enc.fc.in_features == 512 and not any(p.requires_grad for p in enc.cnn.parameters())
+    assert enc(torch.randn(2, 3, 32, 32)).shape == (2, 16)
+    path = str(tmp_path / "r18.pth")
+    ref = torchvision.models.resnet18()
+    torch.save(ref.state_dict(), path)
+    enc = EncoderImageFull(16, "resnet18", finetune=True, crop_size=32, cnn_weights=path)
+    assert torch.equal(enc.cnn.conv1.weight, ref.conv1.weight)
+    assert "loaded CNN weights" in capsys.readouterr().out
+    enc = EncoderImageFull(8, "mobilenet_v3_small", finetune=True, crop_size=32)  # classifier is a Sequential
+    assert enc.fc.in_features == 1024
+
+
+def test_unknown_cnn_type(tmp_path, synth_args, capsys):
+    assert main(synth_args + ["--cnn_type", "resnet9000", "--logger_name", str(tmp_path / "r")]) == 2
+    assert "unknown model 'resnet9000'" in capsys.readouterr().err
+
+
+def test_hf_text_encoder_optional(tmp_path, synth_args, capsys):
+    pytest.importorskip("transformers")
+    missing = str(tmp_path / "no-model")
+    assert main(synth_args + ["--text_encoder", missing, "--logger_name", str(tmp_path / "r")]) == 2
+    assert missing in capsys.readouterr().err
