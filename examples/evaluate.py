@@ -8,8 +8,6 @@
 
 Prints the table train_coco.py prints (R@1, R@5, R@10, medr, meanr per direction, rsum).
 """
-import argparse
-import functools
 import os
 import sys
 

@@ -6,8 +6,6 @@ import functools
 import sys
 from typing import List, Optional
 
-import torch
-
 from . import checkpoint, data, evaluation
 from .errors import UserError
 from .model import build_model

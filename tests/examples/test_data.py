@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from .helpers import make_precomp, make_raw
-from vse import data, synthetic
+from vse import data
 from vse.errors import ConfigError, DataError
 from vse.training import main
 from vse.vocab import Vocabulary, VocabTokenizer, tokenize
