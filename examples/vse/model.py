@@ -176,17 +176,24 @@ class EncoderText(nn.Module):
         return x.abs() if self.use_abs else x
 
 
+def _local_transformers(path: str):
+    """The transformers module, once ``path`` is known to be a local directory: a name that is
+    not a directory would otherwise be taken for a Hub repository id."""
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("--text_encoder", "needs the transformers package (pip install transformers)") from None
+    if not os.path.isdir(path):
+        raise ConfigError(path, "--text_encoder: no such directory (models are read locally, never downloaded)")
+    return transformers
+
+
 class EncoderTextHF(nn.Module):
     """A Hugging Face encoder from a local directory, mean-pooled and projected (optional)."""
 
     def __init__(self, path: str, embed_size: int, finetune: bool = True, use_abs: bool = False):
         super().__init__()
-        try:
-            import transformers
-        except ImportError:
-            raise ConfigError("--text_encoder", "needs the transformers package (pip install transformers)") from None
-        if not os.path.isdir(path):
-            raise ConfigError(path, "--text_encoder: no such directory (models are read locally, never downloaded)")
+        transformers = _local_transformers(path)
         self.model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
         for p in self.model.parameters():
             p.requires_grad = finetune
@@ -206,8 +213,7 @@ class HFTokenizer:
     """Collate-side tokeniser for :class:`EncoderTextHF` (picklable for DataLoader workers)."""
 
     def __init__(self, path: str, max_length: int = 64):
-        import transformers
-
+        transformers = _local_transformers(path)
         self.tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.max_length = max_length
 

@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--measure", default="cosine", choices=["cosine"], help="similarity (cosine, as in the paper)")
     a("--use_abs", action="store_true", help="absolute value of the embeddings (order-embedding style)")
     a("--no_imgnorm", action="store_true", help="do not l2-normalise image embeddings")
-    a("--vocab_path", default=None, help="accepted for compatibility: the vocabulary is built from the training split")
+    a("--vocab_path", default=None, metavar="DIR",
+      help="read {DIR}/{data_name}_vocab.json, or build it from the training split and write it there "
+           "(default: build it; the checkpoint always stores it)")
     a("--reset_train", action="store_true", help="accepted for compatibility (training always runs in train mode)")
     # --- this library ---
     a("--loss", choices=LOSSES, default=None, help="sh | mh | topk | lp (default: sh, or mh with --max_violation)")
@@ -117,9 +119,6 @@ def finalize(opt: argparse.Namespace, explicit: Dict[str, object], log=print) ->
             setattr(opt, k, v)
         if chosen:
             log("embedded demo: " + " ".join(_flag(k, v) for k, v in chosen.items()) + " (any option given wins)")
-    if opt.vocab_path:
-        log(f"notice: --vocab_path {opt.vocab_path} is ignored: the vocabulary is built from the training split "
-            "(threshold 4) and stored in the checkpoint")
     opt.loss = resolve_loss(opt)
     opt.precomp = opt.data_name == "precomp" or opt.data_name.endswith("_precomp")
     return opt

@@ -17,7 +17,7 @@ import torch
 from . import checkpoint, data, ddp, evaluation, options
 from .errors import ConfigError, UserError
 from .model import HFTokenizer, build_model
-from .vocab import Vocabulary, VocabTokenizer
+from .vocab import Vocabulary, VocabTokenizer, from_vocab_path
 
 log = functools.partial(print, flush=True)
 
@@ -247,6 +247,8 @@ def _run(opt, ckpt, device, ctx: ddp.Context, t_start: float) -> Dict[str, float
         opt.img_dim = train.img_dim
     if ckpt is not None:
         vocab = Vocabulary(ckpt["vocab"])
+    elif opt.vocab_path:
+        vocab = from_vocab_path(opt.vocab_path, opt.data_name, train.captions, write=ctx.is_main, log=log)
     else:
         vocab = Vocabulary.build(train.captions, threshold=4)
     tokenizer = make_tokenizer(opt, vocab)

@@ -6,11 +6,16 @@ marks, which agrees with ``word_tokenize`` on ordinary captions up to contractio
 """
 from __future__ import annotations
 
+import json
+import os
 import re
+import tempfile
 from collections import Counter
-from typing import Iterable, List, Sequence
+from typing import Callable, Iterable, List, Sequence
 
 import torch
+
+from .errors import DataError
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
@@ -45,6 +50,38 @@ class Vocabulary:
         kept = sorted((w for w, c in counter.items() if c >= threshold), key=lambda w: (-counter[w], w))
         return cls(list(SPECIALS) + [w for w in kept if w not in SPECIALS])
 
+    @classmethod
+    def load(cls, path: str) -> "Vocabulary":
+        """A vocabulary saved by :meth:`save` (a JSON list of words); a broken file is a DataError."""
+        try:
+            with open(path) as f:
+                words = json.load(f)
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(path, f"cannot read the vocabulary ({e.__class__.__name__})") from None
+        except json.JSONDecodeError as e:
+            raise DataError(path, f"malformed JSON at line {e.lineno} column {e.colno}") from None
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise DataError(path, "a vocabulary file must hold a JSON list of words")
+        try:
+            return cls(words)
+        except ValueError as e:
+            raise DataError(path, str(e)) from None
+
+    def save(self, path: str) -> None:
+        """Write the words as a JSON list, atomically (a temporary file, then a rename)."""
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.idx2word, f, indent=0)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
     def to_list(self) -> List[str]:
         """A plain list of words: what checkpoints store (``torch.load(weights_only=True)``-safe)."""
         return list(self.idx2word)
@@ -58,6 +95,28 @@ class Vocabulary:
     def encode(self, caption: str) -> List[int]:
         """``<start> tokens <end>`` as indices, as the original data loader built them."""
         return [self.word2idx[START]] + [self(w) for w in tokenize(caption)] + [self.word2idx[END]]
+
+
+def from_vocab_path(vocab_path: str, data_name: str, captions: Iterable[str], write: bool = True,
+                    log: Callable[[str], None] = print) -> Vocabulary:
+    """``--vocab_path``: load ``{vocab_path}/{data_name}_vocab.json``, or build the vocabulary from
+    ``captions`` (the training split, threshold 4) and write it there, so later runs and other
+    scripts share it. The original code's ``{data_name}_vocab.pkl`` files are never unpickled
+    (unpickling runs arbitrary code); a notice says the vocabulary is rebuilt instead."""
+    path = os.path.join(vocab_path, f"{data_name}_vocab.json")
+    if os.path.isfile(path):
+        vocab = Vocabulary.load(path)
+        log(f"vocabulary: {len(vocab)} words from {path}")
+        return vocab
+    vocab = Vocabulary.build(captions, threshold=4)
+    pickle = os.path.join(vocab_path, f"{data_name}_vocab.pkl")
+    if os.path.isfile(pickle):
+        log(f"notice: {pickle} is a pickle, which is not loaded (it could run code); the vocabulary is rebuilt "
+            "from the training split instead")
+    if write:
+        vocab.save(path)
+        log(f"vocabulary: {len(vocab)} words from the training split, written to {path}")
+    return vocab
 
 
 class VocabTokenizer:

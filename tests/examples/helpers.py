@@ -51,3 +51,24 @@ def make_raw(root, name="f8k", sizes=(("train", 12), ("val", 4), ("test", 4), ("
     with open(os.path.join(base, json_name), "w") as f:
         json.dump({"images": entries, "dataset": name}, f)
     return base
+
+
+def make_hf_text_model(root, words=WORDS):
+    """A tiny BERT (one layer, hidden 16) and its word-level tokenizer, saved in a local
+    directory the way ``save_pretrained`` writes a downloaded model; random weights."""
+    import transformers
+
+    d = os.path.join(root, "tiny-bert")
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(words)
+    try:  # transformers >= 5: the tokenizers-backed class takes the vocabulary itself
+        tok = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(tokens)})
+    except TypeError:  # transformers 4: the Python tokenizer reads vocab.txt
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "vocab.txt"), "w") as f:
+            f.write("\n".join(tokens) + "\n")
+        tok = transformers.BertTokenizer(vocab_file=os.path.join(d, "vocab.txt"))
+    tok.save_pretrained(d)
+    cfg = transformers.BertConfig(vocab_size=len(tokens), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=64)
+    transformers.BertModel(cfg).save_pretrained(d)
+    return d

@@ -6,11 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from .helpers import make_precomp, make_raw
+from .helpers import TINY, make_precomp, make_raw
 from vse import data
 from vse.errors import ConfigError, DataError
 from vse.training import main
-from vse.vocab import Vocabulary, VocabTokenizer, tokenize
+from vse.vocab import Vocabulary, VocabTokenizer, from_vocab_path, tokenize
 
 
 def _opt(**kw):
@@ -29,6 +29,36 @@ def test_vocab_threshold_and_encoding():
     assert Vocabulary(v.to_list()).word2idx == v.word2idx
     batch = VocabTokenizer(v)(["a", "a dog dog"])
     assert batch["lengths"].tolist() == [3, 5] and batch["ids"].shape == (2, 5) and batch["ids"][0, 3:].eq(0).all()
+
+
+def test_vocab_path_writes_then_reads(tmp_path):
+    caps = ["a dog runs"] * 4 + ["a cat"] * 3
+    d = str(tmp_path / "vocab")
+    notes = []
+    built = from_vocab_path(d, "toy_precomp", caps, log=notes.append)
+    path = os.path.join(d, "toy_precomp_vocab.json")
+    assert json.load(open(path)) == built.to_list() == ["<pad>", "<start>", "<end>", "<unk>", "a", "dog", "runs"]
+    assert path in notes[-1] and os.listdir(d) == ["toy_precomp_vocab.json"]
+    # a saved vocabulary wins over the captions given (it is shared between runs and scripts)
+    json.dump(["<pad>", "<start>", "<end>", "<unk>", "cat"], open(path, "w"))
+    assert from_vocab_path(d, "toy_precomp", caps, log=notes.append).to_list()[-1] == "cat"
+    # the original code's pickles are never unpickled
+    open(os.path.join(d, "f8k_vocab.pkl"), "wb").write(b"not a pickle")
+    assert from_vocab_path(d, "f8k", caps, write=False, log=notes.append).to_list()[4:] == ["a", "dog", "runs"]
+    assert "not loaded" in notes[-1] and not os.path.exists(os.path.join(d, "f8k_vocab.json"))
+
+
+@pytest.mark.parametrize("content,problem", [("[\"<pad>\", ", "malformed JSON"),
+                                             ('{"a": 1}', "JSON list of words"),
+                                             ('["a", "b"]', "must start with")])
+def test_error_bad_vocab_file(tmp_path, capsys, content, problem):
+    make_precomp(str(tmp_path))
+    path = tmp_path / "v" / "toy_precomp_vocab.json"
+    path.parent.mkdir()
+    path.write_text(content)
+    line = _run_error(capsys, TINY + ["--data_path", str(tmp_path), "--data_name", "toy_precomp",
+                                      "--vocab_path", str(path.parent), "--logger_name", str(tmp_path / "r")])
+    assert str(path) in line and problem in line
 
 
 def test_precomp(tmp_path):

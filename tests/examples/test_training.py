@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from .helpers import TINY, make_precomp, make_raw
+from .helpers import TINY, WORDS, make_hf_text_model, make_precomp, make_raw
 from vse import checkpoint, evaluation, training
 from vse.evaluate_cli import main as evaluate_main
 from vse.training import main
@@ -51,9 +51,10 @@ def test_train_precomp(tmp_path, capsys):
     make_precomp(str(tmp_path))
     run = str(tmp_path / "run")
     _run(TINY + ["--data_path", str(tmp_path), "--data_name", "toy_precomp", "--logger_name", run, "--loss", "topk",
-                 "--topk_k", "3", "--num_epochs", "2", "--lr_update", "1"])
+                 "--topk_k", "3", "--num_epochs", "2", "--lr_update", "1", "--vocab_path", str(tmp_path / "vocab")])
     m, ckpt = _outputs_ok(run, epochs=2)
     assert ckpt["opt"]["img_dim"] == 12 and ckpt["opt"]["precomp"] is True
+    assert json.load(open(tmp_path / "vocab" / "toy_precomp_vocab.json")) == ckpt["vocab"]  # --vocab_path wrote it
     rows = list(csv.DictReader(open(os.path.join(run, "metrics.csv"))))
     assert float(rows[1]["lr"]) == pytest.approx(2e-5)  # divided by 10 after lr_update epochs
     assert "random initialisation" not in capsys.readouterr().out  # no CNN on features
@@ -167,3 +168,36 @@ def test_hf_text_encoder_optional(tmp_path, synth_args, capsys):
     missing = str(tmp_path / "no-model")
     assert main(synth_args + ["--text_encoder", missing, "--logger_name", str(tmp_path / "r")]) == 2
     assert missing in capsys.readouterr().err
+
+
+def test_hf_text_encoder_trains_and_evaluates(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from vse.model import EncoderTextHF, HFTokenizer
+
+    model_dir = make_hf_text_model(str(tmp_path))
+    tok = HFTokenizer(model_dir)
+    batch = tok(["a dog runs", "the red ball on the grass"])
+    assert batch["input_ids"].shape[0] == 2 and batch["attention_mask"][0].sum() < batch["attention_mask"][1].sum()
+    unk = tok.tok.unk_token_id
+    assert (batch["input_ids"] != unk).all()  # the test's words are in the tiny vocabulary
+    enc = EncoderTextHF(model_dir, embed_size=8)
+    emb = enc(batch)
+    assert emb.shape == (2, 8) and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+    # padding does not change a caption's embedding (mean over real tokens only)
+    alone = enc(tok(["a dog runs"]))
+    assert torch.allclose(alone[0], emb[0], atol=1e-5)
+
+    make_precomp(str(tmp_path))
+    run = str(tmp_path / "run")
+    before = {k: v.clone() for k, v in enc.model.state_dict().items()}
+    _run(TINY + ["--data_path", str(tmp_path), "--data_name", "toy_precomp", "--logger_name", run,
+                 "--text_encoder", model_dir])
+    m, ckpt = _outputs_ok(run)
+    assert ckpt["opt"]["text_encoder"] == model_dir
+    trained = {k[len("txt_enc.model."):]: v for k, v in ckpt["model"].items() if k.startswith("txt_enc.model.")}
+    assert trained.keys() == before.keys()
+    assert any(not torch.equal(trained[k], before[k]) for k in before)  # the transformer is fine-tuned
+    capsys.readouterr()
+    assert evaluate_main([os.path.join(run, "model_best.pth.tar"), "--data_path", str(tmp_path),
+                          "--out", str(tmp_path / "m.json")]) == 0
+    assert json.load(open(tmp_path / "m.json")) == pytest.approx(m)
