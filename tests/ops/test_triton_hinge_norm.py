@@ -109,7 +109,7 @@ def test_fp32_self_ref_labels(p, n_labels):
 
 
 def test_odd_large_p_and_d_chunks():
-    # D spans several BLOCK_D chunks and K blocks with a ragged end; p large (close to max)
+    # D spans several K blocks with a ragged end; p large (close to max)
     q, keys, t, ql, kl, qs, gout = make_inputs(23, 41, 70, torch.float32, 5, seed=2, t_shift=-0.3)
     for p in (1.5, 12.0):
         got, ref = run_both(q, keys, t, ql, kl, qs, gout, p)
@@ -182,6 +182,17 @@ def test_only_some_inputs_need_grad():
     R = dense_reference(q.double(), keys.double(), tr, ql, kl, qs, 3.5)
     (R * gout.double()).sum().backward()
     torch.testing.assert_close(ta.grad.double(), tr.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("p", [1.0, 3.5])
+def test_backward_in_chunks(monkeypatch, p):
+    # the backward's weights in chunks of 16 rows (of q, then of keys), ragged last chunks
+    from vse_losses.ops import triton_hinge_norm
+
+    monkeypatch.setattr(triton_hinge_norm, "W_CHUNK_ELEMENTS", 16)
+    q, keys, t, ql, kl, qs, gout = make_inputs(45, 37, 20, torch.float32, 4, seed=11)
+    got, ref = run_both(q, keys, t, ql, kl, qs, gout, p)
+    assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_p():

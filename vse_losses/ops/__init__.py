@@ -92,10 +92,18 @@ def hinge_norm_pairs(x, y, t, a, p_idx, labels, ref_labels, self_ref: bool, p: f
     negatives n of column p_j of ``[x_n·y_{p_j} − t_j]_+`` (negatives as in :func:`negative_topk`).
     Differentiable in x, y and t. Returns ``(T¹, T²)``, each (P,) float32 (zeros for a direction
     not asked for). ``chunked`` makes one pass over row tiles for both directions; ``triton``
-    runs :func:`hinge_norm_rows` once per direction.
+    computes both directions' gradients in one backward where pair j is (j, j) (the usual
+    paired batch), and runs :func:`hinge_norm_rows` once per direction otherwise.
     """
     if impl != "triton":
         return hinge_norm_pairs_chunked(x, y, t, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i)
+    B = x.shape[0]
+    if a.shape[0] == B == y.shape[0]:
+        eye = torch.arange(B, device=a.device)
+        if torch.equal(a, eye) and torch.equal(p_idx, eye):
+            from .triton_hinge_norm_pairs import hinge_norm_pairs_triton
+
+            return hinge_norm_pairs_triton(x, y, t, labels, ref_labels, self_ref, p, do_i2t, do_t2i)
     none = torch.full_like(a, -1)
     T1 = T2 = torch.zeros_like(t, dtype=torch.promote_types(t.dtype, torch.float32))
     if do_i2t:

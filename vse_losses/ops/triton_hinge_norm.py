@@ -15,12 +15,13 @@ For queries ``q`` (N, D), keys (M, D), per-row thresholds ``t`` (N,) and
 * Backward, given ``g`` (N,): ``W_ij = g_i (h_ij / T_i)^(p-1)`` where ``h_ij > 0`` (p == 1:
   ``g_i 1[h_ij > 0]``), 0 elsewhere and on rows with ``T_i == 0``;
   ``grad_q = W @ keys``, ``grad_keys = W^T @ q``, ``grad_t = -W.sum(1)``.
-  Both products recompute the score tiles: a row-parallel kernel (grad_q, grad_t) and a
-  column-parallel kernel (grad_keys) that loops over row tiles, so every output element is
-  written by exactly one program (deterministic, no atomics). Each kernel splits D in
-  ``BLOCK_D`` chunks of its output (the fp32 accumulator must fit in registers) and
-  recomputes the score tile per chunk: the backward costs ``2 * (ceil(D / BLOCK_D) + 1)``
-  times the score product (``D <= BLOCK_D``: 4x).
+  A Triton kernel recomputes the score tiles of a chunk of rows and writes their weights (in
+  the operand dtype, scaled by max |g| so that half precision keeps them), and cuBLAS multiplies
+  the chunk: first chunks of W's rows (grad_q, grad_t), then chunks of W^T's rows, recomputed
+  from ``keys @ q^T`` (grad_keys), so that every output row is written once, by one product
+  (deterministic, no atomics, no B x D accumulator re-read per chunk). The backward costs two
+  recomputed score products in Triton and two cuBLAS products, whatever D; the chunk holds
+  ``W_CHUNK_ELEMENTS`` weights and is the only buffer that grows with M.
 
 Imports without triton (``TRITON_AVAILABLE`` False); kernels are jitted lazily at first use
 so that ``TRITON_INTERPRET=1`` set before the first call selects the CPU interpreter.
@@ -33,6 +34,7 @@ from typing import Optional
 
 import torch
 
+from .tiling import Matmul
 from .triton_negative_max import TRITON_AVAILABLE, _check_precision, is_interpreting
 
 if TRITON_AVAILABLE:
@@ -118,158 +120,97 @@ def _hinge_norm_fwd_kernel(
     tl.store(out_ptr + rows, out, mask=row_ok)
 
 
-def _hinge_norm_bwd_rows_kernel(
-    q_ptr, k_ptr, t_ptr, ql_ptr, kl_ptr, qs_ptr, T_ptr, g_ptr,
-    gq_ptr, gt_ptr,
-    N, M, D,
-    stride_q, stride_k, stride_gq,
+def _hinge_weight_kernel(
+    q_ptr, k_ptr, w_ptr, rs_ptr,
+    tq_ptr, Tq_ptr, gq_ptr, lq_ptr, sq_ptr,
+    tk_ptr, Tk_ptr, gk_ptr, lk_ptr, sk_ptr,
+    r0, R, M, D,
+    stride_q, stride_k, stride_w, stride_rs,
     pm1,
-    P_MODE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, EVEN_D: tl.constexpr,
+    P_MODE: tl.constexpr, ROW_TERM: tl.constexpr, COL_TERM: tl.constexpr,
+    SELF_Q: tl.constexpr, SELF_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_R: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    """grad_q[rows, dchunk] = W[rows, :] @ keys[:, dchunk];  grad_t[rows] = -W[rows, :].sum()."""
-    pid_m = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < N
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    dd = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_ok = dd < D
-    t = tl.load(t_ptr + rows, mask=row_ok, other=0.0)
-    ql = tl.load(ql_ptr + rows, mask=row_ok, other=0)
-    qs = tl.load(qs_ptr + rows, mask=row_ok, other=-1)
-    T = tl.load(T_ptr + rows, mask=row_ok, other=0.0)
-    g = tl.load(g_ptr + rows, mask=row_ok, other=0.0)
-    pos = T > 0.0
-    invT = tl.where(pos, 1.0 / tl.where(pos, T, 1.0), 0.0)
-    g = tl.where(pos, g, 0.0)
-    q_rows = q_ptr + rows.to(tl.int64)[:, None] * stride_q
+    """One (BLOCK_M, BLOCK_N) tile of the weights of the rows r0 .. r0 + R of q against all keys:
 
-    acc_g = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    acc_t = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for n0 in range(0, M, BLOCK_N):
-        cols = n0 + offs_n
-        col_ok = cols < M
-        k_cols = k_ptr + cols.to(tl.int64)[None, :] * stride_k
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, D, BLOCK_K):
-            kk = k0 + offs_k
-            if EVEN_M and EVEN_K:
-                a = tl.load(q_rows + kk[None, :])
-            else:
-                a = tl.load(q_rows + kk[None, :], mask=row_ok[:, None] & (kk[None, :] < D), other=0.0)
-            if EVEN_N and EVEN_K:
-                b = tl.load(k_cols + kk[:, None])
-            else:
-                b = tl.load(k_cols + kk[:, None], mask=col_ok[None, :] & (kk[:, None] < D), other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-        kl = tl.load(kl_ptr + cols, mask=col_ok, other=0)
-        valid = (ql[:, None] != kl[None, :]) & (cols[None, :] != qs[:, None])
-        if not EVEN_M:
-            valid = valid & row_ok[:, None]
-        if not EVEN_N:
-            valid = valid & col_ok[None, :]
-        h = tl.where(valid, acc - t[:, None], 0.0)
-        act = h > 0.0
-        if P_MODE == 1:
-            w = tl.where(act, g[:, None], 0.0)
-        elif P_MODE == 2:
-            w = tl.where(act, h * (g * invT)[:, None], 0.0)
-        else:
-            r = tl.where(act, h * invT[:, None], 1.0)
-            w = tl.where(act, g[:, None] * tl.exp2(pm1 * tl.log2(r)), 0.0)
-        acc_t += tl.sum(w, axis=1)
-        # keys[cols, dchunk]  (BLOCK_N, BLOCK_D)
-        kv_ptrs = k_ptr + cols.to(tl.int64)[:, None] * stride_k + dd[None, :]
-        if EVEN_N and EVEN_D:
-            kv = tl.load(kv_ptrs)
-        else:
-            kv = tl.load(kv_ptrs, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-        acc_g = tl.dot(w.to(kv.dtype), kv, acc_g, input_precision=INPUT_PRECISION)
-    gq_ptrs = gq_ptr + rows.to(tl.int64)[:, None] * stride_gq + dd[None, :]
-    tl.store(gq_ptrs, acc_g.to(gq_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
-    if pid_d == 0:
-        tl.store(gt_ptr + rows, -acc_t, mask=row_ok)
+        W[i - r0, j] = [ROW_TERM] w(s_ij - tq_i; Tq_i, gq_i) + [COL_TERM] w(s_ij - tk_j; Tk_j, gk_j)
 
-
-def _hinge_norm_bwd_cols_kernel(
-    q_ptr, k_ptr, t_ptr, ql_ptr, kl_ptr, qs_ptr, T_ptr, g_ptr,
-    gk_ptr,
-    N, M, D,
-    stride_q, stride_k, stride_gk,
-    pm1,
-    P_MODE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, EVEN_D: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
-):
-    """grad_keys[cols, dchunk] = W[:, cols].T @ q[:, dchunk], looping over row tiles.
-
-    Here BLOCK_N is the number of key columns a program owns and BLOCK_M the row tile it
-    streams; tiles are computed transposed, (BLOCK_N, BLOCK_M) = keys[cols] @ q[rows].T.
+    on the valid (i, j), 0 elsewhere; w(h; T, g) = g (h / T)^(p-1) for h > 0 and T > 0, else 0.
+    rs[pid_n, i - r0] = this tile's row sum of the ROW_TERM part (fp32; summed over pid_n later).
+    (i, j) is valid iff lq_i != lk_j, j != sq_i (SELF_Q) and i != sk_j (SELF_K).
     """
-    pid_n = tl.program_id(0)
-    pid_d = tl.program_id(1)
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    loc = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = loc < R
+    rows = r0 + loc
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < M
-    offs_m = tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
-    dd = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_ok = dd < D
-    kl = tl.load(kl_ptr + cols, mask=col_ok, other=0)
-    k_cols = k_ptr + cols.to(tl.int64)[:, None] * stride_k
-
-    acc_g = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    for m0 in range(0, N, BLOCK_M):
-        rows = m0 + offs_m
-        row_ok = rows < N
-        t = tl.load(t_ptr + rows, mask=row_ok, other=0.0)
-        ql = tl.load(ql_ptr + rows, mask=row_ok, other=0)
-        qs = tl.load(qs_ptr + rows, mask=row_ok, other=-1)
-        T = tl.load(T_ptr + rows, mask=row_ok, other=0.0)
-        g = tl.load(g_ptr + rows, mask=row_ok, other=0.0)
+    q_rows = q_ptr + rows.to(tl.int64)[:, None] * stride_q
+    k_cols = k_ptr + cols.to(tl.int64)[None, :] * stride_k
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        kk = k0 + offs_k
+        if EVEN_R and EVEN_K:
+            a = tl.load(q_rows + kk[None, :])
+        else:
+            a = tl.load(q_rows + kk[None, :], mask=row_ok[:, None] & (kk[None, :] < D), other=0.0)
+        if EVEN_N and EVEN_K:
+            b = tl.load(k_cols + kk[:, None])
+        else:
+            b = tl.load(k_cols + kk[:, None], mask=col_ok[None, :] & (kk[:, None] < D), other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    lq = tl.load(lq_ptr + rows, mask=row_ok, other=0)
+    lk = tl.load(lk_ptr + cols, mask=col_ok, other=0)
+    valid = (lq[:, None] != lk[None, :]) & row_ok[:, None] & col_ok[None, :]
+    if SELF_Q:
+        sq = tl.load(sq_ptr + rows, mask=row_ok, other=-1)
+        valid = valid & (cols[None, :] != sq[:, None])
+    if SELF_K:
+        sk = tl.load(sk_ptr + cols, mask=col_ok, other=-1)
+        valid = valid & (rows[:, None] != sk[None, :])
+    w = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if ROW_TERM:
+        t = tl.load(tq_ptr + rows, mask=row_ok, other=0.0)
+        T = tl.load(Tq_ptr + rows, mask=row_ok, other=0.0)
+        g = tl.load(gq_ptr + rows, mask=row_ok, other=0.0)
+        # T == 0: no hinge was active in the forward; a recomputed score that rounds the other
+        # way must not turn into a weight (1 / T)
         pos = T > 0.0
         invT = tl.where(pos, 1.0 / tl.where(pos, T, 1.0), 0.0)
         g = tl.where(pos, g, 0.0)
-        q_rows = q_ptr + rows.to(tl.int64)[None, :] * stride_q
-        acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-        for k0 in range(0, D, BLOCK_K):
-            kk = k0 + offs_k
-            if EVEN_N and EVEN_K:
-                a = tl.load(k_cols + kk[None, :])
-            else:
-                a = tl.load(k_cols + kk[None, :], mask=col_ok[:, None] & (kk[None, :] < D), other=0.0)
-            if EVEN_M and EVEN_K:
-                b = tl.load(q_rows + kk[:, None])
-            else:
-                b = tl.load(q_rows + kk[:, None], mask=row_ok[None, :] & (kk[:, None] < D), other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-        valid = (kl[:, None] != ql[None, :]) & (cols[:, None] != qs[None, :])
-        if not EVEN_M:
-            valid = valid & row_ok[None, :]
-        if not EVEN_N:
-            valid = valid & col_ok[:, None]
-        h = tl.where(valid, acc - t[None, :], 0.0)
-        act = h > 0.0
+        h = acc - t[:, None]
+        act = valid & (h > 0.0)
         if P_MODE == 1:
-            w = tl.where(act, g[None, :], 0.0)
+            w_row = tl.where(act, g[:, None], 0.0)
         elif P_MODE == 2:
-            w = tl.where(act, h * (g * invT)[None, :], 0.0)
+            w_row = tl.where(act, h * (g * invT)[:, None], 0.0)
+        else:
+            r = tl.where(act, h * invT[:, None], 1.0)
+            w_row = tl.where(act, g[:, None] * tl.exp2(pm1 * tl.log2(r)), 0.0)
+        tl.store(rs_ptr + pid_n * stride_rs + loc, tl.sum(w_row, axis=1), mask=row_ok)
+        w += w_row
+    if COL_TERM:
+        t = tl.load(tk_ptr + cols, mask=col_ok, other=0.0)
+        T = tl.load(Tk_ptr + cols, mask=col_ok, other=0.0)
+        g = tl.load(gk_ptr + cols, mask=col_ok, other=0.0)
+        pos = T > 0.0
+        invT = tl.where(pos, 1.0 / tl.where(pos, T, 1.0), 0.0)
+        g = tl.where(pos, g, 0.0)
+        h = acc - t[None, :]
+        act = valid & (h > 0.0)
+        if P_MODE == 1:
+            w += tl.where(act, g[None, :], 0.0)
+        elif P_MODE == 2:
+            w += tl.where(act, h * (g * invT)[None, :], 0.0)
         else:
             r = tl.where(act, h * invT[None, :], 1.0)
-            w = tl.where(act, g[None, :] * tl.exp2(pm1 * tl.log2(r)), 0.0)
-        # q[rows, dchunk]  (BLOCK_M, BLOCK_D)
-        qv_ptrs = q_ptr + rows.to(tl.int64)[:, None] * stride_q + dd[None, :]
-        if EVEN_M and EVEN_D:
-            qv = tl.load(qv_ptrs)
-        else:
-            qv = tl.load(qv_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        acc_g = tl.dot(w.to(qv.dtype), qv, acc_g, input_precision=INPUT_PRECISION)
-    gk_ptrs = gk_ptr + cols.to(tl.int64)[:, None] * stride_gk + dd[None, :]
-    tl.store(gk_ptrs, acc_g.to(gk_ptr.dtype.element_ty), mask=col_ok[:, None] & d_ok[None, :])
+            w += tl.where(act, g[None, :] * tl.exp2(pm1 * tl.log2(r)), 0.0)
+    w_ptrs = w_ptr + loc.to(tl.int64)[:, None] * stride_w + cols[None, :]
+    tl.store(w_ptrs, w.to(w_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
 _JITTED = {}
@@ -281,9 +222,7 @@ def _kernels():
     mode = is_interpreting()
     ks = _JITTED.get(mode)
     if ks is None:
-        ks = (triton.jit(_hinge_norm_fwd_kernel),
-              triton.jit(_hinge_norm_bwd_rows_kernel),
-              triton.jit(_hinge_norm_bwd_cols_kernel))
+        ks = (triton.jit(_hinge_norm_fwd_kernel), triton.jit(_hinge_weight_kernel))
         _JITTED[mode] = ks
     return ks
 
@@ -291,8 +230,10 @@ def _kernels():
 # ----------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
+# Elements of one chunk of backward weights (rows × M, in the operand dtype: 256 MiB in bf16).
+# Large chunks keep cuBLAS busy and the per-chunk overhead small; the chunk is the only
+# buffer of the backward that grows with M, and it does not grow with B.
+W_CHUNK_ELEMENTS = 1 << 27
 
 
 def _fwd_config(dtype: torch.dtype, interpret: bool, p_mode: int) -> dict:
@@ -306,15 +247,10 @@ def _fwd_config(dtype: torch.dtype, interpret: bool, p_mode: int) -> dict:
     return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
 
 
-def _bwd_config(dtype: torch.dtype, D: int, interpret: bool) -> dict:
-    if interpret:
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, BLOCK_D=16, num_warps=4, num_stages=1)
-    # accumulator BLOCK x BLOCK_D fp32 in registers; the score tile is recomputed once per
-    # D chunk, so BLOCK_D as large as registers allow
-    bd = max(16, min(256, _next_pow2(D)))
-    if dtype == torch.float32:
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, BLOCK_D=min(bd, 64), num_warps=8, num_stages=2)
-    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, BLOCK_D=bd, num_warps=8, num_stages=3)
+def _chunk_rows(n_rows: int, n_cols: int, block: int) -> int:
+    """Rows per chunk of weights: W_CHUNK_ELEMENTS // n_cols, a multiple of ``block``, at least one block."""
+    rows = max(block, (W_CHUNK_ELEMENTS // max(n_cols, 1)) // block * block)
+    return min(rows, n_rows) if n_rows > 0 else 0
 
 
 def _p_mode(p: float) -> int:
@@ -346,7 +282,7 @@ def _forward(q, keys, t, ql, kl, qs, p, precision, config=None):
     if config:
         cfg.update({k: v for k, v in config.items() if k in cfg})
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
-    fwd, _, _ = _kernels()
+    fwd, _ = _kernels()
     fwd[(triton.cdiv(N, BM),)](
         q, keys, t, ql, kl, qs, out,
         N, M, D, q.stride(0), keys.stride(0),
@@ -358,6 +294,52 @@ def _forward(q, keys, t, ql, kl, qs, p, precision, config=None):
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
+
+
+def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, precision, w_dtype, config=None):
+    """The weights of rows r0 .. r0 + R of q against every key (see ``_hinge_weight_kernel``).
+
+    row_term / col_term: ``(t, T, g)`` fp32 vectors over the rows of q / over the keys, or None;
+    qs / ks: self indices over the rows of q / over the keys, or None.
+    Returns ``W`` (R, M) in ``w_dtype`` and the row sums of its row term (R,) fp32 (or None).
+    """
+    M, D = keys.shape
+    cfg = dict(_fwd_config(q.dtype, is_interpreting(), _p_mode(p)))
+    if config:
+        cfg.update({k: v for k, v in config.items() if k in cfg})
+    BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    n_n = triton.cdiv(M, BN)
+    W = torch.empty((R, M), device=q.device, dtype=w_dtype)
+    rs = torch.empty((n_n, R), device=q.device, dtype=torch.float32) if row_term else W
+    unused = ql  # any tensor, for pointers a constexpr branch never reads
+    tq, Tq, gq = row_term or (unused,) * 3
+    tk, Tk, gk = col_term or (unused,) * 3
+    _, weight = _kernels()
+    weight[(triton.cdiv(R, BM), n_n)](
+        q, keys, W, rs,
+        tq, Tq, gq, ql, unused if qs is None else qs,
+        tk, Tk, gk, kl, unused if ks is None else ks,
+        r0, R, M, D,
+        q.stride(0), keys.stride(0), W.stride(0), rs.stride(0),
+        float(p) - 1.0,
+        P_MODE=_p_mode(p), ROW_TERM=row_term is not None, COL_TERM=col_term is not None,
+        SELF_Q=qs is not None, SELF_K=ks is not None,
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
+        EVEN_R=(R % BM == 0), EVEN_N=(M % BN == 0), EVEN_K=(D % BK == 0),
+        INPUT_PRECISION=precision,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return W, (rs.sum(0) if row_term else None)
+
+
+def _grad_scale(*gs):
+    """One scale for the output gradients, so that the weights stored in half precision are
+    O(1) (a mean over B pairs gives g = 1/B, below fp16's normal range at large B)."""
+    m = torch.stack([g.abs().max() for g in gs if g is not None and g.numel()]).max() if any(
+        g is not None and g.numel() for g in gs) else None
+    if m is None:
+        return None
+    return torch.where(m > 0, m, torch.ones_like(m))
 
 
 def _dense_small(q, keys, t, ql, kl, qs, p):
@@ -400,34 +382,36 @@ class HingeNormRowsTriton(torch.autograd.Function):
         q_dtype, k_dtype, t_dtype = ctx.dtypes
         if g is None:
             g = torch.zeros_like(T)
-        g = g.to(torch.float32).contiguous()
-        grad_q = torch.zeros((N, D), device=qc.device, dtype=qc.dtype) if need_q else None
-        grad_k = torch.zeros((M, D), device=kc.device, dtype=kc.dtype) if need_k else None
+        grad_q = torch.zeros((N, D), device=qc.device, dtype=torch.float32) if need_q else None
+        grad_k = torch.zeros((M, D), device=kc.device, dtype=torch.float32) if need_k else None
         grad_t = torch.zeros((N,), device=qc.device, dtype=torch.float32) if need_t else None
         if N and M and D and (need_q or need_k or need_t):
-            cfg = dict(_bwd_config(qc.dtype, D, is_interpreting()))
-            if ctx.config:
-                cfg.update({k: v for k, v in ctx.config.get("bwd", {}).items() if k in cfg})
-            BM, BN, BK, BD = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["BLOCK_D"]
-            common = dict(
-                P_MODE=_p_mode(ctx.p), BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, BLOCK_D=BD,
-                EVEN_M=(N % BM == 0), EVEN_N=(M % BN == 0), EVEN_K=(D % BK == 0),
-                EVEN_D=(D % BD == 0), INPUT_PRECISION=ctx.precision,
-                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-            )
-            _, bwd_rows, bwd_cols = _kernels()
-            pm1 = ctx.p - 1.0
+            scale = _grad_scale(g)
+            term = (tc, T, (g.to(torch.float32) / scale).contiguous())
+            mm = Matmul(qc.dtype, qc.device)
+            cfg = (ctx.config or {}).get("bwd")
+            common = dict(p=ctx.p, precision=ctx.precision, w_dtype=mm.operand_dtype, config=cfg)
+            bm = _fwd_config(qc.dtype, is_interpreting(), _p_mode(ctx.p))["BLOCK_M"]
+            # rows of q: grad_q = W keys, grad_t = -W 1
             if need_q or need_t:
-                gq = grad_q if need_q else torch.empty((N, BD), device=qc.device, dtype=qc.dtype)
-                gt = grad_t if need_t else torch.empty((N,), device=qc.device, dtype=torch.float32)
-                n_d = triton.cdiv(D, BD) if need_q else 1
-                bwd_rows[(triton.cdiv(N, BM), n_d)](
-                    qc, kc, tc, ql, kl, qs, T, g, gq, gt,
-                    N, M, D, qc.stride(0), kc.stride(0), gq.stride(0), pm1, **common)
+                keys_op = mm.operand(kc)
+                step = _chunk_rows(N, M, bm)
+                for r0 in range(0, N, step):
+                    R = min(step, N - r0)
+                    W, rsum = _weights(qc, kc, r0, R, term, None, ql, kl, qs, None, **common)
+                    if need_q:
+                        grad_q[r0:r0 + R] = mm(W, keys_op).mul_(scale)
+                    if need_t:
+                        grad_t[r0:r0 + R] = rsum.mul_(-scale)
+            # rows of keys (the transposed weights, recomputed): grad_keys = Wᵀ q; no B×D
+            # accumulator is read and written once per chunk
             if need_k:
-                bwd_cols[(triton.cdiv(M, BN), triton.cdiv(D, BD))](
-                    qc, kc, tc, ql, kl, qs, T, g, grad_k,
-                    N, M, D, qc.stride(0), kc.stride(0), grad_k.stride(0), pm1, **common)
+                q_op = mm.operand(qc)
+                step = _chunk_rows(M, N, bm)
+                for c0 in range(0, M, step):
+                    R = min(step, M - c0)
+                    Wt, _ = _weights(kc, qc, c0, R, None, term, kl, ql, None, qs, **common)
+                    grad_k[c0:c0 + R] = mm(Wt, q_op).mul_(scale)
         if grad_q is not None:
             grad_q = grad_q.to(q_dtype)
         if grad_k is not None:
@@ -458,8 +442,8 @@ def hinge_norm_rows_triton(
         q_self: (N,) int64, a key index excluded for each row, or -1 for none.
         p: finite float >= 1 (1: sum of hinges).
         fp32_precision: tl.dot mode for fp32 inputs ("ieee" default, "tf32x3", "tf32").
-        config: tile overrides (keys BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages for the
-            forward; a nested dict under "bwd" for the backward, which also takes BLOCK_D).
+        config: tile overrides (keys BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the
+            forward kernel; a nested dict under "bwd" for the backward's weight kernel.
 
     Returns:
         T (N,) fp32; differentiable w.r.t. q, keys and t (grads in their dtypes).
