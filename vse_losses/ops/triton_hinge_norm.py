@@ -236,15 +236,30 @@ def _kernels():
 W_CHUNK_ELEMENTS = 1 << 27
 
 
-def _fwd_config(dtype: torch.dtype, interpret: bool, p_mode: int) -> dict:
-    # register use checked by compiling for sm_90 (triton 3.8): these have no spills
+def _fwd_config(dtype: torch.dtype, interpret: bool, p_mode: int, even: bool = True) -> dict:
+    """Tiles of the forward kernel. ``even``: N and M multiples of 128 and D of 64. Chosen so
+    that every variant compiles for sm_90 without register spills (tests/ops/test_triton_compile.py)."""
     if interpret:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
     if dtype == torch.float32:
         return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
-    if p_mode == 0:  # exp2/log2 temporaries: 128x128 spills, 128x64 uses 128 registers
-        return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3)
-    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
+    if p_mode != 0 and even:
+        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
+    # exp2/log2 temporaries (p_mode 0), or the masked loads of ragged shapes: 128x128 spills
+    return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3)
+
+
+def _weight_config(dtype: torch.dtype, interpret: bool) -> dict:
+    """Tiles of the backward's weight kernel (no spills on sm_90 in any variant)."""
+    if interpret:
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
+    if dtype == torch.float32:
+        return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3)
+
+
+def _even(N: int, M: int, D: int) -> bool:
+    return N % 128 == 0 and M % 128 == 0 and D % 64 == 0
 
 
 def _chunk_rows(n_rows: int, n_cols: int, block: int) -> int:
@@ -278,7 +293,7 @@ def _forward(q, keys, t, ql, kl, qs, p, precision, config=None):
         if N and M and D == 0:
             return _dense_small(q, keys, t, ql, kl, qs, p)
         return out
-    cfg = dict(_fwd_config(q.dtype, is_interpreting(), _p_mode(p)))
+    cfg = dict(_fwd_config(q.dtype, is_interpreting(), _p_mode(p), _even(N, M, D)))
     if config:
         cfg.update({k: v for k, v in config.items() if k in cfg})
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
@@ -304,7 +319,7 @@ def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, precision, w
     Returns ``W`` (R, M) in ``w_dtype`` and the row sums of its row term (R,) fp32 (or None).
     """
     M, D = keys.shape
-    cfg = dict(_fwd_config(q.dtype, is_interpreting(), _p_mode(p)))
+    cfg = dict(_weight_config(q.dtype, is_interpreting()))
     if config:
         cfg.update({k: v for k, v in config.items() if k in cfg})
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
@@ -391,7 +406,7 @@ class HingeNormRowsTriton(torch.autograd.Function):
             mm = Matmul(qc.dtype, qc.device)
             cfg = (ctx.config or {}).get("bwd")
             common = dict(p=ctx.p, precision=ctx.precision, w_dtype=mm.operand_dtype, config=cfg)
-            bm = _fwd_config(qc.dtype, is_interpreting(), _p_mode(ctx.p))["BLOCK_M"]
+            bm = _weight_config(qc.dtype, is_interpreting())["BLOCK_M"]
             # rows of q: grad_q = W keys, grad_t = -W 1
             if need_q or need_t:
                 keys_op = mm.operand(kc)

@@ -26,10 +26,9 @@ from .triton_hinge_norm import (
     _check_precision,
     _chunk_rows,
     _forward,
-    _fwd_config,
     _grad_scale,
-    _p_mode,
     _prep,
+    _weight_config,
     _weights,
     is_interpreting,
 )
@@ -71,7 +70,7 @@ class HingeNormPairsTriton(torch.autograd.Function):
             own_idx = own if ctx.self_ref else None
             mm = Matmul(xc.dtype, xc.device)
             common = dict(p=p, precision=ctx.precision, w_dtype=mm.operand_dtype)
-            step = _chunk_rows(B, B, _fwd_config(xc.dtype, is_interpreting(), _p_mode(p))["BLOCK_M"])
+            step = _chunk_rows(B, B, _weight_config(xc.dtype, is_interpreting())["BLOCK_M"])
             # (queries, keys, their labels, the term over the queries, the term over the keys, gradient)
             passes = ((xc, yc, lx, ly, i2t, t2i, gx), (yc, xc, ly, lx, t2i, i2t, gy))
             for q, k, lq, lk, row_term, col_term, grad in passes:

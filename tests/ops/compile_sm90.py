@@ -1,0 +1,90 @@
+"""Compile the Triton kernels for sm_90 with their default tiles and report ptxas's register and
+spill counts, as JSON on the last line of stdout (run by test_triton_compile.py; exit 3: the
+check cannot run with this triton).
+
+    python tests/ops/compile_sm90.py '[["hinge_forward", "bf16", 1, true], ...]'
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+
+def main(variants):
+    import torch
+    import triton
+
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+        from triton.runtime.jit import JITFunction
+    except ImportError as e:
+        print(f"no ahead-of-time compile API in triton {triton.__version__}: {e}")
+        return 3
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.isfile(ptxas):
+        print(f"triton {triton.__version__} has no bundled ptxas")
+        return 3
+    if tuple(int(v) for v in re.findall(r"\d+", triton.__version__)[:2]) < (3, 3):
+        print("positional constexprs of ASTSource need triton >= 3.3")
+        return 3
+
+    from vse_losses.ops import triton_hinge_norm as hn
+    from vse_losses.ops import triton_negative_max as nm
+
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    int64_ptrs = {"xl_ptr", "yl_ptr", "ql_ptr", "kl_ptr", "qs_ptr", "lq_ptr", "lk_ptr", "sq_ptr", "sk_ptr",
+                  "row_idx_ptr", "col_idx_ptr"}
+    data_ptrs = {"x_ptr", "y_ptr", "q_ptr", "k_ptr", "w_ptr"}
+
+    def compile_one(fn, dtype, cfg, constexprs):
+        jitted = JITFunction(fn)
+        names = jitted.arg_names
+        const = dict(constexprs, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+                     INPUT_PRECISION="ieee")
+        sig = {}
+        for n in names:
+            if n in const:
+                sig[n] = "constexpr"
+            elif n in data_ptrs:
+                sig[n] = "*" + dtype
+            elif n in int64_ptrs:
+                sig[n] = "*i64"
+            elif n.endswith("_ptr"):
+                sig[n] = "*fp32"
+            elif n in ("p", "inv_p", "pm1"):
+                sig[n] = "fp32"
+            else:
+                sig[n] = "i32"
+        src = ASTSource(fn=jitted, signature=sig, constexprs={(names.index(k),): v for k, v in const.items()})
+        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+        out = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", "-", "-o", os.devnull], input=kernel.asm["ptx"],
+                             capture_output=True, text=True, check=True)
+        report = out.stdout + out.stderr
+        spills = sum(int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", report))
+        regs = [int(v) for v in re.findall(r"Used (\d+) registers", report)]
+        return dict(spill_bytes=spills, registers=regs[0] if regs else 0, report=report)
+
+    results = {}
+    for kind, dtype, mode, even in variants:
+        flags = dict(EVEN_K=even, EVEN_N=even)
+        if kind == "hinge_forward":
+            cfg = hn._fwd_config(dtypes[dtype], False, mode, even)
+            r = compile_one(hn._hinge_norm_fwd_kernel, dtype, cfg, dict(P_MODE=mode, EVEN_M=even, **flags))
+        elif kind == "hinge_weights":
+            cfg = hn._weight_config(dtypes[dtype], False)
+            r = compile_one(hn._hinge_weight_kernel, dtype, cfg,
+                            dict(P_MODE=mode, ROW_TERM=True, COL_TERM=True, SELF_Q=True, SELF_K=True, EVEN_R=even,
+                                 **flags))
+        else:
+            cfg = nm._default_config(dtypes[dtype], False, even, bool(mode))
+            r = compile_one(nm._negative_max_kernel, dtype, cfg, dict(SELF_REF=bool(mode), EVEN_M=even, **flags))
+        results["-".join(str(x) for x in (kind, dtype, mode, even))] = r
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(json.loads(sys.argv[1])))

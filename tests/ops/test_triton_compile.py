@@ -1,0 +1,52 @@
+"""The Triton kernels compile for an H100 (sm_90) with their default GPU tiles, without register
+spills: checked ahead of time on the CPU (no GPU needed), where the other tests only run the
+kernels' logic in triton's interpreter, which never compiles them.
+
+The compiler runs in a child process without TRITON_INTERPRET: in this one the kernel tests have
+switched triton to its interpreter.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+# not imported here: triton reads TRITON_INTERPRET when it is first imported, and the kernel tests
+# set it at their collection
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+SCRIPT = os.path.join(HERE, "compile_sm90.py")
+
+HINGE = [(kernel, dtype, p_mode, even) for kernel in ("hinge_forward", "hinge_weights") for dtype in ("bf16", "fp32")
+         for p_mode in (1, 0) for even in (True, False)]
+NEGMAX = [("negative_max", dtype, self_ref, even) for dtype in ("bf16", "fp32") for self_ref in (False, True)
+          for even in (True, False)]
+VARIANTS = HINGE + NEGMAX
+
+
+def variant_id(v):
+    return "-".join(str(x) for x in v)
+
+
+@pytest.fixture(scope="module")
+def reports():
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, SCRIPT, json.dumps(VARIANTS)], capture_output=True, text=True, env=env,
+                         timeout=900)
+    if out.returncode == 3:
+        pytest.skip(out.stdout.strip() or out.stderr.strip())
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=variant_id)
+def test_compiles_without_spills(reports, variant):
+    r = reports[variant_id(variant)]
+    assert r["spill_bytes"] == 0, r["report"]
+    assert 0 < r["registers"] <= 255
