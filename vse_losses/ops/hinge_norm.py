@@ -39,7 +39,7 @@ class HingeNormRowsChunked(torch.autograd.Function):
         mm = Matmul(q.dtype, q.device)
         wide, kt = mm.wide, mm.operand(keys).t()
         N = q.shape[0]
-        tile = tile_rows(N, keys.shape[0])
+        tile = tile_rows(N, keys.shape[0], keys.device)
         T = torch.empty(N, dtype=wide, device=q.device)
         same = SameLabel(k_labels)
         for r0 in range(0, N, tile):
@@ -58,7 +58,7 @@ class HingeNormRowsChunked(torch.autograd.Function):
         wide, kw = mm.wide, mm.operand(keys)
         kt = kw.t()
         N = q.shape[0]
-        tile = tile_rows(N, keys.shape[0])
+        tile = tile_rows(N, keys.shape[0], keys.device)
         gq = torch.empty(q.shape, dtype=wide, device=q.device)
         gk = torch.zeros(keys.shape, dtype=wide, device=q.device)
         gt = torch.empty(N, dtype=wide, device=q.device)

@@ -39,7 +39,7 @@ class _Tiles:
         self.wide, self.y = self.mm.wide, self.mm.operand(y)
         self.same = SameLabel(ref_labels)
         B, M, P = x.shape[0], y.shape[0], a.shape[0]
-        self.tile = tile_rows(B, M + P)
+        self.tile = tile_rows(B, M + P, x.device)
         # the unlabelled case: pair j is (j, j), so the pairs' rows (and columns) are the tile itself
         eye = torch.arange(B, device=a.device)
         self.diagonal = P == B == M and torch.equal(a, eye) and torch.equal(p_idx, eye)

@@ -44,7 +44,7 @@ def negative_topk_chunked(
     B, M = x.shape[0], y.shape[0]
     mm = Matmul(x.dtype, x.device)
     wide, yt = mm.wide, mm.operand(y).t()
-    tile = tile or tile_rows(B, M)
+    tile = tile or tile_rows(B, M, x.device)
     row_val = x.new_full((B, k), NEG_INF, dtype=wide)
     row_idx = torch.zeros((B, k), dtype=torch.long, device=x.device)
     col_val = x.new_full((M, k), NEG_INF, dtype=wide)

@@ -9,12 +9,16 @@ import torch
 # elements of one (rows × M) float32 score tile: 16 MiB. The chunked kernels keep a few such
 # buffers alive, so their extra memory is O(TILE_ELEMENTS), whatever B and M are.
 TILE_ELEMENTS = 1 << 22
+# on CUDA a tile is one round of kernel launches: 16× larger tiles (256 MiB) keep the launches
+# few against the work (64 tiles at B = M = 65,536 instead of 1,024)
+TILE_ELEMENTS_CUDA = 1 << 26
 MIN_TILE_ROWS = 64
 
 
-def tile_rows(n_rows: int, n_cols: int) -> int:
-    """Rows per tile: as many as fit TILE_ELEMENTS, at least MIN_TILE_ROWS, at most n_rows."""
-    return max(1, min(n_rows, max(MIN_TILE_ROWS, TILE_ELEMENTS // max(n_cols, 1))))
+def tile_rows(n_rows: int, n_cols: int, device: Optional[torch.device] = None) -> int:
+    """Rows per tile: as many as fit the device's tile budget, at least MIN_TILE_ROWS, at most n_rows."""
+    budget = TILE_ELEMENTS_CUDA if device is not None and device.type == "cuda" else TILE_ELEMENTS
+    return max(1, min(n_rows, max(MIN_TILE_ROWS, budget // max(n_cols, 1))))
 
 
 class SameLabel:
