@@ -21,6 +21,9 @@
    "peak" is the memory of one call beyond the inputs (both input gradients included); "extra" is
    peak minus the gradients (the issue's "beyond the inputs and their gradients").
 3. The issue's GPU targets, as PASS/MISS lines.
+4. A tile sweep: the fused Triton kernels alone at B=65,536 with their default tiles and the
+   alternatives that also compile without spills, as ratios to the product of the same shape, so
+   that one GPU session can choose the defaults (``--no-sweep`` leaves it out; about 40 s).
 
 Exit status: 1 when a check fails or errors, else 0 (missed speed targets do not fail it).
 Needs torch (and triton for the triton rows); the PML anchor is left out when
@@ -329,6 +332,66 @@ def pivot_markdown(records: List[dict], sizes: List[int]) -> str:
 # 3. Targets
 # --------------------------------------------------------------------------------------------
 
+# Alternatives to the default tiles, each compiling for sm_90 without spills (see
+# tests/ops/test_triton_compile.py): the sweep times them so that one GPU session can pick.
+SWEEP_NEGMAX = [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=4),
+                dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
+                dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=4)]
+SWEEP_HINGE = [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+               dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3),
+               dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)]
+
+
+def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadline: float) -> List[dict]:
+    """The fused kernels alone at one size, default tiles first, each as a ratio to the product of
+    the same shape: the hardest-negative kernel (B×B), the ℓp forward (p=2, B×B) and the
+    backward's weight kernel (one chunk of rows × B, then cuBLAS excluded)."""
+    from vse_losses.ops import triton_hinge_norm as hn
+    from vse_losses.ops.triton_negative_max import negative_max_triton
+
+    x, y = bc.make_inputs(B, D, dtype, dev)
+    x, y = x.detach(), y.detach()
+    lab = torch.arange(B, device=dev)
+    none = torch.full((B,), -1, device=dev, dtype=torch.long)
+    t = torch.full((B,), 0.05, device=dev)
+    T = torch.ones(B, device=dev)
+    g = torch.ones(B, device=dev)
+    R = hn._chunk_rows(B, B, 128)
+    w_dtype = dtype if dev.type == "cuda" else torch.float32
+    jobs = [("product B×B", None, lambda cfg: x @ y.t())]
+    jobs += [("negative_max", c, lambda cfg: negative_max_triton(x, y, lab, lab, False, config=cfg))
+             for c in [None] + SWEEP_NEGMAX]
+    jobs += [("hinge forward p=2", c, lambda cfg: hn._forward(x, y, t, lab, lab, none, 2.0, "ieee", cfg))
+             for c in [None] + SWEEP_HINGE]
+    jobs += [(f"product {R}×B", None, lambda cfg: x[:R] @ y.t())]
+    jobs += [(f"weights {R}×B p=2", c, lambda cfg: hn._weights(x, y, 0, R, (t, T, g), (t, T, g), lab, lab, None, None,
+                                                              2.0, "ieee", w_dtype, cfg))
+             for c in [None] + SWEEP_HINGE]
+    out, base = [], {}
+    for name, cfg, fn in jobs:
+        if time.time() > deadline:
+            log(f"tile sweep: out of time before {name}")
+            break
+        try:
+            fn(cfg)  # compile
+            bc.sync(dev)
+            sec, _ = bc.median_time_s(lambda: fn(cfg), dev, 5 if dev.type == "cuda" else 1)
+        except Exception as e:  # noqa: BLE001
+            log(f"tile sweep: {name} {cfg}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            continue
+        ms = sec * 1e3
+        if name.startswith("product"):
+            base[name.split(" ")[1]] = ms
+        shape = f"{R}×B" if name.startswith("weights") else "B×B"
+        ratio = ms / base[shape] if base.get(shape) else float("nan")
+        tiles = "default" if cfg is None else "{BLOCK_M}x{BLOCK_N}x{BLOCK_K} w{num_warps} s{num_stages}".format(**cfg)
+        out.append(dict(kernel=name, tiles=tiles, ms=ms, x_product=ratio))
+        log(f"  {name:22s} {tiles:24s} {ms:9.3f} ms  {ratio:6.2f}× product")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+
 TARGETS = [
     # (row, B, max × product, max extra MiB, max ms)
     ("MH/triton", 65536, 1.25, 256, None),
@@ -375,6 +438,7 @@ def main(argv=None) -> int:
                     help="largest B×B product computed at once; tiled above (default: a quarter of the GPU; smoke 1)")
     ap.add_argument("--no-check", action="store_true", help="skip the checks against dense")
     ap.add_argument("--no-table", action="store_true", help="skip the time/memory table")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the timing of alternative Triton tiles")
     ap.add_argument("--md", help="also write the table as markdown to this file")
     ap.add_argument("--json", help="write every record to this JSON file")
     args = ap.parse_args(argv)
@@ -438,10 +502,21 @@ def main(argv=None) -> int:
             with open(args.md, "w") as f:
                 f.write(head + body)
             log(f"wrote {args.md}")
+    sweep: List[dict] = []
+    interpreted = smoke and os.environ.get("TRITON_INTERPRET") == "1"
+    if not args.no_sweep and tri_ok and (dev.type == "cuda" or interpreted):
+        sweep_B = 64 if smoke else 65536
+        log(f"\nTile sweep (B={sweep_B:,}, D={D}, {str(dtype).replace('torch.', '')}; kernels alone):")
+        sweep = run_tile_sweep(dev, sweep_B, D, dtype, T_START + budget + (30 if smoke else 40))
+        if args.md and sweep:
+            rows = "\n".join(f"| {r['kernel']} | {r['tiles']} | {r['ms']:.3f} | {r['x_product']:.2f}× |" for r in sweep)
+            with open(args.md, "a") as f:
+                f.write(f"\nTile sweep, B={sweep_B:,}, the kernels alone (ratio to the product of the same shape):\n\n"
+                        "| kernel | tiles | ms | × product |\n|---|---|---:|---:|\n" + rows + "\n")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": bc.device_name(dev), "torch": torch.__version__, "triton": tv,
-                       "checks": checks, "table": records}, f, indent=1, default=str)
+                       "checks": checks, "table": records, "tile_sweep": sweep}, f, indent=1, default=str)
     bad = [c for c in checks if c["status"] in ("FAIL", "ERROR")]
     log(f"\ndone in {elapsed():.0f} s; checks {'FAILED: ' + str(len(bad)) if bad else 'ok'}")
     return 1 if bad else 0
