@@ -260,8 +260,11 @@ def violation_terms(
     self_ref = y is None
     y = x if y is None else y
     B, M = x.shape[0], y.shape[0]
+    # paired form without labels: pair j is (j, j), known without enumerating it (no sort, no
+    # search, nothing of data-dependent size, so no device synchronisation)
+    paired = labels is None and not self_ref
     labels, ref_labels = resolve_labels(labels, ref_labels, B, M, self_ref, x.device)
-    a, p = positive_pairs(labels, ref_labels, self_ref)
+    a, p = (labels, ref_labels) if paired else positive_pairs(labels, ref_labels, self_ref)
     impl = resolve_impl(impl, x, B * M)
     if query_rows is not None or query_cols is not None:
         return query_violation_terms(
@@ -275,13 +278,13 @@ def violation_terms(
         return violation_terms_from_scores(S, pos, neg, margin=margin, norm=norm, directions=directions, pairs=(a, p))
 
     wide = torch.promote_types(x.dtype, torch.float32)
-    s_ap = (x[a].to(wide) * y[p].to(wide)).sum(-1)
+    s_ap = (x.to(wide) * y.to(wide)).sum(-1) if paired else (x[a].to(wide) * y[p].to(wide)).sum(-1)
     selection = None
     if norm.selection_k:
         # the hardest negatives of a row do not depend on which positive of the row is the pair
         with torch.no_grad():
             row_val, row_idx, col_val, col_idx = negative_topk(
-                x, y, labels, ref_labels, self_ref, norm.selection_k, impl=impl
+                x, y, labels, ref_labels, self_ref, norm.selection_k, impl=impl, paired=paired
             )
         selection = {"i2t": (row_val, row_idx), "t2i": (col_val, col_idx)}
     hinge = None
@@ -289,7 +292,7 @@ def violation_terms(
         # one pass over the score tiles gives both directions' ℓp norms
         T1, T2 = hinge_norm_pairs(
             x, y, s_ap - margin, a, p, labels, ref_labels, self_ref, norm.hinge_p,
-            do_i2t=directions != "t2i", do_t2i=directions != "i2t", impl=impl,
+            do_i2t=directions != "t2i", do_t2i=directions != "i2t", impl=impl, paired=paired,
         )
         hinge = {"i2t": T1, "t2i": T2}
     terms, anchors = [], []
@@ -299,14 +302,18 @@ def violation_terms(
         # i2t: the queries are the rows x[a] against the keys y; t2i: the columns y[p] against x
         q_side, k_side = (x, y) if direction == "i2t" else (y, x)
         q_idx = a if direction == "i2t" else p
-        term = torch.zeros_like(s_ap)
+        parts = []
         if selection is not None:
             vals, idx = selection[direction]
-            selected = selected_hinge_sum(q_side[q_idx], k_side, vals[q_idx], idx[q_idx], s_ap, margin)
-            term = term + selected * norm.selection_weight
+            if not paired:  # the rows of the pairs' queries (paired: every row, in order)
+                q_side, vals, idx = q_side[q_idx], vals[q_idx], idx[q_idx]
+            # paired: every other column of a row (row of a column) is a negative
+            complete = paired and norm.selection_k <= k_side.shape[0] - 1
+            selected = selected_hinge_sum(q_side, k_side, vals, idx, s_ap, margin, complete)
+            parts.append(selected if norm.selection_weight == 1 else selected * norm.selection_weight)
         if hinge is not None:
-            term = term + hinge[direction] * norm.hinge_weight
-        terms.append(term)
+            parts.append(hinge[direction] if norm.hinge_weight == 1 else hinge[direction] * norm.hinge_weight)
+        terms.append(sum(parts[1:], parts[0]) if parts else torch.zeros_like(s_ap))
         anchors.append(a)
     return torch.cat(terms), torch.cat(anchors)
 
@@ -377,7 +384,8 @@ def query_violation_terms(
 
 
 def selected_hinge_sum(
-    q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, s_ap: torch.Tensor, margin: float
+    q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, s_ap: torch.Tensor, margin: float,
+    complete: bool = False,
 ) -> torch.Tensor:
     """Σ_j [α − s_ap + q·keys[idx_j]]_+ over the selected hardest negatives of each pair.
 
@@ -385,11 +393,14 @@ def selected_hinge_sum(
     gradient; vals = −inf where there are fewer than k); s_ap: (P,). The hinge is monotone, so the
     k largest hinges are the hinges of the k largest scores. The selected scores are recomputed
     with autograd by a gather, so the backward is a scatter over the saved indices, O(P·k·D).
+    ``complete``: every pair is known to have k negatives (no −inf in vals).
     """
     wide = torch.promote_types(q.dtype, torch.float32)
-    sel = torch.einsum("nd,nkd->nk", q.to(wide), keys[idx].to(wide))
-    sel = torch.where(vals == float("-inf"), torch.full_like(sel, float("-inf")), sel)
-    return F.relu(margin - s_ap[:, None] + sel).sum(-1)
+    sel = (keys[idx].to(wide) @ q.to(wide)[:, :, None]).squeeze(-1)  # (P, k): q · keys[idx_j]
+    if not complete:
+        sel = torch.where(vals == float("-inf"), torch.full_like(sel, float("-inf")), sel)
+    h = F.relu(margin - s_ap[:, None] + sel)
+    return h.squeeze(-1) if h.shape[-1] == 1 else h.sum(-1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -54,21 +54,22 @@ def resolve_impl(impl: str, x: torch.Tensor, n_pairs: int) -> str:
     return impl
 
 
-def negative_topk(x, y, x_labels, y_labels, self_ref: bool, k: int, impl: str = "chunked"):
+def negative_topk(x, y, x_labels, y_labels, self_ref: bool, k: int, impl: str = "chunked", paired: bool = False):
     """The k largest negative scores of each row and each column of ``x yᵀ``, in float32.
 
     x: (B, D), y: (M, D); x_labels (B,), y_labels (M,) integers; (i, j) is a negative iff
     ``x_labels[i] != y_labels[j]`` and, with ``self_ref``, ``i != j``.
     Returns ``row_val (B, k), row_idx (B, k), col_val (M, k), col_idx (M, k)``, values in
     descending order, ``-inf`` (index 0) where a row has fewer than k negatives; ties go to the
-    lowest index.
+    lowest index. ``paired``: the labels are ``arange(B)`` on both sides (B = M), which spares the
+    chunked kernel the search for same-label entries.
     """
     if impl == "triton" and k == 1:
         from .triton_negative_max import negative_max_triton
 
         rv, ri, cv, ci = negative_max_triton(x, y, x_labels, y_labels, self_ref)
         return rv[:, None], ri[:, None], cv[:, None], ci[:, None]
-    return negative_topk_chunked(x, y, x_labels, y_labels, self_ref, k)
+    return negative_topk_chunked(x, y, x_labels, y_labels, self_ref, k, paired=paired)
 
 
 def hinge_norm_rows(q, keys, t, q_labels, k_labels, q_self, p: float, impl: str = "chunked"):
@@ -85,7 +86,7 @@ def hinge_norm_rows(q, keys, t, q_labels, k_labels, q_self, p: float, impl: str 
 
 
 def hinge_norm_pairs(x, y, t, a, p_idx, labels, ref_labels, self_ref: bool, p: float,
-                     do_i2t: bool = True, do_t2i: bool = True, impl: str = "chunked"):
+                     do_i2t: bool = True, do_t2i: bool = True, impl: str = "chunked", paired: bool = False):
     """Both directions' ℓp hinge norms of every positive pair ``(a_j, p_j)``, threshold ``t_j``.
 
     ``T¹_j`` over the negatives n of row a_j of ``[x_{a_j}·y_n − t_j]_+``, ``T²_j`` over the
@@ -93,14 +94,15 @@ def hinge_norm_pairs(x, y, t, a, p_idx, labels, ref_labels, self_ref: bool, p: f
     Differentiable in x, y and t. Returns ``(T¹, T²)``, each (P,) float32 (zeros for a direction
     not asked for). ``chunked`` makes one pass over row tiles for both directions; ``triton``
     computes both directions' gradients in one backward where pair j is (j, j) (the usual
-    paired batch), and runs :func:`hinge_norm_rows` once per direction otherwise.
+    paired batch), and runs :func:`hinge_norm_rows` once per direction otherwise. ``paired``: the
+    labels are ``arange(B)`` and the pairs (j, j), known without looking at them.
     """
     if impl != "triton":
-        return hinge_norm_pairs_chunked(x, y, t, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i)
+        return hinge_norm_pairs_chunked(x, y, t, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i, paired)
     B = x.shape[0]
-    if a.shape[0] == B == y.shape[0]:
+    if paired or a.shape[0] == B == y.shape[0]:
         eye = torch.arange(B, device=a.device)
-        if torch.equal(a, eye) and torch.equal(p_idx, eye):
+        if paired or (torch.equal(a, eye) and torch.equal(p_idx, eye)):
             from .triton_hinge_norm_pairs import hinge_norm_pairs_triton
 
             return hinge_norm_pairs_triton(x, y, t, labels, ref_labels, self_ref, p, do_i2t, do_t2i)

@@ -33,16 +33,16 @@ def _weights(h: torch.Tensor, T: torch.Tensor, g: torch.Tensor, p: float) -> tor
 class _Tiles:
     """The masked score tiles, recomputed identically in forward and backward."""
 
-    def __init__(self, x, y, a, p_idx, labels, ref_labels, self_ref):
+    def __init__(self, x, y, a, p_idx, labels, ref_labels, self_ref, paired=False):
         self.x, self.a, self.labels, self.self_ref = x, a, labels, self_ref
         self.mm = Matmul(x.dtype, x.device)
         self.wide, self.y = self.mm.wide, self.mm.operand(y)
-        self.same = SameLabel(ref_labels)
+        self.same = SameLabel(ref_labels, paired)
         B, M, P = x.shape[0], y.shape[0], a.shape[0]
         self.tile = tile_rows(B, M + P, x.device)
         # the unlabelled case: pair j is (j, j), so the pairs' rows (and columns) are the tile itself
         eye = torch.arange(B, device=a.device)
-        self.diagonal = P == B == M and torch.equal(a, eye) and torch.equal(p_idx, eye)
+        self.diagonal = paired or (P == B == M and torch.equal(a, eye) and torch.equal(p_idx, eye))
 
     def __iter__(self):
         B = self.x.shape[0]
@@ -51,7 +51,10 @@ class _Tiles:
             S = self.mm(self.x[r0:r1], self.y.t())
             own = torch.arange(r0, r1, device=S.device) if self.self_ref else None
             mask_non_negatives_(S, self.same, self.labels[r0:r1], own, NEG_INF)
-            j0, j1 = (int(v) for v in torch.searchsorted(self.a, torch.tensor([r0, r1], device=self.a.device)))
+            if self.diagonal:  # pair j is (j, j): the tile's pairs are its rows (no device sync)
+                j0, j1 = r0, r1
+            else:
+                j0, j1 = (int(v) for v in torch.searchsorted(self.a, torch.tensor([r0, r1], device=self.a.device)))
             yield r0, r1, j0, j1, S
 
     def rows_of_pairs(self, S, r0, j0, j1):
@@ -61,8 +64,8 @@ class _Tiles:
 
 class HingeNormPairsChunked(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, t, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i):
-        tiles = _Tiles(x, y, a, p_idx, labels, ref_labels, self_ref)
+    def forward(ctx, x, y, t, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i, paired):
+        tiles = _Tiles(x, y, a, p_idx, labels, ref_labels, self_ref, paired)
         tw = t.to(tiles.wide)
         P = a.shape[0]
         T1 = torch.zeros(P, dtype=tiles.wide, device=x.device)
@@ -85,7 +88,7 @@ class HingeNormPairsChunked(torch.autograd.Function):
                     m2 = m_new
         T2 = s2 if p == 1.0 else torch.where(m2 > 0, m2 * s2.pow(1.0 / p), torch.zeros_like(m2))
         ctx.save_for_backward(x, y, t, a, p_idx, labels, ref_labels, T1, T2)
-        ctx.self_ref, ctx.p, ctx.do_i2t, ctx.do_t2i = self_ref, p, do_i2t, do_t2i
+        ctx.self_ref, ctx.p, ctx.do_i2t, ctx.do_t2i, ctx.paired = self_ref, p, do_i2t, do_t2i, paired
         return T1, T2
 
     @staticmethod
@@ -93,7 +96,7 @@ class HingeNormPairsChunked(torch.autograd.Function):
     def backward(ctx, g1, g2):
         x, y, t, a, p_idx, labels, ref_labels, T1, T2 = ctx.saved_tensors
         p = ctx.p
-        tiles = _Tiles(x, y, a, p_idx, labels, ref_labels, ctx.self_ref)
+        tiles = _Tiles(x, y, a, p_idx, labels, ref_labels, ctx.self_ref, ctx.paired)
         wide, tw = tiles.wide, t.to(tiles.wide)
         gx = torch.empty(x.shape, dtype=wide, device=x.device)
         gy = torch.zeros(y.shape, dtype=wide, device=x.device)
@@ -120,7 +123,7 @@ class HingeNormPairsChunked(torch.autograd.Function):
                 gt -= W.sum(0)
             gx[r0:r1] = tiles.mm(dS, tiles.y)
             gy += tiles.mm(dS.t(), x[r0:r1])
-        return gx.to(x.dtype), gy.to(y.dtype), gt.to(t.dtype), None, None, None, None, None, None, None, None
+        return gx.to(x.dtype), gy.to(y.dtype), gt.to(t.dtype), None, None, None, None, None, None, None, None, None
 
 
 def _lp_rows(h: torch.Tensor, p: float) -> torch.Tensor:
@@ -132,8 +135,8 @@ def _lp_rows(h: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def hinge_norm_pairs_chunked(x, y, t, a, p_idx, labels, ref_labels, self_ref: bool, p: float,
-                             do_i2t: bool = True, do_t2i: bool = True):
+                             do_i2t: bool = True, do_t2i: bool = True, paired: bool = False):
     """See :func:`vse_losses.ops.hinge_norm_pairs`."""
     return HingeNormPairsChunked.apply(
-        x, y, t, a, p_idx, labels, ref_labels, bool(self_ref), float(p), bool(do_i2t), bool(do_t2i)
+        x, y, t, a, p_idx, labels, ref_labels, bool(self_ref), float(p), bool(do_i2t), bool(do_t2i), bool(paired)
     )

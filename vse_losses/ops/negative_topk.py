@@ -35,6 +35,7 @@ def negative_topk_chunked(
     self_ref: bool,
     k: int,
     tile: int | None = None,
+    paired: bool = False,
 ):
     """See :func:`vse_losses.ops.negative_topk`. Peak extra memory: a (tile, M) score tile.
 
@@ -49,7 +50,7 @@ def negative_topk_chunked(
     row_idx = torch.zeros((B, k), dtype=torch.long, device=x.device)
     col_val = x.new_full((M, k), NEG_INF, dtype=wide)
     col_idx = torch.zeros((M, k), dtype=torch.long, device=x.device)
-    same = SameLabel(y_labels)
+    same = SameLabel(y_labels, paired)
     for r0 in range(0, B, tile):
         r1 = min(B, r0 + tile)
         S = mm(x[r0:r1], yt)

@@ -28,11 +28,17 @@ class SameLabel:
     search, so listing the entries of n rows costs O(n log M + #entries), not O(n·M).
     """
 
-    def __init__(self, col_labels: torch.Tensor):
-        self.sorted, self.order = torch.sort(col_labels, stable=True)
+    def __init__(self, col_labels: torch.Tensor, paired: bool = False):
+        # paired: the labels are 0 … M−1 on both sides (row a pairs with column a only), so the
+        # entries of a row are its label itself: no sort, no search, no data-dependent size
+        self.paired = paired
+        if not paired:
+            self.sorted, self.order = torch.sort(col_labels, stable=True)
 
     def entries(self, row_labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(rows, cols)`` with ``row_labels[rows] == col_labels[cols]``, rows ascending."""
+        if self.paired:
+            return torch.arange(row_labels.shape[0], device=row_labels.device), row_labels
         lo = torch.searchsorted(self.sorted, row_labels, right=False)
         counts = torch.searchsorted(self.sorted, row_labels, right=True) - lo
         rows = torch.repeat_interleave(torch.arange(row_labels.shape[0], device=row_labels.device), counts)

@@ -1,0 +1,53 @@
+"""The paired call ``loss(img, cap)`` knows its pairs (j, j) without enumerating them: the same
+values and gradients as the labelled call with ``labels = arange(B)``, and no operation whose
+output size depends on the data (on CUDA each one is a device synchronisation)."""
+import pytest
+import torch
+from cases import FAST_IMPLS, LOSS_CASES
+from torch.profiler import ProfilerActivity, profile
+
+import vse_losses
+
+# operations that read a device value back, or size their output by the data
+SYNCING = {"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::repeat_interleave", "aten::equal",
+           "aten::is_nonzero", "aten::masked_select", "aten::unique", "aten::_unique2"}
+
+
+def _inputs(B=37, D=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, D, generator=g, dtype=torch.float64), torch.randn(B, D, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("impl", ["chunked"])
+@pytest.mark.parametrize("name,kwargs,norm", LOSS_CASES)
+def test_paired_equals_labelled_identity(name, kwargs, norm, impl):
+    x0, y0 = _inputs()
+    ids = torch.arange(x0.shape[0])
+    out = {}
+    for form in ("paired", "labelled"):
+        x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
+        loss_fn = getattr(vse_losses, name)(impl=impl, **kwargs)
+        loss = loss_fn(x, y) if form == "paired" else loss_fn(x, ids, ref_emb=y, ref_labels=ids.clone())
+        loss.backward()
+        out[form] = (loss.detach(), x.grad, y.grad)
+    for a, b in zip(out["paired"], out["labelled"]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("name,kwargs,norm", LOSS_CASES)
+def test_paired_call_has_no_data_dependent_ops(name, kwargs, norm, impl):
+    x0, y0 = _inputs(B=300, D=16, seed=1)  # several tiles for the chunked kernels
+    x, y = x0.float().requires_grad_(), y0.float().requires_grad_()
+    loss_fn = getattr(vse_losses, name)(impl=impl, **kwargs)
+    loss_fn(x, y).backward()  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        loss_fn(x, y).backward()
+    names = {e.name for e in prof.events()}
+    assert "aten::mm" in names or "aten::matmul" in names  # the profiler saw the call
+    assert not names & SYNCING, sorted(names & SYNCING)
+    # the labelled call does enumerate its pairs: the check above can fail
+    ids = torch.arange(300)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        loss_fn(x, ids, ref_emb=y, ref_labels=ids.clone()).backward()
+    assert {e.name for e in prof.events()} & SYNCING
