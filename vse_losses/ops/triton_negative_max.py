@@ -208,11 +208,11 @@ def _check_precision(p: str) -> str:
 def _reduce_partials(val: torch.Tensor, idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Combine (G, L) partial maxima: max over G, lowest index among equal maxima; -inf -> 0."""
     if val.shape[0] == 1:
-        best, bi = val[0], idx[0].long()
-    else:
-        best = val.amax(dim=0)
-        cand = torch.where(val == best.unsqueeze(0), idx, torch.full_like(idx, _INT32_MAX))
-        bi = cand.amin(dim=0).long()
+        # one program wrote every entry: it keeps index 0 wherever no negative beat -inf
+        return val[0], idx[0].long()
+    best = val.amax(dim=0)
+    cand = torch.where(val == best.unsqueeze(0), idx, torch.full_like(idx, _INT32_MAX))
+    bi = cand.amin(dim=0).long()
     # no negative (-inf), or a NaN max: index 0, always a valid index
     bad = (best == float("-inf")) | (bi == _INT32_MAX) | torch.isnan(best)
     bi = torch.where(bad, torch.zeros_like(bi), bi)
