@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from . import _checks
 from . import distributed as _dist
 from .ops import hinge_norm_pairs, hinge_norm_rows, negative_topk, resolve_impl
+from .ops.row_dots import row_dots
 from .ops.tiling import SameLabel
 
 __all__ = [
@@ -278,7 +279,7 @@ def violation_terms(
         return violation_terms_from_scores(S, pos, neg, margin=margin, norm=norm, directions=directions, pairs=(a, p))
 
     wide = torch.promote_types(x.dtype, torch.float32)
-    s_ap = (x.to(wide) * y.to(wide)).sum(-1) if paired else (x[a].to(wide) * y[p].to(wide)).sum(-1)
+    s_ap = row_dots(x, y) if paired else row_dots(x, y, a, p)
     selection = None
     if norm.selection_k:
         # the hardest negatives of a row do not depend on which positive of the row is the pair
@@ -305,11 +306,12 @@ def violation_terms(
         parts = []
         if selection is not None:
             vals, idx = selection[direction]
-            if not paired:  # the rows of the pairs' queries (paired: every row, in order)
-                q_side, vals, idx = q_side[q_idx], vals[q_idx], idx[q_idx]
+            if not paired:  # the pairs' rows (paired: pair n is row n)
+                vals, idx = vals[q_idx], idx[q_idx]
             # paired: every other column of a row (row of a column) is a negative
             complete = paired and norm.selection_k <= k_side.shape[0] - 1
-            selected = selected_hinge_sum(q_side, k_side, vals, idx, s_ap, margin, complete)
+            selected = selected_hinge_sum(q_side, k_side, vals, idx, s_ap, margin, complete,
+                                          q_rows=None if paired else q_idx)
             parts.append(selected if norm.selection_weight == 1 else selected * norm.selection_weight)
         if hinge is not None:
             parts.append(hinge[direction] if norm.hinge_weight == 1 else hinge[direction] * norm.hinge_weight)
@@ -363,14 +365,15 @@ def query_violation_terms(
             qi = q_idx - lo
             term = violation_norm(F.relu(margin - S[qi, k_idx][:, None] + S[qi]) * neg[qi], norm)
         else:
-            s_ap = (q_side[q_idx].to(wide) * k_side[k_idx].to(wide)).sum(-1)
+            s_ap = row_dots(q_side, k_side, q_idx, k_idx)
             term = torch.zeros_like(s_ap)
             if norm.selection_k:
                 with torch.no_grad():
                     vals, idx, _, _ = negative_topk(
                         q_side[lo:hi], k_side, q_lab[lo:hi], k_lab, False, norm.selection_k, impl=impl
                     )
-                selected = selected_hinge_sum(q_side[q_idx], k_side, vals[q_idx - lo], idx[q_idx - lo], s_ap, margin)
+                selected = selected_hinge_sum(q_side, k_side, vals[q_idx - lo], idx[q_idx - lo], s_ap, margin,
+                                              q_rows=q_idx)
                 term = term + selected * norm.selection_weight
             if norm.hinge_p:
                 hn = hinge_norm_rows(
@@ -385,18 +388,22 @@ def query_violation_terms(
 
 def selected_hinge_sum(
     q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, s_ap: torch.Tensor, margin: float,
-    complete: bool = False,
+    complete: bool = False, q_rows: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Σ_j [α − s_ap + q·keys[idx_j]]_+ over the selected hardest negatives of each pair.
+    """Σ_j [α − s_ap + q_n·keys[idx_nj]]_+ over the selected hardest negatives of each pair n.
 
-    q: (P, D) query of each pair; idx, vals: (P, k) its hardest negatives (found without
-    gradient; vals = −inf where there are fewer than k); s_ap: (P,). The hinge is monotone, so the
-    k largest hinges are the hinges of the k largest scores. The selected scores are recomputed
-    with autograd by a gather, so the backward is a scatter over the saved indices, O(P·k·D).
+    q: queries, row ``q_rows[n]`` for pair n (q_rows None: row n); idx, vals: (P, k) the pair's
+    hardest negatives (found without gradient; vals = −inf where there are fewer than k);
+    s_ap: (P,). The hinge is monotone, so the k largest hinges are the hinges of the k largest
+    scores. The selected scores are recomputed by :func:`~vse_losses.ops.row_dots.row_dots`, so
+    the backward is a scatter over the saved indices, O(P·k·D), with no copy of the rows kept.
     ``complete``: every pair is known to have k negatives (no −inf in vals).
     """
-    wide = torch.promote_types(q.dtype, torch.float32)
-    sel = (keys[idx].to(wide) @ q.to(wide)[:, :, None]).squeeze(-1)  # (P, k): q · keys[idx_j]
+    P, k = idx.shape
+    qi = q_rows
+    if k > 1:
+        qi = (torch.arange(P, device=idx.device) if q_rows is None else q_rows)[:, None].expand(P, k).reshape(-1)
+    sel = row_dots(q, keys, qi, idx.reshape(-1)).view(P, k)  # (P, k): q_n · keys[idx_nj]
     if not complete:
         sel = torch.where(vals == float("-inf"), torch.full_like(sel, float("-inf")), sel)
     h = F.relu(margin - s_ap[:, None] + sel)
