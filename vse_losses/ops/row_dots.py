@@ -35,11 +35,14 @@ class RowDots(torch.autograd.Function):
     def forward(ctx, q, k, qi, ki):
         wide = torch.promote_types(torch.promote_types(q.dtype, k.dtype), torch.float32)
         n = (qi if qi is not None else ki if ki is not None else q).shape[0]
-        out = torch.empty(n, dtype=wide, device=q.device)
         step = _chunk(n, q.shape[1])
-        for n0 in range(0, n, step):
-            n1 = min(n, n0 + step)
-            out[n0:n1] = (_rows(q, qi, n0, n1).to(wide) * _rows(k, ki, n0, n1).to(wide)).sum(-1)
+        if step >= n:  # one chunk: no buffer to fill
+            out = (_rows(q, qi, 0, n).to(wide) * _rows(k, ki, 0, n).to(wide)).sum(-1)
+        else:
+            out = torch.empty(n, dtype=wide, device=q.device)
+            for n0 in range(0, n, step):
+                n1 = min(n, n0 + step)
+                out[n0:n1] = (_rows(q, qi, n0, n1).to(wide) * _rows(k, ki, n0, n1).to(wide)).sum(-1)
         ctx.save_for_backward(q, k, qi, ki)
         ctx.wide = wide
         return out
@@ -52,10 +55,14 @@ class RowDots(torch.autograd.Function):
         need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         n = g.shape[0]
         step = _chunk(n, q.shape[1])
+        g = g.to(wide)
+        if step >= n and qi is None and ki is None and n == q.shape[0] == k.shape[0]:  # one chunk, aligned: no buffers
+            gn = g[:, None]
+            return ((gn * k.to(wide)).to(q.dtype) if need_q else None,
+                    (gn * q.to(wide)).to(k.dtype) if need_k else None, None, None)
         # aligned side: one write per row, in its dtype; gathered side: a float32 accumulator
         gq = None if not need_q else (torch.zeros_like(q) if qi is None else torch.zeros(q.shape, dtype=wide, device=q.device))
         gk = None if not need_k else (torch.zeros_like(k) if ki is None else torch.zeros(k.shape, dtype=wide, device=k.device))
-        g = g.to(wide)
         for n0 in range(0, n, step):
             n1 = min(n, n0 + step)
             gn = g[n0:n1, None]
