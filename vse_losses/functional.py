@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from . import _checks
 from . import distributed as _dist
 from .ops import hinge_norm_pairs, hinge_norm_rows, negative_topk, resolve_impl
+from .ops.max_violation_paired import max_violation_paired
 from .ops.row_dots import row_dots
 from .ops.tiling import SameLabel
 
@@ -244,8 +245,11 @@ def violation_terms(
     impl: str = "auto",
     query_rows: Optional[Tuple[int, int]] = None,
     query_cols: Optional[Tuple[int, int]] = None,
+    cosine: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Loss terms of embeddings whose similarity is the dot product ``x yᵀ``.
+    """Loss terms of embeddings whose similarity is the dot product ``x yᵀ`` (with ``cosine``,
+    of the l2-normalised rows: the paired max violation then folds the norms into its kernels
+    instead of normalising copies of x and y; everything else normalises first).
 
     x: (B, D); y: (M, D) or None (one modality: ``y = x``, labels required).
     labels: (B,) or None (paired: row a with column a); ref_labels: (M,) or None (= labels).
@@ -259,14 +263,25 @@ def violation_terms(
     query indices within their range: ``a − start`` for i2t terms, ``p − start`` for t2i terms.
     """
     self_ref = y is None
-    y = x if y is None else y
-    B, M = x.shape[0], y.shape[0]
+    B, M = x.shape[0], (x if y is None else y).shape[0]
     # paired form without labels: pair j is (j, j), known without enumerating it (no sort, no
     # search, nothing of data-dependent size, so no device synchronisation)
     paired = labels is None and not self_ref
+    impl = resolve_impl(impl, x, B * M)
+    local = query_rows is None and query_cols is None
+    # the paired max violation has its own O(B)-memory autograd Function (ops/max_violation_paired.py)
+    fused_max = paired and local and impl != "dense" and norm.selection_k == 1
+    if cosine and not (fused_max and norm.kind == "max"):
+        x = F.normalize(x, dim=1)
+        y = None if self_ref else F.normalize(y, dim=1)
+        cosine = False
+    y = x if y is None else y
     labels, ref_labels = resolve_labels(labels, ref_labels, B, M, self_ref, x.device)
     a, p = (labels, ref_labels) if paired else positive_pairs(labels, ref_labels, self_ref)
-    impl = resolve_impl(impl, x, B * M)
+    if fused_max and norm.kind == "max":
+        i2t, t2i = max_violation_paired(x, y, margin, cosine=cosine, impl=impl)
+        kept = [t for t, d in ((i2t, "i2t"), (t2i, "t2i")) if directions in ("both", d)]
+        return torch.cat(kept), torch.cat([a] * len(kept))
     if query_rows is not None or query_cols is not None:
         return query_violation_terms(
             x, y, labels, ref_labels, self_ref, (a, p), query_rows or (0, B), query_cols or (0, M),
@@ -281,7 +296,10 @@ def violation_terms(
     wide = torch.promote_types(x.dtype, torch.float32)
     s_ap = row_dots(x, y) if paired else row_dots(x, y, a, p)
     selection = None
-    if norm.selection_k:
+    if fused_max:  # the mix: its max-violation part
+        i2t, t2i = max_violation_paired(x, y, margin, cosine=False, impl=impl)
+        selection = {"i2t": i2t, "t2i": t2i}
+    elif norm.selection_k:
         # the hardest negatives of a row do not depend on which positive of the row is the pair
         with torch.no_grad():
             row_val, row_idx, col_val, col_idx = negative_topk(
@@ -304,7 +322,9 @@ def violation_terms(
         q_side, k_side = (x, y) if direction == "i2t" else (y, x)
         q_idx = a if direction == "i2t" else p
         parts = []
-        if selection is not None:
+        if fused_max:
+            parts.append(selection[direction] * norm.selection_weight)
+        elif selection is not None:
             vals, idx = selection[direction]
             if not paired:  # the pairs' rows (paired: pair n is row n)
                 vals, idx = vals[q_idx], idx[q_idx]
@@ -462,10 +482,10 @@ def _loss(
         _checks.check_labels("labels", labels, img.shape[0], "img")
         _checks.check_labels("ref_labels", ref_labels, (img if cap is None else cap).shape[0], "cap")
         x, y = img, cap
-        if similarity == "cosine":
-            x = F.normalize(x, dim=1)
-            y = None if y is None else F.normalize(y, dim=1)
         if world > 1:
+            if similarity == "cosine":  # normalise locally, row by row, before gathering
+                x = F.normalize(x, dim=1)
+                y = None if y is None else F.normalize(y, dim=1)
             # local queries against every rank's batch; the ranks' losses sum to W × the global loss
             batch = _dist.gather_batch(x, y, labels, ref_labels)
             terms, _ = violation_terms(
@@ -478,7 +498,8 @@ def _loss(
                 return value + guard
         else:
             terms, _ = violation_terms(
-                x, y, labels=labels, ref_labels=ref_labels, margin=margin, norm=norm, directions=directions, impl=impl
+                x, y, labels=labels, ref_labels=ref_labels, margin=margin, norm=norm, directions=directions, impl=impl,
+                cosine=similarity == "cosine",
             )
             guard = nan_guard(img, cap)
     terms = terms + guard

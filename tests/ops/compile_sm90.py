@@ -79,8 +79,10 @@ def main(variants):
                             dict(P_MODE=mode, ROW_TERM=True, COL_TERM=True, SELF_Q=True, SELF_K=True, EVEN_R=even,
                                  **flags))
         else:
-            cfg = nm._default_config(dtypes[dtype], False, even, bool(mode))
-            r = compile_one(nm._negative_max_kernel, dtype, cfg, dict(SELF_REF=bool(mode), EVEN_M=even, **flags))
+            self_ref, scaled = mode in (1, 3), mode in (2, 3)  # mode: 0 … 3
+            cfg = nm._default_config(dtypes[dtype], False, even, self_ref, scaled)
+            r = compile_one(nm._negative_max_kernel, dtype, cfg,
+                            dict(SELF_REF=self_ref, SCALED=scaled, EVEN_M=even, **flags))
         results["-".join(str(x) for x in (kind, dtype, mode, even))] = r
     print(json.dumps(results))
     return 0

@@ -23,7 +23,8 @@ SCRIPT = os.path.join(HERE, "compile_sm90.py")
 
 HINGE = [(kernel, dtype, p_mode, even) for kernel in ("hinge_forward", "hinge_weights") for dtype in ("bf16", "fp32")
          for p_mode in (1, 0) for even in (True, False)]
-NEGMAX = [("negative_max", dtype, self_ref, even) for dtype in ("bf16", "fp32") for self_ref in (False, True)
+# mode: 0 plain, 1 diagonal excluded (self_ref), 2 scaled (cosine folded in), 3 both
+NEGMAX = [("negative_max", dtype, mode, even) for dtype in ("bf16", "fp32") for mode in range(4)
           for even in (True, False)]
 VARIANTS = HINGE + NEGMAX
 

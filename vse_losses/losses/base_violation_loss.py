@@ -102,13 +102,19 @@ class BaseViolationLoss(BaseMetricLossFunction):
         norm = self.norm()
         dot = isinstance(self.distance, DotProductSimilarity) and self.distance.power == 1
         if dot and indices_tuple is None:
-            x = self.distance.maybe_normalize(embeddings)
-            y = None if self_ref else self.distance.maybe_normalize(ref_emb)
+            # PML's cosine (l2 normalisation, then the dot product) is left to violation_terms,
+            # which can fold the norms into the kernels instead of normalising copies
+            cosine = self.distance.normalize_embeddings and self.distance.p == 2
+            x = embeddings if cosine else self.distance.maybe_normalize(embeddings)
+            y = None if self_ref else (ref_emb if cosine else self.distance.maybe_normalize(ref_emb))
             terms, anchors = violation_terms(
                 x, y, labels=labels, ref_labels=ref_labels, margin=self.margin, norm=norm,
-                directions=self.directions, impl=self.impl,
+                directions=self.directions, impl=self.impl, cosine=cosine,
             )
             if self.collect_stats:
+                if cosine:
+                    x = F.normalize(x, dim=1)
+                    y = None if y is None else F.normalize(y, dim=1)
                 self._record_stats(x, x if y is None else y, labels, ref_labels, self_ref, terms)
         else:
             terms, anchors = self._dense_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, self_ref, norm)

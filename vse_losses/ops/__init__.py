@@ -54,7 +54,8 @@ def resolve_impl(impl: str, x: torch.Tensor, n_pairs: int) -> str:
     return impl
 
 
-def negative_topk(x, y, x_labels, y_labels, self_ref: bool, k: int, impl: str = "chunked", paired: bool = False):
+def negative_topk(x, y, x_labels, y_labels, self_ref: bool, k: int, impl: str = "chunked", paired: bool = False,
+                  scales=None):
     """The k largest negative scores of each row and each column of ``x yᵀ``, in float32.
 
     x: (B, D), y: (M, D); x_labels (B,), y_labels (M,) integers; (i, j) is a negative iff
@@ -62,14 +63,15 @@ def negative_topk(x, y, x_labels, y_labels, self_ref: bool, k: int, impl: str = 
     Returns ``row_val (B, k), row_idx (B, k), col_val (M, k), col_idx (M, k)``, values in
     descending order, ``-inf`` (index 0) where a row has fewer than k negatives; ties go to the
     lowest index. ``paired``: the labels are ``arange(B)`` on both sides (B = M), which spares the
-    chunked kernel the search for same-label entries.
+    chunked kernel the search for same-label entries. ``scales``: ``(c_x (B,), c_y (M,))`` float32, the
+    scores are then ``c_i c_j x_i·y_j`` (cosine similarity of raw embeddings, with c = 1/‖·‖).
     """
     if impl == "triton" and k == 1:
         from .triton_negative_max import negative_max_triton
 
-        rv, ri, cv, ci = negative_max_triton(x, y, x_labels, y_labels, self_ref)
+        rv, ri, cv, ci = negative_max_triton(x, y, x_labels, y_labels, self_ref, scales=scales)
         return rv[:, None], ri[:, None], cv[:, None], ci[:, None]
-    return negative_topk_chunked(x, y, x_labels, y_labels, self_ref, k, paired=paired)
+    return negative_topk_chunked(x, y, x_labels, y_labels, self_ref, k, paired=paired, scales=scales)
 
 
 def hinge_norm_rows(q, keys, t, q_labels, k_labels, q_self, p: float, impl: str = "chunked"):

@@ -36,6 +36,7 @@ def negative_topk_chunked(
     k: int,
     tile: int | None = None,
     paired: bool = False,
+    scales=None,
 ):
     """See :func:`vse_losses.ops.negative_topk`. Peak extra memory: a (tile, M) score tile.
 
@@ -54,6 +55,8 @@ def negative_topk_chunked(
     for r0 in range(0, B, tile):
         r1 = min(B, r0 + tile)
         S = mm(x[r0:r1], yt)
+        if scales is not None:  # cosine folded in: s_ij = c_i c_j x_i·y_j
+            S.mul_(scales[0][r0:r1, None]).mul_(scales[1][None, :])
         own = torch.arange(r0, r1, device=x.device) if self_ref else None
         mask_non_negatives_(S, same, x_labels[r0:r1], own, NEG_INF)
         row_val[r0:r1], row_idx[r0:r1] = _topk_desc(S, k, 1)

@@ -60,13 +60,13 @@ def is_interpreting() -> bool:
 # Kernel (plain function; jitted lazily by ``_kernel()``)
 # ----------------------------------------------------------------------------------------
 def _negative_max_kernel(
-    x_ptr, y_ptr, xl_ptr, yl_ptr,
+    x_ptr, y_ptr, xl_ptr, yl_ptr, rx_ptr, ry_ptr,  # rx, ry: row / column scales (SCALED)
     row_val_ptr, row_idx_ptr,          # (Q, B) partials
     col_val_ptr, col_idx_ptr,          # (P, M) partials, pre-filled with -inf / 0
     B, M, D,
     stride_x, stride_y,
     RB_PER, CT_PER,
-    SELF_REF: tl.constexpr,
+    SELF_REF: tl.constexpr, SCALED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
@@ -88,6 +88,8 @@ def _negative_max_kernel(
         rows = rb * BLOCK_M + offs_m
         row_ok = rows < B
         xl = tl.load(xl_ptr + rows, mask=row_ok, other=0)
+        if SCALED:
+            rx = tl.load(rx_ptr + rows, mask=row_ok, other=1.0)
         x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_x
         run_v = tl.full([BLOCK_M], float("-inf"), tl.float32)
         run_i = tl.zeros([BLOCK_M], dtype=tl.int32)
@@ -108,6 +110,9 @@ def _negative_max_kernel(
                 else:
                     b = tl.load(y_cols + kk[:, None], mask=col_ok[None, :] & (kk[:, None] < D), other=0.0)
                 acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+            if SCALED:  # cosine of raw embeddings: s_ij = rx_i ry_j x_i·y_j
+                ry = tl.load(ry_ptr + cols, mask=col_ok, other=1.0)
+                acc = (acc * rx[:, None]) * ry[None, :]
             # ---- negatives mask
             yl = tl.load(yl_ptr + cols, mask=col_ok, other=0)
             neg = xl[:, None] != yl[None, :]
@@ -159,7 +164,8 @@ def _kernel():
 # ----------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------
-def _default_config(dtype: torch.dtype, interpret: bool, even: bool = True, self_ref: bool = False) -> dict:
+def _default_config(dtype: torch.dtype, interpret: bool, even: bool = True, self_ref: bool = False,
+                    scaled: bool = False) -> dict:
     """Tiles. ``even``: B and M multiples of 128 and D of 64. Chosen so that every variant
     compiles for sm_90 without register spills (tests/ops/test_triton_compile.py)."""
     if interpret:
@@ -168,9 +174,9 @@ def _default_config(dtype: torch.dtype, interpret: bool, even: bool = True, self
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
     if dtype == torch.float32:
         return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=16 if self_ref else 32, num_warps=8, num_stages=3)
-    if even and not self_ref:  # the paired batch (H100: 128x128x64, 8 warps, 3-4 stages)
+    if even and not self_ref and not scaled:  # the paired batch (H100: 128x128x64, 8 warps, 3-4 stages)
         return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4)
-    # masked loads or the diagonal test spill at BLOCK_K=64
+    # masked loads, the diagonal test or the scales spill at BLOCK_K=64
     return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=4)
 
 
@@ -233,6 +239,7 @@ def negative_max_triton(
     fp32_precision: str = "ieee",
     groups: Optional[Tuple[int, int]] = None,
     config: Optional[dict] = None,
+    scales: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row and column max/argmax of ``x @ y.T`` over negative pairs, fused in one pass.
 
@@ -246,6 +253,8 @@ def negative_max_triton(
             always use tensor cores with fp32 accumulation.
         groups: (P, Q) override of the work split (tests); default chosen from the SM count.
         config: override of BLOCK_M / BLOCK_N / BLOCK_K / num_warps / num_stages.
+        scales: ``(c_x (B,), c_y (M,))``: the scores are ``c_i c_j x_i·y_j`` (fp32 scales applied
+            to the fp32 tile; the cosine of raw embeddings with c = 1/‖·‖).
 
     Returns:
         row_val (B,) fp32, row_idx (B,) int64, col_val (M,) fp32, col_idx (M,) int64.
@@ -279,7 +288,7 @@ def negative_max_triton(
 
     interpret = is_interpreting()
     even = B % 128 == 0 and M % 128 == 0 and D % 64 == 0
-    cfg = dict(_default_config(dtype, interpret, even, bool(self_ref)))
+    cfg = dict(_default_config(dtype, interpret, even, bool(self_ref), scales is not None))
     if config:
         cfg.update(config)
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
@@ -301,13 +310,17 @@ def negative_max_triton(
 
     precision = _check_precision(fp32_precision) if dtype == torch.float32 else "ieee"
 
+    if scales is None:
+        rx = ry = row_pv  # never read (SCALED is False)
+    else:
+        rx, ry = (s.to(device=dev, dtype=torch.float32).contiguous() for s in scales)
     _kernel()[(P, Q)](
-        x, y, xl, yl,
+        x, y, xl, yl, rx, ry,
         row_pv, row_pi, col_pv, col_pi,
         B, M, D,
         x.stride(0), y.stride(0),
         rb_per, ct_per,
-        SELF_REF=bool(self_ref),
+        SELF_REF=bool(self_ref), SCALED=scales is not None,
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
         EVEN_M=(B % BM == 0), EVEN_N=(M % BN == 0), EVEN_K=(D % BK == 0),
         INPUT_PRECISION=precision,
