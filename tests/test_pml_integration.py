@@ -3,7 +3,7 @@
 import pytest
 import torch
 from cases import FAST_IMPLS, LOSS_CASES
-from pytorch_metric_learning import distances, losses, miners, reducers
+from pytorch_metric_learning import distances, losses, reducers
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from reference import cosine, loop_terms
 

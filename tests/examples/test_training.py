@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from .helpers import TINY, WORDS, make_hf_text_model, make_precomp, make_raw
+from .helpers import TINY, make_hf_text_model, make_precomp, make_raw
 from vse import checkpoint, evaluation, training
 from vse.evaluate_cli import main as evaluate_main
 from vse.training import main

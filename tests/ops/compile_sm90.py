@@ -76,7 +76,7 @@ def main(variants):
         elif kind == "hinge_weights":
             cfg = hn._weight_config(dtypes[dtype], False)
             r = compile_one(hn._hinge_weight_kernel, dtype, cfg,
-                            dict(P_MODE=mode, ROW_TERM=True, COL_TERM=True, SELF_Q=True, SELF_K=True, EVEN_R=even,
+                            dict(P_MODE=mode, ROW_TERM=True, COL_TERM=True, COL_SUM=True, SELF_Q=True, SELF_K=True, EVEN_R=even,
                                  **flags))
         else:
             self_ref, scaled = mode in (1, 3), mode in (2, 3)  # mode: 0 … 3

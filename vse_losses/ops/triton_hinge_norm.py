@@ -121,13 +121,13 @@ def _hinge_norm_fwd_kernel(
 
 
 def _hinge_weight_kernel(
-    q_ptr, k_ptr, w_ptr, rs_ptr,
+    q_ptr, k_ptr, w_ptr, rs_ptr, cs_ptr,
     tq_ptr, Tq_ptr, gq_ptr, lq_ptr, sq_ptr,
     tk_ptr, Tk_ptr, gk_ptr, lk_ptr, sk_ptr,
     r0, R, M, D,
-    stride_q, stride_k, stride_w, stride_rs,
+    stride_q, stride_k, stride_w, stride_rs, stride_cs,
     pm1,
-    P_MODE: tl.constexpr, ROW_TERM: tl.constexpr, COL_TERM: tl.constexpr,
+    P_MODE: tl.constexpr, ROW_TERM: tl.constexpr, COL_TERM: tl.constexpr, COL_SUM: tl.constexpr,
     SELF_Q: tl.constexpr, SELF_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_R: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
@@ -138,7 +138,8 @@ def _hinge_weight_kernel(
         W[i - r0, j] = [ROW_TERM] w(s_ij - tq_i; Tq_i, gq_i) + [COL_TERM] w(s_ij - tk_j; Tk_j, gk_j)
 
     on the valid (i, j), 0 elsewhere; w(h; T, g) = g (h / T)^(p-1) for h > 0 and T > 0, else 0.
-    rs[pid_n, i - r0] = this tile's row sum of the ROW_TERM part (fp32; summed over pid_n later).
+    rs[pid_n, i - r0] = this tile's row sum of the ROW_TERM part (fp32; summed over pid_n later);
+    with COL_SUM, cs[pid_m, j] = this tile's column sum of the COL_TERM part (summed over pid_m later).
     (i, j) is valid iff lq_i != lk_j, j != sq_i (SELF_Q) and i != sk_j (SELF_K).
     """
     pid_m = tl.program_id(0)
@@ -203,12 +204,15 @@ def _hinge_weight_kernel(
         h = acc - t[None, :]
         act = valid & (h > 0.0)
         if P_MODE == 1:
-            w += tl.where(act, g[None, :], 0.0)
+            w_col = tl.where(act, g[None, :], 0.0)
         elif P_MODE == 2:
-            w += tl.where(act, h * (g * invT)[None, :], 0.0)
+            w_col = tl.where(act, h * (g * invT)[None, :], 0.0)
         else:
             r = tl.where(act, h * invT[None, :], 1.0)
-            w += tl.where(act, g[None, :] * tl.exp2(pm1 * tl.log2(r)), 0.0)
+            w_col = tl.where(act, g[None, :] * tl.exp2(pm1 * tl.log2(r)), 0.0)
+        if COL_SUM:
+            tl.store(cs_ptr + pid_m * stride_cs + cols, tl.sum(w_col, axis=0), mask=col_ok)
+        w += w_col
     w_ptrs = w_ptr + loc.to(tl.int64)[:, None] * stride_w + cols[None, :]
     tl.store(w_ptrs, w.to(w_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
@@ -311,12 +315,14 @@ def _forward(q, keys, t, ql, kl, qs, p, precision, config=None):
     return out
 
 
-def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, precision, w_dtype, config=None):
+def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, precision, w_dtype, config=None,
+             col_sums=False):
     """The weights of rows r0 .. r0 + R of q against every key (see ``_hinge_weight_kernel``).
 
     row_term / col_term: ``(t, T, g)`` fp32 vectors over the rows of q / over the keys, or None;
     qs / ks: self indices over the rows of q / over the keys, or None.
-    Returns ``W`` (R, M) in ``w_dtype`` and the row sums of its row term (R,) fp32 (or None).
+    Returns ``W`` (R, M) in ``w_dtype``, the row sums of its row term (R,) fp32 (or None) and,
+    with ``col_sums``, the column sums of its column term over these rows (M,) fp32 (or None).
     """
     M, D = keys.shape
     cfg = dict(_weight_config(q.dtype, is_interpreting()))
@@ -326,25 +332,27 @@ def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, precision, w
     n_n = triton.cdiv(M, BN)
     W = torch.empty((R, M), device=q.device, dtype=w_dtype)
     rs = torch.empty((n_n, R), device=q.device, dtype=torch.float32) if row_term else W
+    col_sums = bool(col_sums and col_term)
+    cs = torch.empty((triton.cdiv(R, BM), M), device=q.device, dtype=torch.float32) if col_sums else W
     unused = ql  # any tensor, for pointers a constexpr branch never reads
     tq, Tq, gq = row_term or (unused,) * 3
     tk, Tk, gk = col_term or (unused,) * 3
     _, weight = _kernels()
     weight[(triton.cdiv(R, BM), n_n)](
-        q, keys, W, rs,
+        q, keys, W, rs, cs,
         tq, Tq, gq, ql, unused if qs is None else qs,
         tk, Tk, gk, kl, unused if ks is None else ks,
         r0, R, M, D,
-        q.stride(0), keys.stride(0), W.stride(0), rs.stride(0),
+        q.stride(0), keys.stride(0), W.stride(0), rs.stride(0), cs.stride(0),
         float(p) - 1.0,
-        P_MODE=_p_mode(p), ROW_TERM=row_term is not None, COL_TERM=col_term is not None,
+        P_MODE=_p_mode(p), ROW_TERM=row_term is not None, COL_TERM=col_term is not None, COL_SUM=col_sums,
         SELF_Q=qs is not None, SELF_K=ks is not None,
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
         EVEN_R=(R % BM == 0), EVEN_N=(M % BN == 0), EVEN_K=(D % BK == 0),
         INPUT_PRECISION=precision,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    return W, (rs.sum(0) if row_term else None)
+    return W, (rs.sum(0) if row_term else None), (cs.sum(0) if col_sums else None)
 
 
 def _grad_scale(*gs):
@@ -413,7 +421,7 @@ class HingeNormRowsTriton(torch.autograd.Function):
                 step = _chunk_rows(N, M, bm)
                 for r0 in range(0, N, step):
                     R = min(step, N - r0)
-                    W, rsum = _weights(qc, kc, r0, R, term, None, ql, kl, qs, None, **common)
+                    W, rsum, _ = _weights(qc, kc, r0, R, term, None, ql, kl, qs, None, **common)
                     if need_q:
                         grad_q[r0:r0 + R] = mm(W, keys_op).mul_(scale)
                     if need_t:
@@ -425,7 +433,7 @@ class HingeNormRowsTriton(torch.autograd.Function):
                 step = _chunk_rows(M, N, bm)
                 for c0 in range(0, M, step):
                     R = min(step, M - c0)
-                    Wt, _ = _weights(kc, qc, c0, R, None, term, kl, ql, None, qs, **common)
+                    Wt, _, _ = _weights(kc, qc, c0, R, None, term, kl, ql, None, qs, **common)
                     grad_k[c0:c0 + R] = mm(Wt, q_op).mul_(scale)
         if grad_q is not None:
             grad_q = grad_q.to(q_dtype)

@@ -11,10 +11,11 @@ Forward: the fused row kernel of :mod:`.triton_hinge_norm` once per direction. B
 
     ∂x = W y,   ∂y = Wᵀ x,   ∂t_j = −Σ_n W¹_jn − Σ_n W²_nj,
 
-computed in row chunks of W (a Triton kernel recomputes the score tile and writes the chunk of
-weights, cuBLAS multiplies it) and then in row chunks of Wᵀ for ∂y: two recomputed products
-and two cuBLAS products, the same for both directions as one costs alone. Nothing B×B is
-alive; the chunk holds ``W_CHUNK_ELEMENTS`` weights.
+computed in row chunks of W: a Triton kernel recomputes the score tiles and writes the chunk of
+weights with its i2t row sums and t2i column sums, cuBLAS multiplies it twice (the chunk's rows
+of ∂x; its contribution to ∂y, accumulated in float32). One recomputed product and two cuBLAS
+products serve both directions. Nothing B×B is alive; the chunk holds ``W_CHUNK_ELEMENTS``
+weights, and the ∂y accumulator is B×D float32.
 """
 
 from __future__ import annotations
@@ -69,18 +70,23 @@ class HingeNormPairsTriton(torch.autograd.Function):
             t2i = None if g2 is None else (tc, T2, (g2.to(torch.float32) / scale).contiguous())
             own_idx = own if ctx.self_ref else None
             mm = Matmul(xc.dtype, xc.device)
-            common = dict(p=p, precision=ctx.precision, w_dtype=mm.operand_dtype)
+            x_op, y_op = mm.operand(xc), mm.operand(yc)
             step = _chunk_rows(B, B, _weight_config(xc.dtype, is_interpreting())["BLOCK_M"])
-            # (queries, keys, their labels, the term over the queries, the term over the keys, gradient)
-            passes = ((xc, yc, lx, ly, i2t, t2i, gx), (yc, xc, ly, lx, t2i, i2t, gy))
-            for q, k, lq, lk, row_term, col_term, grad in passes:
-                k_op = mm.operand(k)
-                for r0 in range(0, B, step):
-                    R = min(step, B - r0)
-                    W, rsum = _weights(q, k, r0, R, row_term, col_term, lq, lk, own_idx, None, **common)
-                    grad[r0:r0 + R] = mm(W, k_op).mul_(scale)
-                    if rsum is not None:
-                        gt[r0:r0 + R] -= rsum.mul_(scale)
+            # one pass over chunks of W's rows: ∂x rows complete, ∂y accumulated (float32), ∂t from
+            # the i2t row sums and the t2i column sums; the scale is applied once at the end
+            for r0 in range(0, B, step):
+                R = min(step, B - r0)
+                W, rsum, csum = _weights(xc, yc, r0, R, i2t, t2i, lx, ly, own_idx, None, p=p,
+                                         precision=ctx.precision, w_dtype=mm.operand_dtype, col_sums=True)
+                gx[r0:r0 + R] = mm(W, y_op)
+                gy += mm(W.t(), x_op[r0:r0 + R])
+                if rsum is not None:
+                    gt[r0:r0 + R] -= rsum
+                if csum is not None:
+                    gt -= csum
+            gx.mul_(scale)
+            gy.mul_(scale)
+            gt.mul_(scale)
         x_dtype, y_dtype, t_dtype = ctx.dtypes
         return gx.to(x_dtype), gy.to(y_dtype), gt.to(t_dtype), None, None, None, None, None, None
 
