@@ -344,9 +344,11 @@ SWEEP_HINGE = [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stage
 
 def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadline: float) -> List[dict]:
     """The fused kernels alone at one size, default tiles first, each as a ratio to the product of
-    the same shape: the hardest-negative kernel (B×B), the ℓp forward (p=2, B×B) and the
-    backward's weight kernel (one chunk of rows × B, then cuBLAS excluded)."""
+    the same shape: the hardest-negative kernel (B×B), the per-direction ℓp forward (p=2, B×B),
+    the paired batch's one-pass forward of both directions (default tiles) and the backward's
+    weight kernel (one chunk of rows × B, cuBLAS excluded)."""
     from vse_losses.ops import triton_hinge_norm as hn
+    from vse_losses.ops.triton_hinge_norm_pairs import _pairs_forward
     from vse_losses.ops.triton_negative_max import negative_max_triton
 
     x, y = bc.make_inputs(B, D, dtype, dev)
@@ -363,6 +365,7 @@ def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadli
              for c in [None] + SWEEP_NEGMAX]
     jobs += [("hinge forward p=2", c, lambda cfg: hn._forward(x, y, t, lab, lab, none, 2.0, "ieee", cfg))
              for c in [None] + SWEEP_HINGE]
+    jobs += [("pairs forward p=2", None, lambda cfg: _pairs_forward(x, y, t, lab, lab, False, 2.0, "ieee"))]
     jobs += [(f"product {R}×B", None, lambda cfg: x[:R] @ y.t())]
     jobs += [(f"weights {R}×B p=2", c, lambda cfg: hn._weights(x, y, 0, R, (t, T, g), (t, T, g), lab, lab, None, None,
                                                               2.0, "ieee", w_dtype, cfg))

@@ -31,6 +31,7 @@ def main(variants):
         return 3
 
     from vse_losses.ops import triton_hinge_norm as hn
+    from vse_losses.ops import triton_hinge_norm_pairs as hp
     from vse_losses.ops import triton_negative_max as nm
 
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -73,6 +74,9 @@ def main(variants):
         if kind == "hinge_forward":
             cfg = hn._fwd_config(dtypes[dtype], False, mode, even)
             r = compile_one(hn._hinge_norm_fwd_kernel, dtype, cfg, dict(P_MODE=mode, EVEN_M=even, **flags))
+        elif kind == "hinge_pairs_forward":
+            cfg = hp._pairs_config(dtypes[dtype], False, mode)
+            r = compile_one(hp._pairs_fwd_kernel, dtype, cfg, dict(P_MODE=mode, SELF_REF=True, EVEN_M=even, **flags))
         elif kind == "hinge_weights":
             cfg = hn._weight_config(dtypes[dtype], False)
             r = compile_one(hn._hinge_weight_kernel, dtype, cfg,

@@ -21,8 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SCRIPT = os.path.join(HERE, "compile_sm90.py")
 
-HINGE = [(kernel, dtype, p_mode, even) for kernel in ("hinge_forward", "hinge_weights") for dtype in ("bf16", "fp32")
-         for p_mode in (1, 0) for even in (True, False)]
+HINGE = [(kernel, dtype, p_mode, even) for kernel in ("hinge_forward", "hinge_pairs_forward", "hinge_weights")
+         for dtype in ("bf16", "fp32") for p_mode in (1, 2, 0) for even in (True, False)]
 # mode: 0 plain, 1 diagonal excluded (self_ref), 2 scaled (cosine folded in), 3 both
 NEGMAX = [("negative_max", dtype, mode, even) for dtype in ("bf16", "fp32") for mode in range(4)
           for even in (True, False)]

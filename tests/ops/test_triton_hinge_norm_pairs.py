@@ -83,3 +83,17 @@ def test_deterministic():
         runs.append((T1, T2, xi.grad, yi.grad))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+def test_zero_dimensional_embeddings():
+    # D = 0: every score is 0; the labels make rows and columns differ
+    x = torch.zeros(5, 0, device=DEVICE, requires_grad=True)
+    y = torch.zeros(5, 0, device=DEVICE, requires_grad=True)
+    t = torch.tensor([-0.5, 0.2, -1.0, -0.1, 0.0], device=DEVICE)
+    labels = torch.tensor([0, 0, 1, 2, 3], device=DEVICE)
+    ref_labels = torch.tensor([0, 1, 1, 2, 4], device=DEVICE)
+    idx = torch.arange(5, device=DEVICE)
+    T1, T2 = hinge_norm_pairs(x, y, t, idx, idx, labels, ref_labels, False, 2.0, impl="triton")
+    r1, r2 = dense(x.double(), y.double(), t.double(), labels, ref_labels, False, 2.0)
+    torch.testing.assert_close(T1.double(), r1)
+    torch.testing.assert_close(T2.double(), r2)

@@ -6,7 +6,9 @@ For the common case where positive pair j is ``(j, j)`` (x and y both B×D, P = 
     T¹_j = (Σ_n [x_j·y_n − t_j]_+^p)^{1/p}     (i2t, row j of S = x yᵀ)
     T²_j = (Σ_n [x_n·y_j − t_j]_+^p)^{1/p}     (t2i, column j of S)
 
-Forward: the fused row kernel of :mod:`.triton_hinge_norm` once per direction. Backward: with
+Forward: one pass over the score tiles for both directions (``_pairs_fwd_kernel``: rows complete
+their running ℓp statistics within a program, columns merge theirs into per-program partials,
+as the hardest-negative kernel does; the partials are combined in torch). Backward: with
 ``W = ∂(g¹·T¹ + g²·T²)/∂S`` (both directions' weights in one matrix),
 
     ∂x = W y,   ∂y = Wᵀ x,   ∂t_j = −Σ_n W¹_jn − Σ_n W²_nj,
@@ -26,13 +28,173 @@ from .tiling import Matmul
 from .triton_hinge_norm import (
     _check_precision,
     _chunk_rows,
-    _forward,
     _grad_scale,
+    _p_mode,
     _prep,
     _weight_config,
     _weights,
     is_interpreting,
 )
+from .triton_negative_max import TRITON_AVAILABLE, _choose_groups, _num_sms
+
+if TRITON_AVAILABLE:
+    import triton
+    import triton.language as tl
+else:  # pragma: no cover
+    triton = None
+    tl = None
+
+
+def _pairs_fwd_kernel(
+    x_ptr, y_ptr, t_ptr, xl_ptr, yl_ptr,
+    rm_ptr, rs_ptr,                    # (Q, B) row partials: running max of h, Σ (h / max)^p
+    cm_ptr, cs_ptr,                    # (P, B) column partials, pre-filled with 0
+    B, D,
+    stride_x, stride_y,
+    RB_PER, CT_PER,
+    p,
+    SELF_REF: tl.constexpr, P_MODE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """Both directions' hinge ℓp statistics of the paired batch from one pass over the score tiles.
+
+    Program (pid_p, pid_q) owns RB_PER row blocks × CT_PER column tiles (as the hardest-negative
+    kernel). h_ij = [s_ij − t_i]_+ (rows, i2t) and [s_ij − t_j]_+ (columns, t2i) over the
+    negatives (labels differ; i ≠ j with SELF_REF). Rows: a running (max, Σ (h/max)^p) over the
+    program's column tiles, stored in row partial pid_q. Columns: merged into column partial pid_p,
+    which only this program reads and writes. P_MODE 1 (p = 1) keeps Σ h only (max unused).
+    """
+    pid_p = tl.program_id(0)
+    pid_q = tl.program_id(1)
+    nrb = tl.cdiv(B, BLOCK_M)
+    nct = tl.cdiv(B, BLOCK_N)
+    rb_end = tl.minimum(pid_p * RB_PER + RB_PER, nrb)
+    ct_end = tl.minimum(pid_q * CT_PER + CT_PER, nct)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    for rb in range(pid_p * RB_PER, rb_end):
+        rows = rb * BLOCK_M + offs_m
+        row_ok = rows < B
+        xl = tl.load(xl_ptr + rows, mask=row_ok, other=0)
+        t_r = tl.load(t_ptr + rows, mask=row_ok, other=0.0)
+        x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_x
+        run_m = tl.zeros([BLOCK_M], dtype=tl.float32)
+        run_s = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for ct in range(pid_q * CT_PER, ct_end):
+            cols = ct * BLOCK_N + offs_n
+            col_ok = cols < B
+            y_cols = y_ptr + cols.to(tl.int64)[None, :] * stride_y
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for k0 in range(0, D, BLOCK_K):
+                kk = k0 + offs_k
+                if EVEN_M and EVEN_K:
+                    a = tl.load(x_rows + kk[None, :])
+                else:
+                    a = tl.load(x_rows + kk[None, :], mask=row_ok[:, None] & (kk[None, :] < D), other=0.0)
+                if EVEN_N and EVEN_K:
+                    b = tl.load(y_cols + kk[:, None])
+                else:
+                    b = tl.load(y_cols + kk[:, None], mask=col_ok[None, :] & (kk[:, None] < D), other=0.0)
+                acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+            yl = tl.load(yl_ptr + cols, mask=col_ok, other=0)
+            t_c = tl.load(t_ptr + cols, mask=col_ok, other=0.0)
+            valid = (xl[:, None] != yl[None, :]) & row_ok[:, None] & col_ok[None, :]
+            if SELF_REF:
+                valid = valid & (rows[:, None] != cols[None, :])
+            h = tl.where(valid, tl.maximum(acc - t_r[:, None], 0.0), 0.0)
+            hc = tl.where(valid, tl.maximum(acc - t_c[None, :], 0.0), 0.0)
+            c_ptr = pid_p * B + cols
+            tl.debug_barrier()  # the previous row block's stores to the column partial are visible
+            old_s = tl.load(cs_ptr + c_ptr, mask=col_ok, other=0.0)
+            if P_MODE == 1:
+                run_s += tl.sum(h, axis=1)
+                tl.store(cs_ptr + c_ptr, old_s + tl.sum(hc, axis=0), mask=col_ok)
+            else:
+                # rows: rescale the running sum when the running max grows
+                new_m = tl.maximum(run_m, tl.max(h, axis=1))
+                inv = tl.where(new_m > 0.0, 1.0 / tl.where(new_m > 0.0, new_m, 1.0), 0.0)
+                r = h * inv[:, None]
+                r_old = run_m * inv
+                # columns: the same against the stored partial
+                old_m = tl.load(cm_ptr + c_ptr, mask=col_ok, other=0.0)
+                c_m = tl.maximum(old_m, tl.max(hc, axis=0))
+                c_inv = tl.where(c_m > 0.0, 1.0 / tl.where(c_m > 0.0, c_m, 1.0), 0.0)
+                rc = hc * c_inv[None, :]
+                rc_old = old_m * c_inv
+                if P_MODE == 2:
+                    run_s = run_s * (r_old * r_old) + tl.sum(r * r, axis=1)
+                    c_s = old_s * (rc_old * rc_old) + tl.sum(rc * rc, axis=0)
+                else:
+                    pw = tl.where(r > 0.0, tl.exp2(p * tl.log2(tl.where(r > 0.0, r, 1.0))), 0.0)
+                    sc = tl.where(r_old > 0.0, tl.exp2(p * tl.log2(tl.where(r_old > 0.0, r_old, 1.0))), 0.0)
+                    run_s = run_s * sc + tl.sum(pw, axis=1)
+                    pwc = tl.where(rc > 0.0, tl.exp2(p * tl.log2(tl.where(rc > 0.0, rc, 1.0))), 0.0)
+                    scc = tl.where(rc_old > 0.0, tl.exp2(p * tl.log2(tl.where(rc_old > 0.0, rc_old, 1.0))), 0.0)
+                    c_s = old_s * scc + tl.sum(pwc, axis=0)
+                run_m = new_m
+                tl.store(cm_ptr + c_ptr, c_m, mask=col_ok)
+                tl.store(cs_ptr + c_ptr, c_s, mask=col_ok)
+        r_ptr = pid_q * B + rows
+        tl.store(rm_ptr + r_ptr, run_m, mask=row_ok)
+        tl.store(rs_ptr + r_ptr, run_s, mask=row_ok)
+
+
+_JITTED = {}
+
+
+def _kernel():
+    mode = is_interpreting()
+    k = _JITTED.get(mode)
+    if k is None:
+        k = _JITTED[mode] = triton.jit(_pairs_fwd_kernel)
+    return k
+
+
+def _pairs_config(dtype: torch.dtype, interpret: bool, p_mode: int) -> dict:
+    """Tiles of the one-pass forward (no spills on sm_90 in any variant: test_triton_compile.py)."""
+    if interpret:
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
+    if dtype == torch.float32:
+        return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
+    # two running statistics (rows and columns) per tile: 64x64 keeps them in registers
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3)
+
+
+def _merge(m: torch.Tensor, s: torch.Tensor, p: float) -> torch.Tensor:
+    """(G, B) partial (max, Σ (h/max)^p) → the ℓp norm over all partials; p = 1: Σ of the sums."""
+    if p == 1.0:
+        return s.sum(0)
+    top = m.amax(0)
+    safe = torch.where(top > 0, top, torch.ones_like(top))
+    total = (s * (m / safe).pow(p)).sum(0)
+    return torch.where(top > 0, top * total.pow(1.0 / p), torch.zeros_like(top))
+
+
+def _pairs_forward(x, y, t, lx, ly, self_ref, p, precision):
+    """(T¹, T²) of the paired batch from one pass over the score tiles (x, y contiguous, one dtype)."""
+    B, D = x.shape
+    cfg = _pairs_config(x.dtype, is_interpreting(), _p_mode(p))
+    BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    nrb, nct = triton.cdiv(B, BM), triton.cdiv(B, BN)
+    P, Q = _choose_groups(nrb, nct, B, B, _num_sms(x.device), max_partial_bytes=128 * 2**20)
+    rb_per, ct_per = triton.cdiv(nrb, P), triton.cdiv(nct, Q)
+    P, Q = triton.cdiv(nrb, rb_per), triton.cdiv(nct, ct_per)  # no empty programs
+    f32 = dict(device=x.device, dtype=torch.float32)
+    rm, rs = torch.empty((Q, B), **f32), torch.empty((Q, B), **f32)
+    cm, cs = torch.zeros((P, B), **f32), torch.zeros((P, B), **f32)
+    _kernel()[(P, Q)](
+        x, y, t, lx, ly, rm, rs, cm, cs,
+        B, D, x.stride(0), y.stride(0), rb_per, ct_per, float(p),
+        SELF_REF=bool(self_ref), P_MODE=_p_mode(p),
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
+        EVEN_M=(B % BM == 0), EVEN_N=(B % BN == 0), EVEN_K=(D % BK == 0),
+        INPUT_PRECISION=precision,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return _merge(rm, rs, p), _merge(cm, cs, p)
 
 
 class HingeNormPairsTriton(torch.autograd.Function):
@@ -45,8 +207,12 @@ class HingeNormPairsTriton(torch.autograd.Function):
         xc, yc, tc, lx, ly, own, dtype = _prep(x, y, t, labels, ref_labels, own)
         precision = _check_precision("ieee") if dtype == torch.float32 else "ieee"
         zeros = torch.zeros(B, device=x.device, dtype=torch.float32)
-        T1 = _forward(xc, yc, tc, lx, ly, own, p, precision) if do_i2t else zeros
-        T2 = _forward(yc, xc, tc, ly, lx, own, p, precision) if do_t2i else zeros
+        if B and xc.shape[1]:
+            T1, T2 = _pairs_forward(xc, yc, tc, lx, ly, self_ref, p, precision)
+        else:  # no score to take: every hinge is [0 − t]_+ (D = 0) or there is no pair
+            T1, T2 = (zeros, zeros) if not B else _dense_d0(tc, lx, ly, self_ref, p)
+        T1 = T1 if do_i2t else zeros
+        T2 = T2 if do_t2i else zeros
         ctx.save_for_backward(xc, yc, tc, lx, ly, own, T1, T2)
         ctx.self_ref, ctx.p, ctx.precision = self_ref, p, precision
         ctx.do = (do_i2t, do_t2i)
@@ -89,6 +255,17 @@ class HingeNormPairsTriton(torch.autograd.Function):
             gt.mul_(scale)
         x_dtype, y_dtype, t_dtype = ctx.dtypes
         return gx.to(x_dtype), gy.to(y_dtype), gt.to(t_dtype), None, None, None, None, None, None
+
+
+def _dense_d0(t, lx, ly, self_ref, p):
+    """D = 0: every score is 0, so pair j's hinges are [−t_j]_+ over the negatives of its row (T¹)
+    and of its column (T²)."""
+    neg = lx[:, None] != ly[None, :]
+    if self_ref:
+        neg &= ~torch.eye(len(t), dtype=torch.bool, device=t.device)
+    h = (-t).clamp_min(0)[:, None].pow(p)
+    zero = torch.zeros((), device=t.device)
+    return (torch.where(neg, h, zero).sum(1).pow(1.0 / p), torch.where(neg.t(), h, zero).sum(1).pow(1.0 / p))
 
 
 def hinge_norm_pairs_triton(x, y, t, labels, ref_labels, self_ref: bool, p: float,
