@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from . import negative_topk
 from .row_dots import row_dots
 from .tiling import TILE_ELEMENTS
 
@@ -42,12 +43,10 @@ def _scale(t: torch.Tensor, cosine: bool, wide: torch.dtype) -> torch.Tensor:
 
 
 class MaxViolationPaired(torch.autograd.Function):
-    """forward(x, y, margin, cosine, impl) → (i2t (B,), t2i (B,)) float32 terms."""
+    """forward(x, y, margin, cosine, impl) → (i2t (B,), t2i (B,)) terms, float32 (float64 for float64 inputs)."""
 
     @staticmethod
     def forward(ctx, x, y, margin, cosine, impl):
-        from . import negative_topk
-
         B = x.shape[0]
         wide = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
         cx, cy = _scale(x, cosine, wide), _scale(y, cosine, wide)
