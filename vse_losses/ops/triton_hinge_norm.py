@@ -16,12 +16,11 @@ For queries ``q`` (N, D), keys (M, D), per-row thresholds ``t`` (N,) and
   ``g_i 1[h_ij > 0]``), 0 elsewhere and on rows with ``T_i == 0``;
   ``grad_q = W @ keys``, ``grad_keys = W^T @ q``, ``grad_t = -W.sum(1)``.
   A Triton kernel recomputes the score tiles of a chunk of rows and writes their weights (in
-  the operand dtype, scaled by max |g| so that half precision keeps them), and cuBLAS multiplies
-  the chunk: first chunks of W's rows (grad_q, grad_t), then chunks of W^T's rows, recomputed
-  from ``keys @ q^T`` (grad_keys), so that every output row is written once, by one product
-  (deterministic, no atomics, no B x D accumulator re-read per chunk). The backward costs two
-  recomputed score products in Triton and two cuBLAS products, whatever D; the chunk holds
-  ``W_CHUNK_ELEMENTS`` weights and is the only buffer that grows with M.
+  the operand dtype, scaled by max |g| so that half precision keeps them) and row sums, and
+  cuBLAS multiplies the chunk twice: its rows of grad_q, and its contribution to grad_keys,
+  accumulated in float32 (deterministic, no atomics). The backward costs one recomputed score
+  product in Triton and two cuBLAS products, whatever D; the chunk holds ``W_CHUNK_ELEMENTS``
+  weights.
 
 Imports without triton (``TRITON_AVAILABLE`` False); kernels are jitted lazily at first use
 so that ``TRITON_INTERPRET=1`` set before the first call selects the CPU interpreter.
@@ -415,26 +414,22 @@ class HingeNormRowsTriton(torch.autograd.Function):
             cfg = (ctx.config or {}).get("bwd")
             common = dict(p=ctx.p, precision=ctx.precision, w_dtype=mm.operand_dtype, config=cfg)
             bm = _weight_config(qc.dtype, is_interpreting())["BLOCK_M"]
-            # rows of q: grad_q = W keys, grad_t = -W 1
-            if need_q or need_t:
-                keys_op = mm.operand(kc)
-                step = _chunk_rows(N, M, bm)
-                for r0 in range(0, N, step):
-                    R = min(step, N - r0)
-                    W, rsum, _ = _weights(qc, kc, r0, R, term, None, ql, kl, qs, None, **common)
-                    if need_q:
-                        grad_q[r0:r0 + R] = mm(W, keys_op).mul_(scale)
-                    if need_t:
-                        grad_t[r0:r0 + R] = rsum.mul_(-scale)
-            # rows of keys (the transposed weights, recomputed): grad_keys = Wᵀ q; no B×D
-            # accumulator is read and written once per chunk
-            if need_k:
-                q_op = mm.operand(qc)
-                step = _chunk_rows(M, N, bm)
-                for c0 in range(0, M, step):
-                    R = min(step, M - c0)
-                    Wt, _, _ = _weights(kc, qc, c0, R, None, term, kl, ql, None, qs, **common)
-                    grad_k[c0:c0 + R] = mm(Wt, q_op).mul_(scale)
+            # one pass over chunks of W's rows: grad_q = W keys and grad_t = −W 1 complete per
+            # chunk, grad_keys = Wᵀ q accumulated (float32); the scale is applied once at the end
+            keys_op, q_op = mm.operand(kc), mm.operand(qc)
+            step = _chunk_rows(N, M, bm)
+            for r0 in range(0, N, step):
+                R = min(step, N - r0)
+                W, rsum, _ = _weights(qc, kc, r0, R, term, None, ql, kl, qs, None, **common)
+                if need_q:
+                    grad_q[r0:r0 + R] = mm(W, keys_op)
+                if need_t:
+                    grad_t[r0:r0 + R] = -rsum
+                if need_k:
+                    grad_k += mm(W.t(), q_op[r0:r0 + R])
+            for grad in (grad_q, grad_k, grad_t):
+                if grad is not None:
+                    grad.mul_(scale)
         if grad_q is not None:
             grad_q = grad_q.to(q_dtype)
         if grad_k is not None:
