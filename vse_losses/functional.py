@@ -293,7 +293,6 @@ def violation_terms(
         pos, neg = pair_masks(labels, ref_labels, self_ref)
         return violation_terms_from_scores(S, pos, neg, margin=margin, norm=norm, directions=directions, pairs=(a, p))
 
-    wide = torch.promote_types(x.dtype, torch.float32)
     s_ap = row_dots(x, y) if paired else row_dots(x, y, a, p)
     selection = None
     if fused_max:  # the mix: its max-violation part
