@@ -278,6 +278,11 @@ def violation_terms(
     y = x if y is None else y
     labels, ref_labels = resolve_labels(labels, ref_labels, B, M, self_ref, x.device)
     a, p = (labels, ref_labels) if paired else positive_pairs(labels, ref_labels, self_ref)
+    if fused_max and norm.kind == "max" and impl == "triton" and directions == "both" and B <= 128:
+        from .ops import triton_max_violation_small as small  # triton is importable: impl says so
+
+        if small.usable(x, y):  # one launch forward, one backward: small batches are launch-bound
+            return small.max_violation_small(x, y, margin, cosine), torch.cat([a, a])
     if fused_max and norm.kind == "max":
         i2t, t2i = max_violation_paired(x, y, margin, cosine=cosine, impl=impl)
         kept = [t for t, d in ((i2t, "i2t"), (t2i, "t2i")) if directions in ("both", d)]

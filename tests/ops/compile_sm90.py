@@ -32,6 +32,7 @@ def main(variants):
 
     from vse_losses.ops import triton_hinge_norm as hn
     from vse_losses.ops import triton_hinge_norm_pairs as hp
+    from vse_losses.ops import triton_max_violation_small as sm
     from vse_losses.ops import triton_negative_max as nm
 
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -42,8 +43,9 @@ def main(variants):
     def compile_one(fn, dtype, cfg, constexprs):
         jitted = JITFunction(fn)
         names = jitted.arg_names
-        const = dict(constexprs, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-                     INPUT_PRECISION="ieee")
+        const = dict(constexprs, BLOCK_K=cfg["BLOCK_K"], INPUT_PRECISION="ieee")
+        if "BLOCK_M" in names:
+            const.update(BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
         sig = {}
         for n in names:
             if n in const:
@@ -54,7 +56,7 @@ def main(variants):
                 sig[n] = "*i64"
             elif n.endswith("_ptr"):
                 sig[n] = "*fp32"
-            elif n in ("p", "inv_p", "pm1"):
+            elif n in ("p", "inv_p", "pm1", "margin"):
                 sig[n] = "fp32"
             else:
                 sig[n] = "i32"
@@ -77,6 +79,11 @@ def main(variants):
         elif kind == "hinge_pairs_forward":
             cfg = hp._pairs_config(dtypes[dtype], False, mode)
             r = compile_one(hp._pairs_fwd_kernel, dtype, cfg, dict(P_MODE=mode, SELF_REF=True, EVEN_M=even, **flags))
+        elif kind == "small_mh":  # mode: 0 … 3 = (cosine, backward); even: B = MAX_B, else B = 16
+            cfg = sm._config(sm.MAX_B if even else 16, dtypes[dtype], False)
+            const = dict(COSINE=mode in (1, 3), BACKWARD=mode in (2, 3), BLOCK_B=cfg["BLOCK_B"],
+                         BLOCK_D=cfg["BLOCK_D"])
+            r = compile_one(sm._small_mh_kernel, dtype, dict(cfg, BLOCK_M=0, BLOCK_N=0, num_stages=3), const)
         elif kind == "hinge_weights":
             cfg = hn._weight_config(dtypes[dtype], False)
             r = compile_one(hn._hinge_weight_kernel, dtype, cfg,
