@@ -1,13 +1,14 @@
 """One command for a CUDA machine: check every impl against dense, then time MH/SH/Lp up to B=2^20.
 
     python benchmarks/gpu_check.py                  # CUDA: checks + table, under 5 minutes
-    python benchmarks/gpu_check.py --cpu-smoke      # the same code on the CPU at tiny sizes (< 30 s)
+    python benchmarks/gpu_check.py --cpu-smoke      # the same code on the CPU at tiny sizes (about 30 s)
     python benchmarks/gpu_check.py --md docs/benchmarks/gpu_h100.md --json out.json
 
 1. Checks. Every loss (SH, MH, TopK5, Lp2, Mix0.5) × impl (chunked; triton where CUDA and triton
    are present, or on the CPU under ``TRITON_INTERPRET=1`` in fp32) against ``impl="dense"``, value
    and both input gradients, in float32 and bfloat16, on a paired batch whose size is not a tile
-   multiple and on a labelled batch with B ≠ M and repeated labels (PML call form).
+   multiple, on a small paired batch (the one-launch path for B ≤ 128) and on a labelled batch
+   with B ≠ M and repeated labels (PML call form).
    float32: relative error ≤ 1e-5 against dense float32 (value; gradients: max-abs error over the
    max-abs of dense's gradient). bfloat16: no further from the float64 result on the same (rounded)
    inputs than dense bfloat16 is, plus 1e-3 (value, relative) and 1e-2 (gradients, relative max-abs).
@@ -89,9 +90,11 @@ def run_checks(dev: torch.device, smoke: bool, impls: List[str]) -> List[dict]:
     D = 16 if smoke else 1024
     g = torch.Generator(device="cpu").manual_seed(1)
     Bp = 37 if smoke else 300
+    Bs = 13 if smoke else 100  # the one-launch small-batch path (B ≤ 128)
     Bl, Ml = (29, 41) if smoke else (257, 383)
     cases = {
         f"paired B={Bp}": (torch.randn(Bp, D, generator=g), torch.randn(Bp, D, generator=g), None, None),
+        f"paired B={Bs}": (torch.randn(Bs, D, generator=g), torch.randn(Bs, D, generator=g), None, None),
         f"labels B={Bl} M={Ml}": (
             torch.randn(Bl, D, generator=g),
             torch.randn(Ml, D, generator=g),
