@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 
 from .tiling import Matmul
-from .triton_negative_max import TRITON_AVAILABLE, _check_precision, is_interpreting
+from .triton_negative_max import TRITON_AVAILABLE, _check_precision, even_shape, is_interpreting, jitted
 
 if TRITON_AVAILABLE:
     import triton
@@ -47,7 +47,7 @@ __all__ = ["TRITON_AVAILABLE", "HingeNormRowsTriton", "hinge_norm_rows_triton"]
 
 
 # ----------------------------------------------------------------------------------------
-# Kernels (plain functions; jitted lazily by ``_kernels()``)
+# Kernels (plain functions; jitted lazily by ``jitted()``)
 # ----------------------------------------------------------------------------------------
 def _hinge_norm_fwd_kernel(
     q_ptr, k_ptr, t_ptr, ql_ptr, kl_ptr, qs_ptr, out_ptr,
@@ -216,20 +216,6 @@ def _hinge_weight_kernel(
     tl.store(w_ptrs, w.to(w_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-_JITTED = {}
-
-
-def _kernels():
-    if not TRITON_AVAILABLE:
-        raise RuntimeError("hinge_norm_rows_triton needs triton; install it or use impl='chunked'")
-    mode = is_interpreting()
-    ks = _JITTED.get(mode)
-    if ks is None:
-        ks = (triton.jit(_hinge_norm_fwd_kernel), triton.jit(_hinge_weight_kernel))
-        _JITTED[mode] = ks
-    return ks
-
-
 # ----------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------
@@ -259,10 +245,6 @@ def _weight_config(dtype: torch.dtype, interpret: bool) -> dict:
     if dtype == torch.float32:
         return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3)
-
-
-def _even(N: int, M: int, D: int) -> bool:
-    return N % 128 == 0 and M % 128 == 0 and D % 64 == 0
 
 
 def _chunk_rows(n_rows: int, n_cols: int, block: int) -> int:
@@ -296,12 +278,11 @@ def _forward(q, keys, t, ql, kl, qs, p, precision, config=None):
         if N and M and D == 0:
             return _dense_small(q, keys, t, ql, kl, qs, p)
         return out
-    cfg = dict(_fwd_config(q.dtype, is_interpreting(), _p_mode(p), _even(N, M, D)))
+    cfg = dict(_fwd_config(q.dtype, is_interpreting(), _p_mode(p), even_shape(N, M, D)))
     if config:
         cfg.update({k: v for k, v in config.items() if k in cfg})
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
-    fwd, _ = _kernels()
-    fwd[(triton.cdiv(N, BM),)](
+    jitted(_hinge_norm_fwd_kernel)[(triton.cdiv(N, BM),)](
         q, keys, t, ql, kl, qs, out,
         N, M, D, q.stride(0), keys.stride(0),
         float(p), 1.0 / float(p),
@@ -336,8 +317,7 @@ def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, precision, w
     unused = ql  # any tensor, for pointers a constexpr branch never reads
     tq, Tq, gq = row_term or (unused,) * 3
     tk, Tk, gk = col_term or (unused,) * 3
-    _, weight = _kernels()
-    weight[(triton.cdiv(R, BM), n_n)](
+    jitted(_hinge_weight_kernel)[(triton.cdiv(R, BM), n_n)](
         q, keys, W, rs, cs,
         tq, Tq, gq, ql, unused if qs is None else qs,
         tk, Tk, gk, kl, unused if ks is None else ks,

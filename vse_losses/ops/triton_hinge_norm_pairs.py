@@ -35,7 +35,7 @@ from .triton_hinge_norm import (
     _weights,
     is_interpreting,
 )
-from .triton_negative_max import TRITON_AVAILABLE, _choose_groups, _num_sms
+from .triton_negative_max import TRITON_AVAILABLE, _choose_groups, _num_sms, jitted
 
 if TRITON_AVAILABLE:
     import triton
@@ -142,17 +142,6 @@ def _pairs_fwd_kernel(
         tl.store(rs_ptr + r_ptr, run_s, mask=row_ok)
 
 
-_JITTED = {}
-
-
-def _kernel():
-    mode = is_interpreting()
-    k = _JITTED.get(mode)
-    if k is None:
-        k = _JITTED[mode] = triton.jit(_pairs_fwd_kernel)
-    return k
-
-
 def _pairs_config(dtype: torch.dtype, interpret: bool, p_mode: int) -> dict:
     """Tiles of the one-pass forward (no spills on sm_90 in any variant: test_triton_compile.py)."""
     if interpret:
@@ -185,7 +174,7 @@ def _pairs_forward(x, y, t, lx, ly, self_ref, p, precision):
     f32 = dict(device=x.device, dtype=torch.float32)
     rm, rs = torch.empty((Q, B), **f32), torch.empty((Q, B), **f32)
     cm, cs = torch.zeros((P, B), **f32), torch.zeros((P, B), **f32)
-    _kernel()[(P, Q)](
+    jitted(_pairs_fwd_kernel)[(P, Q)](
         x, y, t, lx, ly, rm, rs, cm, cs,
         B, D, x.stride(0), y.stride(0), rb_per, ct_per, float(p),
         SELF_REF=bool(self_ref), P_MODE=_p_mode(p),

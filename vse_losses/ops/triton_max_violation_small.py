@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .triton_negative_max import TRITON_AVAILABLE, is_interpreting
+from .triton_negative_max import TRITON_AVAILABLE, is_interpreting, jitted
 
 if TRITON_AVAILABLE:
     import triton
@@ -103,17 +103,6 @@ def _small_mh_kernel(
         tl.store(gy_ptr + offs.to(tl.int64)[:, None] * D + dd[None, :], gy, mask=md)
 
 
-_JITTED = {}
-
-
-def _kernel():
-    mode = is_interpreting()
-    k = _JITTED.get(mode)
-    if k is None:
-        k = _JITTED[mode] = triton.jit(_small_mh_kernel)
-    return k
-
-
 def _config(B: int, dtype: torch.dtype, interpret: bool) -> dict:
     bb = max(16, triton.next_power_of_2(B))
     if interpret:
@@ -130,7 +119,7 @@ def _launch(x, y, margin, cosine, g=None):
     gy = torch.empty((B, D), **f32) if g is not None else None
     dummy = out if out is not None else gx
     grid = (1,) if g is None else (triton.cdiv(D, cfg["BLOCK_D"]),)
-    _kernel()[grid](
+    jitted(_small_mh_kernel)[grid](
         x, y, dummy if g is None else g, dummy if out is None else out,
         dummy if gx is None else gx, dummy if gy is None else gy,
         B, D, x.stride(0), y.stride(0), float(margin),

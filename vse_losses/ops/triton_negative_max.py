@@ -57,7 +57,7 @@ def is_interpreting() -> bool:
 
 
 # ----------------------------------------------------------------------------------------
-# Kernel (plain function; jitted lazily by ``_kernel()``)
+# Kernel (plain function; jitted lazily by ``jitted()``)
 # ----------------------------------------------------------------------------------------
 def _negative_max_kernel(
     x_ptr, y_ptr, xl_ptr, yl_ptr, rx_ptr, ry_ptr,  # rx, ry: row / column scales (SCALED)
@@ -149,16 +149,21 @@ def _negative_max_kernel(
 _JITTED = {}
 
 
-def _kernel():
-    """The jitted kernel for the current mode (interpreter or compiled)."""
+def jitted(fn):
+    """``fn`` jitted for the current mode (interpreter or compiled), once per mode. The kernels of
+    every ops/triton_* module are plain functions handed to ``triton.jit`` here, at first use, so
+    that ``TRITON_INTERPRET=1`` set after import (but before the first call) still takes effect."""
     if not TRITON_AVAILABLE:
-        raise RuntimeError("negative_max_triton needs triton; install it or use impl='chunked'")
-    mode = is_interpreting()
-    k = _JITTED.get(mode)
-    if k is None:
-        k = triton.jit(_negative_max_kernel)
-        _JITTED[mode] = k
-    return k
+        raise RuntimeError(f"{fn.__name__} needs triton; install it or use impl='chunked'")
+    key = (fn, is_interpreting())
+    if key not in _JITTED:
+        _JITTED[key] = triton.jit(fn)
+    return _JITTED[key]
+
+
+def even_shape(B: int, M: int, D: int) -> bool:
+    """B and M multiples of 128 and D of 64: the shapes whose loads need no masks at 128/64 tiles."""
+    return B % 128 == 0 and M % 128 == 0 and D % 64 == 0
 
 
 # ----------------------------------------------------------------------------------------
@@ -287,8 +292,7 @@ def negative_max_triton(
     yl = y_labels.to(device=dev, dtype=torch.int64).contiguous()
 
     interpret = is_interpreting()
-    even = B % 128 == 0 and M % 128 == 0 and D % 64 == 0
-    cfg = dict(_default_config(dtype, interpret, even, bool(self_ref), scales is not None))
+    cfg = dict(_default_config(dtype, interpret, even_shape(B, M, D), bool(self_ref), scales is not None))
     if config:
         cfg.update(config)
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
@@ -314,7 +318,7 @@ def negative_max_triton(
         rx = ry = row_pv  # never read (SCALED is False)
     else:
         rx, ry = (s.to(device=dev, dtype=torch.float32).contiguous() for s in scales)
-    _kernel()[(P, Q)](
+    jitted(_negative_max_kernel)[(P, Q)](
         x, y, xl, yl, rx, ry,
         row_pv, row_pi, col_pv, col_pi,
         B, M, D,
