@@ -336,12 +336,45 @@ def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, precision, w
 
 def _grad_scale(*gs):
     """One scale for the output gradients, so that the weights stored in half precision are
-    O(1) (a mean over B pairs gives g = 1/B, below fp16's normal range at large B)."""
-    m = torch.stack([g.abs().max() for g in gs if g is not None and g.numel()]).max() if any(
-        g is not None and g.numel() for g in gs) else None
-    if m is None:
+    O(1) (a mean over B pairs gives g = 1/B, below fp16's normal range at large B); None when
+    there is no gradient."""
+    gs = [g for g in gs if g is not None and g.numel()]
+    if not gs:
         return None
+    m = torch.stack([g.abs().max() for g in gs]).max()
     return torch.where(m > 0, m, torch.ones_like(m))
+
+
+def _weighted_products(q, keys, row_term, col_term, ql, kl, qs, p, precision, need_q=True, need_k=True,
+                       config=None):
+    """One pass over chunks of rows of W, the weights of q's rows against every key (see
+    ``_weights``): ``W keys`` (each chunk's rows complete), ``Wᵀ q`` (accumulated), the row sums
+    of W's row term and the column sums of its column term — float32, as the terms' g give them.
+    Each chunk is recomputed by the Triton kernel and multiplied by cuBLAS. → (gq, gk, rows, cols),
+    None for what was not asked for."""
+    N, D = q.shape
+    M = keys.shape[0]
+    mm = Matmul(q.dtype, q.device)
+    keys_op, q_op = mm.operand(keys), mm.operand(q)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    gq = torch.zeros((N, D), **f32) if need_q else None
+    gk = torch.zeros((M, D), **f32) if need_k else None
+    rows = torch.zeros((N,), **f32) if row_term else None
+    cols = torch.zeros((M,), **f32) if col_term else None
+    step = _chunk_rows(N, M, _weight_config(q.dtype, is_interpreting())["BLOCK_M"])
+    for r0 in range(0, N, step):
+        R = min(step, N - r0)
+        W, rsum, csum = _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, None, p, precision,
+                                 mm.operand_dtype, config, col_sums=True)
+        if need_q:
+            gq[r0:r0 + R] = mm(W, keys_op)
+        if need_k:
+            gk += mm(W.t(), q_op[r0:r0 + R])
+        if rsum is not None:
+            rows[r0:r0 + R] = rsum
+        if csum is not None:
+            cols += csum
+    return gq, gk, rows, cols
 
 
 def _dense_small(q, keys, t, ql, kl, qs, p):
@@ -384,32 +417,19 @@ class HingeNormRowsTriton(torch.autograd.Function):
         q_dtype, k_dtype, t_dtype = ctx.dtypes
         if g is None:
             g = torch.zeros_like(T)
-        grad_q = torch.zeros((N, D), device=qc.device, dtype=torch.float32) if need_q else None
-        grad_k = torch.zeros((M, D), device=kc.device, dtype=torch.float32) if need_k else None
-        grad_t = torch.zeros((N,), device=qc.device, dtype=torch.float32) if need_t else None
+        f32 = dict(device=qc.device, dtype=torch.float32)
+        grad_q = torch.zeros((N, D), **f32) if need_q else None
+        grad_k = torch.zeros((M, D), **f32) if need_k else None
+        grad_t = torch.zeros((N,), **f32) if need_t else None
         if N and M and D and (need_q or need_k or need_t):
+            # grad_q = W keys, grad_keys = Wᵀ q, grad_t = −W 1, W scaled by 1/scale until the end
             scale = _grad_scale(g)
             term = (tc, T, (g.to(torch.float32) / scale).contiguous())
-            mm = Matmul(qc.dtype, qc.device)
-            cfg = (ctx.config or {}).get("bwd")
-            common = dict(p=ctx.p, precision=ctx.precision, w_dtype=mm.operand_dtype, config=cfg)
-            bm = _weight_config(qc.dtype, is_interpreting())["BLOCK_M"]
-            # one pass over chunks of W's rows: grad_q = W keys and grad_t = −W 1 complete per
-            # chunk, grad_keys = Wᵀ q accumulated (float32); the scale is applied once at the end
-            keys_op, q_op = mm.operand(kc), mm.operand(qc)
-            step = _chunk_rows(N, M, bm)
-            for r0 in range(0, N, step):
-                R = min(step, N - r0)
-                W, rsum, _ = _weights(qc, kc, r0, R, term, None, ql, kl, qs, None, **common)
-                if need_q:
-                    grad_q[r0:r0 + R] = mm(W, keys_op)
-                if need_t:
-                    grad_t[r0:r0 + R] = -rsum
-                if need_k:
-                    grad_k += mm(W.t(), q_op[r0:r0 + R])
-            for grad in (grad_q, grad_k, grad_t):
-                if grad is not None:
-                    grad.mul_(scale)
+            gq, gk, rows, _ = _weighted_products(qc, kc, term, None, ql, kl, qs, ctx.p, ctx.precision, need_q,
+                                                 need_k, (ctx.config or {}).get("bwd"))
+            grad_q = None if gq is None else gq.mul_(scale)
+            grad_k = None if gk is None else gk.mul_(scale)
+            grad_t = rows.mul_(-scale) if need_t else None
         if grad_q is not None:
             grad_q = grad_q.to(q_dtype)
         if grad_k is not None:

@@ -24,17 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .tiling import Matmul
-from .triton_hinge_norm import (
-    _check_precision,
-    _chunk_rows,
-    _grad_scale,
-    _p_mode,
-    _prep,
-    _weight_config,
-    _weights,
-    is_interpreting,
-)
+from .triton_hinge_norm import _forward, _grad_scale, _p_mode, _prep, _weighted_products, is_interpreting
 from .triton_negative_max import TRITON_AVAILABLE, _choose_groups, _num_sms, jitted
 
 if TRITON_AVAILABLE:
@@ -194,12 +184,12 @@ class HingeNormPairsTriton(torch.autograd.Function):
         B = x.shape[0]
         own = torch.arange(B, device=x.device) if self_ref else torch.full((B,), -1, device=x.device)
         xc, yc, tc, lx, ly, own, dtype = _prep(x, y, t, labels, ref_labels, own)
-        precision = _check_precision("ieee") if dtype == torch.float32 else "ieee"
+        precision = "ieee"
         zeros = torch.zeros(B, device=x.device, dtype=torch.float32)
         if B and xc.shape[1]:
             T1, T2 = _pairs_forward(xc, yc, tc, lx, ly, self_ref, p, precision)
-        else:  # no score to take: every hinge is [0 − t]_+ (D = 0) or there is no pair
-            T1, T2 = (zeros, zeros) if not B else _dense_d0(tc, lx, ly, self_ref, p)
+        else:  # no pair, or D = 0 (no score to take), which the per-direction forward handles
+            T1, T2 = _forward(xc, yc, tc, lx, ly, own, p, precision), _forward(yc, xc, tc, ly, lx, own, p, precision)
         T1 = T1 if do_i2t else zeros
         T2 = T2 if do_t2i else zeros
         ctx.save_for_backward(xc, yc, tc, lx, ly, own, T1, T2)
@@ -216,45 +206,23 @@ class HingeNormPairsTriton(torch.autograd.Function):
         p = ctx.p
         g1 = g1 if ctx.do[0] and g1 is not None else None
         g2 = g2 if ctx.do[1] and g2 is not None else None
-        gx = torch.zeros((B, D), device=xc.device, dtype=torch.float32)
-        gy = torch.zeros((B, D), device=xc.device, dtype=torch.float32)
-        gt = torch.zeros((B,), device=xc.device, dtype=torch.float32)
+        f32 = dict(device=xc.device, dtype=torch.float32)
+        gx, gy, gt = torch.zeros((B, D), **f32), torch.zeros((B, D), **f32), torch.zeros((B,), **f32)
         scale = _grad_scale(g1, g2)
         if B and D and scale is not None:
+            # ∂x = W y, ∂y = Wᵀ x, ∂t = −(i2t row sums + t2i column sums), W scaled by 1/scale
             i2t = None if g1 is None else (tc, T1, (g1.to(torch.float32) / scale).contiguous())
             t2i = None if g2 is None else (tc, T2, (g2.to(torch.float32) / scale).contiguous())
-            own_idx = own if ctx.self_ref else None
-            mm = Matmul(xc.dtype, xc.device)
-            x_op, y_op = mm.operand(xc), mm.operand(yc)
-            step = _chunk_rows(B, B, _weight_config(xc.dtype, is_interpreting())["BLOCK_M"])
-            # one pass over chunks of W's rows: ∂x rows complete, ∂y accumulated (float32), ∂t from
-            # the i2t row sums and the t2i column sums; the scale is applied once at the end
-            for r0 in range(0, B, step):
-                R = min(step, B - r0)
-                W, rsum, csum = _weights(xc, yc, r0, R, i2t, t2i, lx, ly, own_idx, None, p=p,
-                                         precision=ctx.precision, w_dtype=mm.operand_dtype, col_sums=True)
-                gx[r0:r0 + R] = mm(W, y_op)
-                gy += mm(W.t(), x_op[r0:r0 + R])
-                if rsum is not None:
-                    gt[r0:r0 + R] -= rsum
-                if csum is not None:
-                    gt -= csum
+            gx, gy, rows, cols = _weighted_products(xc, yc, i2t, t2i, lx, ly, own if ctx.self_ref else None, p,
+                                                    ctx.precision)
+            for part in (rows, cols):
+                if part is not None:
+                    gt -= part
             gx.mul_(scale)
             gy.mul_(scale)
             gt.mul_(scale)
         x_dtype, y_dtype, t_dtype = ctx.dtypes
         return gx.to(x_dtype), gy.to(y_dtype), gt.to(t_dtype), None, None, None, None, None, None
-
-
-def _dense_d0(t, lx, ly, self_ref, p):
-    """D = 0: every score is 0, so pair j's hinges are [−t_j]_+ over the negatives of its row (T¹)
-    and of its column (T²)."""
-    neg = lx[:, None] != ly[None, :]
-    if self_ref:
-        neg &= ~torch.eye(len(t), dtype=torch.bool, device=t.device)
-    h = (-t).clamp_min(0)[:, None].pow(p)
-    zero = torch.zeros((), device=t.device)
-    return (torch.where(neg, h, zero).sum(1).pow(1.0 / p), torch.where(neg.t(), h, zero).sum(1).pow(1.0 / p))
 
 
 def hinge_norm_pairs_triton(x, y, t, labels, ref_labels, self_ref: bool, p: float,
