@@ -271,19 +271,20 @@ def violation_terms(
     local = query_rows is None and query_cols is None
     # the paired max violation has its own O(B)-memory autograd Function (ops/max_violation_paired.py)
     fused_max = paired and local and impl != "dense" and norm.selection_k == 1
-    if cosine and not (fused_max and norm.kind == "max"):
+    fused_mh = fused_max and norm.kind == "max"  # MH itself, not the max part of a mix
+    if cosine and not fused_mh:
         x = F.normalize(x, dim=1)
         y = None if self_ref else F.normalize(y, dim=1)
         cosine = False
     y = x if y is None else y
     labels, ref_labels = resolve_labels(labels, ref_labels, B, M, self_ref, x.device)
     a, p = (labels, ref_labels) if paired else positive_pairs(labels, ref_labels, self_ref)
-    if fused_max and norm.kind == "max" and impl == "triton" and directions == "both" and B <= 128:
+    if fused_mh and impl == "triton" and directions == "both" and B <= 128:
         from .ops import triton_max_violation_small as small  # triton is importable: impl says so
 
         if small.usable(x, y):  # one launch forward, one backward: small batches are launch-bound
             return small.max_violation_small(x, y, margin, cosine), torch.cat([a, a])
-    if fused_max and norm.kind == "max":
+    if fused_mh:
         i2t, t2i = max_violation_paired(x, y, margin, cosine=cosine, impl=impl)
         kept = [t for t, d in ((i2t, "i2t"), (t2i, "t2i")) if directions in ("both", d)]
         return torch.cat(kept), torch.cat([a] * len(kept))

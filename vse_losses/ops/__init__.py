@@ -20,6 +20,7 @@ import torch
 from .hinge_norm import hinge_norm_rows_chunked
 from .hinge_norm_pairs import hinge_norm_pairs_chunked
 from .negative_topk import negative_topk_chunked
+from .tiling import diagonal_pairs
 
 # B·M above which "auto" leaves the dense formula for the chunked one on the CPU: below it the
 # dense formula is as fast and its few B×M buffers are small.
@@ -101,13 +102,10 @@ def hinge_norm_pairs(x, y, t, a, p_idx, labels, ref_labels, self_ref: bool, p: f
     """
     if impl != "triton":
         return hinge_norm_pairs_chunked(x, y, t, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i, paired)
-    B = x.shape[0]
-    if paired or a.shape[0] == B == y.shape[0]:
-        eye = torch.arange(B, device=a.device)
-        if paired or (torch.equal(a, eye) and torch.equal(p_idx, eye)):
-            from .triton_hinge_norm_pairs import hinge_norm_pairs_triton
+    if diagonal_pairs(a, p_idx, x.shape[0], y.shape[0], paired):
+        from .triton_hinge_norm_pairs import hinge_norm_pairs_triton
 
-            return hinge_norm_pairs_triton(x, y, t, labels, ref_labels, self_ref, p, do_i2t, do_t2i)
+        return hinge_norm_pairs_triton(x, y, t, labels, ref_labels, self_ref, p, do_i2t, do_t2i)
     none = torch.full_like(a, -1)
     T1 = T2 = torch.zeros_like(t, dtype=torch.promote_types(t.dtype, torch.float32))
     if do_i2t:

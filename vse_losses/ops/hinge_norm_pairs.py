@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .tiling import Matmul, SameLabel, mask_non_negatives_, tile_rows
+from .tiling import Matmul, SameLabel, diagonal_pairs, mask_non_negatives_, tile_rows
 
 NEG_INF = float("-inf")
 
@@ -41,8 +41,7 @@ class _Tiles:
         B, M, P = x.shape[0], y.shape[0], a.shape[0]
         self.tile = tile_rows(B, M + P, x.device)
         # the unlabelled case: pair j is (j, j), so the pairs' rows (and columns) are the tile itself
-        eye = torch.arange(B, device=a.device)
-        self.diagonal = paired or (P == B == M and torch.equal(a, eye) and torch.equal(p_idx, eye))
+        self.diagonal = diagonal_pairs(a, p_idx, B, M, paired)
 
     def __iter__(self):
         B = self.x.shape[0]

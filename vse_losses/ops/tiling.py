@@ -21,6 +21,17 @@ def tile_rows(n_rows: int, n_cols: int, device: Optional[torch.device] = None) -
     return max(1, min(n_rows, max(MIN_TILE_ROWS, budget // max(n_cols, 1))))
 
 
+def diagonal_pairs(a: torch.Tensor, p_idx: torch.Tensor, B: int, M: int, paired: bool = False) -> bool:
+    """Whether pair j is (j, j) for every j of B = M rows: known (``paired``), or checked (one
+    comparison of the index vectors, a device synchronisation on CUDA)."""
+    if paired:
+        return True
+    if not a.shape[0] == B == M:
+        return False
+    eye = torch.arange(B, device=a.device)
+    return torch.equal(a, eye) and torch.equal(p_idx, eye)
+
+
 class SameLabel:
     """The (row, column) entries with equal labels, listed without comparing every pair.
 
