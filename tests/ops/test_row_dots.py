@@ -41,3 +41,13 @@ def test_half_inputs_keep_their_dtype_and_accumulate_wide():
     torch.testing.assert_close(got.double(), (qh.double()[qi] * kh.double()[ki]).sum(-1), rtol=1e-6, atol=1e-6)
     (got * w.float()).sum().backward()
     assert qh.grad.dtype == torch.float16 and kh.grad.dtype == torch.float16
+
+
+def test_no_pairs():
+    # a rank of a distributed batch can hold no pair at all
+    q, k, _, _, _ = _case()
+    none = torch.zeros(0, dtype=torch.long)
+    out = rd.row_dots(q, k, none, none)
+    assert out.shape == (0,)
+    out.sum().backward()
+    assert q.grad.abs().max() == 0 and k.grad.abs().max() == 0

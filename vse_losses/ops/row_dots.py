@@ -30,19 +30,23 @@ def _rows(t: torch.Tensor, idx: Optional[torch.Tensor], n0: int, n1: int) -> tor
     return t[n0:n1] if idx is None else t[idx[n0:n1]]
 
 
+def _put(grad: torch.Tensor, idx: Optional[torch.Tensor], n0: int, n1: int, part: torch.Tensor) -> None:
+    """Pairs n0 … n1 − 1 give ``part`` to their rows of ``grad``: written (aligned) or added (gathered)."""
+    if idx is None:
+        grad[n0:n1] = part
+    else:
+        grad.index_put_((idx[n0:n1],), part, accumulate=True)
+
+
 class RowDots(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, qi, ki):
         wide = torch.promote_types(torch.promote_types(q.dtype, k.dtype), torch.float32)
         n = (qi if qi is not None else ki if ki is not None else q).shape[0]
         step = _chunk(n, q.shape[1])
-        if step >= n:  # one chunk: no buffer to fill
-            out = (_rows(q, qi, 0, n).to(wide) * _rows(k, ki, 0, n).to(wide)).sum(-1)
-        else:
-            out = torch.empty(n, dtype=wide, device=q.device)
-            for n0 in range(0, n, step):
-                n1 = min(n, n0 + step)
-                out[n0:n1] = (_rows(q, qi, n0, n1).to(wide) * _rows(k, ki, n0, n1).to(wide)).sum(-1)
+        parts = [(_rows(q, qi, n0, n0 + step).to(wide) * _rows(k, ki, n0, n0 + step).to(wide)).sum(-1)
+                 for n0 in range(0, max(n, 1), step)]  # n = 0: one empty chunk
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
         ctx.save_for_backward(q, k, qi, ki)
         ctx.wide = wide
         return out
@@ -67,17 +71,9 @@ class RowDots(torch.autograd.Function):
             n1 = min(n, n0 + step)
             gn = g[n0:n1, None]
             if need_q:
-                part = gn * _rows(k, ki, n0, n1).to(wide)
-                if qi is None:
-                    gq[n0:n1] = part
-                else:
-                    gq.index_put_((qi[n0:n1],), part, accumulate=True)
+                _put(gq, qi, n0, n1, gn * _rows(k, ki, n0, n1).to(wide))
             if need_k:
-                part = gn * _rows(q, qi, n0, n1).to(wide)
-                if ki is None:
-                    gk[n0:n1] = part
-                else:
-                    gk.index_put_((ki[n0:n1],), part, accumulate=True)
+                _put(gk, ki, n0, n1, gn * _rows(q, qi, n0, n1).to(wide))
         return (None if gq is None else gq.to(q.dtype), None if gk is None else gk.to(k.dtype), None, None)
 
 
