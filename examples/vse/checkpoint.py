@@ -5,10 +5,11 @@ words, the options as a dict) so that ``torch.load(path, weights_only=True)`` re
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
-from typing import Any, Dict
+from typing import Any, Dict, Iterator, IO
 
 import numpy as np
 import torch
@@ -18,15 +19,18 @@ from .errors import DataError
 FORMAT_VERSION = 1
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: never a torn file."""
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "w", **kwargs) -> Iterator[IO]:
+    """A file to write ``path`` through: a temporary file beside it (``.tmp-*``, the umask's
+    permissions), synced and renamed onto ``path`` when the block ends, removed if it fails —
+    never a torn file, whatever interrupts the write. The directory is created if needed."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pth.tar")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     try:
         os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -34,6 +38,12 @@ def atomic_save(obj: Any, path: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` through :func:`atomic_file`: never a torn checkpoint."""
+    with atomic_file(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def _umask() -> int:

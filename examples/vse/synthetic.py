@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+
+from .checkpoint import atomic_file
 
 GENERATOR_VERSION = 1
 
@@ -217,14 +218,8 @@ def load(cfg: SyntheticConfig, cache_dir: str | None = None, log=print) -> Dict[
         arrays[f"{split}_images"] = d["images"]
         arrays[f"{split}_captions"] = np.array(d["captions"], dtype=str)
     arrays["meta"] = np.array(json.dumps({s: [list(map(list, x)) for x in d["descriptions"]] for s, d in data.items()}))
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npz.tmp")
-    os.close(fd)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
-    with open(tmp, "wb") as f:
+    with atomic_file(path, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
     return data
 
 

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Dict, List, Optional
 
@@ -103,13 +102,11 @@ CSV_FIELDS = ["epoch", "iterations", "lr", "mix", "train_loss", "epoch_time_s"] 
 
 
 def write_csv(history: List[dict], path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with checkpoint.atomic_file(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         for row in history:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    os.replace(tmp, path)
 
 
 def write_plot(history: List[dict], path: str) -> None:
@@ -142,20 +139,15 @@ def write_plot(history: List[dict], path: str) -> None:
         ax.grid(alpha=0.3)
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~checkpoint._umask())
-    fig.savefig(tmp, dpi=80, format="png")
+    with checkpoint.atomic_file(path, "wb") as f:
+        fig.savefig(f, dpi=80, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_json(obj, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with checkpoint.atomic_file(path) as f:
         json.dump(obj, f, indent=2, sort_keys=False)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- the run

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from typing import Callable, Iterable, List, Sequence
 
 import torch
 
+from .checkpoint import atomic_file
 from .errors import DataError
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
@@ -68,19 +68,10 @@ class Vocabulary:
             raise DataError(path, str(e)) from None
 
     def save(self, path: str) -> None:
-        """Write the words as a JSON list, atomically (a temporary file, then a rename)."""
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.idx2word, f, indent=0)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write the words as a JSON list, atomically (:func:`checkpoint.atomic_file`)."""
+        with atomic_file(path) as f:
+            json.dump(self.idx2word, f, indent=0)
+            f.write("\n")
 
     def to_list(self) -> List[str]:
         """A plain list of words: what checkpoints store (``torch.load(weights_only=True)``-safe)."""

@@ -139,6 +139,19 @@ def test_checkpoint_is_weights_only_and_atomic(tmp_path):
     assert torch.equal(torch.rand(3), x)
 
 
+def test_atomic_file_keeps_the_old_file_when_a_write_fails(tmp_path):
+    # every output (checkpoints, metrics CSV/JSON/PNG, vocabulary, data cache) goes through it
+    path = str(tmp_path / "out" / "m.json")
+    with checkpoint.atomic_file(path) as f:
+        f.write("old")
+    with pytest.raises(RuntimeError):
+        with checkpoint.atomic_file(path) as f:
+            f.write("half of the new")
+            raise RuntimeError("interrupted")
+    assert open(path).read() == "old"
+    assert os.listdir(tmp_path / "out") == ["m.json"]
+
+
 def test_torchvision_cnn_and_local_weights(tmp_path, capsys):
     import torchvision
 
