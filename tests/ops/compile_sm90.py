@@ -3,6 +3,8 @@ spill counts, as JSON on the last line of stdout (run by test_triton_compile.py;
 check cannot run with this triton).
 
     python tests/ops/compile_sm90.py '[["hinge_forward", "bf16", 1, true], ...]'
+
+A fifth element, a dict, replaces some of the variant's default tiles (for tile sweeps).
 """
 import json
 import os
@@ -60,7 +62,15 @@ def main(variants):
                 sig[n] = "fp32"
             else:
                 sig[n] = "i32"
-        src = ASTSource(fn=jitted, signature=sig, constexprs={(names.index(k),): v for k, v in const.items()})
+        # what triton's launcher specializes at run time: every tensor is 16-byte aligned, and at
+        # the even shapes (B, M multiples of 128, D of 64) so are the sizes, offsets and strides;
+        # without these hints the compiler can neither vectorize nor pipeline the loads
+        aligned = [n for n in names if n.endswith("_ptr")]
+        if constexprs.get("EVEN_K", True):
+            aligned += [n for n in names if n in ("B", "M", "N", "R", "D", "r0") or n.startswith("stride_")]
+        attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+        src = ASTSource(fn=jitted, signature=sig, constexprs={(names.index(k),): v for k, v in const.items()},
+                        attrs=attrs)
         kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                                 options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
         out = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", "-", "-o", os.devnull], input=kernel.asm["ptx"],
@@ -68,33 +78,38 @@ def main(variants):
         report = out.stdout + out.stderr
         spills = sum(int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", report))
         regs = [int(v) for v in re.findall(r"Used (\d+) registers", report)]
-        return dict(spill_bytes=spills, registers=regs[0] if regs else 0, report=report)
+        ptx = kernel.asm["ptx"]
+        return dict(spill_bytes=spills, registers=regs[0] if regs else 0, shared=kernel.metadata.shared,
+                    wgmma=len(re.findall(r"wgmma\.mma_async", ptx)), cp_async=len(re.findall(r"cp\.async", ptx)),
+                    report=report)
 
     results = {}
-    for kind, dtype, mode, even in variants:
+    for variant in variants:
+        kind, dtype, mode, even = variant[:4]
+        tiles = variant[4] if len(variant) > 4 else {}  # tiles other than the defaults (tile sweeps)
         flags = dict(EVEN_K=even, EVEN_N=even)
         if kind == "hinge_forward":
-            cfg = hn._fwd_config(dtypes[dtype], False, mode, even)
+            cfg = dict(hn._fwd_config(dtypes[dtype], False, mode, even), **tiles)
             r = compile_one(hn._hinge_norm_fwd_kernel, dtype, cfg, dict(P_MODE=mode, EVEN_M=even, **flags))
         elif kind == "hinge_pairs_forward":
-            cfg = hp._pairs_config(dtypes[dtype], False, mode)
+            cfg = dict(hp._pairs_config(dtypes[dtype], False, mode, even), **tiles)
             r = compile_one(hp._pairs_fwd_kernel, dtype, cfg, dict(P_MODE=mode, SELF_REF=True, EVEN_M=even, **flags))
         elif kind == "small_mh":  # mode: 0 … 3 = (cosine, backward); even: B = MAX_B, else B = 16
-            cfg = sm._config(sm.MAX_B if even else 16, dtypes[dtype], False)
+            cfg = dict(sm._config(sm.MAX_B if even else 16, dtypes[dtype], False), **tiles)
             const = dict(COSINE=mode in (1, 3), BACKWARD=mode in (2, 3), BLOCK_B=cfg["BLOCK_B"],
                          BLOCK_D=cfg["BLOCK_D"])
             r = compile_one(sm._small_mh_kernel, dtype, dict(cfg, BLOCK_M=0, BLOCK_N=0, num_stages=3), const)
         elif kind == "hinge_weights":
-            cfg = hn._weight_config(dtypes[dtype], False)
+            cfg = dict(hn._weight_config(dtypes[dtype], False, mode, even), **tiles)
             r = compile_one(hn._hinge_weight_kernel, dtype, cfg,
                             dict(P_MODE=mode, ROW_TERM=True, COL_TERM=True, COL_SUM=True, SELF_Q=True, SELF_K=True, EVEN_R=even,
                                  **flags))
         else:
             self_ref, scaled = mode in (1, 3), mode in (2, 3)  # mode: 0 … 3
-            cfg = nm._default_config(dtypes[dtype], False, even, self_ref, scaled)
+            cfg = dict(nm._default_config(dtypes[dtype], False, even, self_ref, scaled), **tiles)
             r = compile_one(nm._negative_max_kernel, dtype, cfg,
                             dict(SELF_REF=self_ref, SCALED=scaled, EVEN_M=even, **flags))
-        results["-".join(str(x) for x in (kind, dtype, mode, even))] = r
+        results["-".join(str(x) for x in variant[:4]) + ("-" + json.dumps(tiles, sort_keys=True) if tiles else "")] = r
     print(json.dumps(results))
     return 0
 

@@ -227,23 +227,28 @@ W_CHUNK_ELEMENTS = 1 << 27
 
 def _fwd_config(dtype: torch.dtype, interpret: bool, p_mode: int, even: bool = True) -> dict:
     """Tiles of the forward kernel. ``even``: N and M multiples of 128 and D of 64. Chosen so
-    that every variant compiles for sm_90 without register spills (tests/ops/test_triton_compile.py)."""
+    that every variant compiles for sm_90 without register spills, as triton specializes it at
+    run time (tests/ops/test_triton_compile.py, triton 3.6 and 3.8)."""
     if interpret:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
     if dtype == torch.float32:
         return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
-    if p_mode != 0 and even:
+    if even:
         return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
-    # exp2/log2 temporaries (p_mode 0), or the masked loads of ragged shapes: 128x128 spills
+    # the unaligned, masked loads of ragged shapes: 128x128 spills
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3)
 
 
-def _weight_config(dtype: torch.dtype, interpret: bool) -> dict:
-    """Tiles of the backward's weight kernel (no spills on sm_90 in any variant)."""
+def _weight_config(dtype: torch.dtype, interpret: bool, p_mode: int = 1, even: bool = True) -> dict:
+    """Tiles of the backward's weight kernel (no spills on sm_90 in any variant). BLOCK_M, the
+    multiple of the chunk rows, depends on the dtype alone."""
     if interpret:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
     if dtype == torch.float32:
         return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
+    if even and p_mode != 0:
+        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
+    # exp2/log2 temporaries of a general p, or unaligned masked loads: 128x128 spills
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3)
 
 
@@ -305,7 +310,7 @@ def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, precision, w
     with ``col_sums``, the column sums of its column term over these rows (M,) fp32 (or None).
     """
     M, D = keys.shape
-    cfg = dict(_weight_config(q.dtype, is_interpreting()))
+    cfg = dict(_weight_config(q.dtype, is_interpreting(), _p_mode(p), even_shape(R, M, D)))
     if config:
         cfg.update({k: v for k, v in config.items() if k in cfg})
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from .triton_hinge_norm import _forward, _grad_scale, _p_mode, _prep, _weighted_products, is_interpreting
-from .triton_negative_max import TRITON_AVAILABLE, _choose_groups, _num_sms, jitted
+from .triton_negative_max import TRITON_AVAILABLE, _choose_groups, _num_sms, even_shape, jitted
 
 if TRITON_AVAILABLE:
     import triton
@@ -132,13 +132,19 @@ def _pairs_fwd_kernel(
         tl.store(rs_ptr + r_ptr, run_s, mask=row_ok)
 
 
-def _pairs_config(dtype: torch.dtype, interpret: bool, p_mode: int) -> dict:
-    """Tiles of the one-pass forward (no spills on sm_90 in any variant: test_triton_compile.py)."""
+def _pairs_config(dtype: torch.dtype, interpret: bool, p_mode: int, even: bool = True) -> dict:
+    """Tiles of the one-pass forward (no spills on sm_90 in any variant, as triton specializes
+    it at run time: test_triton_compile.py, triton 3.6 and 3.8)."""
     if interpret:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
     if dtype == torch.float32:
-        return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
-    # two running statistics (rows and columns) per tile: 64x64 keeps them in registers
+        return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, num_warps=8 if even else 4, num_stages=3)
+    if even and p_mode == 1:
+        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
+    if even and p_mode == 2:
+        return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3)
+    # two running statistics (rows and columns) per tile, the exp2/log2 of a general p or
+    # unaligned masked loads: 64x64 keeps them in registers
     return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3)
 
 
@@ -155,7 +161,7 @@ def _merge(m: torch.Tensor, s: torch.Tensor, p: float) -> torch.Tensor:
 def _pairs_forward(x, y, t, lx, ly, self_ref, p, precision):
     """(T¹, T²) of the paired batch from one pass over the score tiles (x, y contiguous, one dtype)."""
     B, D = x.shape
-    cfg = _pairs_config(x.dtype, is_interpreting(), _p_mode(p))
+    cfg = _pairs_config(x.dtype, is_interpreting(), _p_mode(p), even_shape(B, B, D))
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     nrb, nct = triton.cdiv(B, BM), triton.cdiv(B, BN)
     P, Q = _choose_groups(nrb, nct, B, B, _num_sms(x.device), max_partial_bytes=128 * 2**20)
