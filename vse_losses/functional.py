@@ -246,6 +246,7 @@ def violation_terms(
     query_rows: Optional[Tuple[int, int]] = None,
     query_cols: Optional[Tuple[int, int]] = None,
     cosine: bool = False,
+    guard: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Loss terms of embeddings whose similarity is the dot product ``x yᵀ`` (with ``cosine``,
     of the l2-normalised rows: the paired max violation then folds the norms into its kernels
@@ -261,7 +262,26 @@ def violation_terms(
     column range, each still against every negative (the terms of one rank with
     ``distributed=True``; cost O((rows + cols)·(B + M)·D)). Then the anchors are the terms'
     query indices within their range: ``a − start`` for i2t terms, ``p − start`` for t2i terms.
+
+    guard: add :func:`nan_guard` of x and y to every term (NaN/Inf in an input → NaN terms).
     """
+    if (y is not None and labels is None and query_rows is None and query_cols is None and directions == "both"
+            and norm.kind == "max" and x.shape[0] <= 128
+            and resolve_impl(impl, x, x.shape[0] * y.shape[0]) == "triton"):
+        from .ops import triton_max_violation_small as small  # triton is importable: impl says so
+
+        if small.usable(x, y):
+            # the paired MH of a small batch, bound by launches rather than arithmetic: one kernel
+            # forward (terms, anchors and the guard), one backward, nothing else
+            return small.max_violation_small(x, y, margin, cosine, guard=guard)
+    terms, anchors = _violation_terms(x, y, labels=labels, ref_labels=ref_labels, margin=margin, norm=norm,
+                                      directions=directions, impl=impl, query_rows=query_rows,
+                                      query_cols=query_cols, cosine=cosine)
+    return (terms + nan_guard(x, y), anchors) if guard else (terms, anchors)
+
+
+def _violation_terms(x, y, *, labels, ref_labels, margin, norm, directions, impl, query_rows, query_cols, cosine):
+    """:func:`violation_terms` without the guard or the small-batch kernel."""
     self_ref = y is None
     B, M = x.shape[0], (x if y is None else y).shape[0]
     # paired form without labels: pair j is (j, j), known without enumerating it (no sort, no
@@ -279,11 +299,6 @@ def violation_terms(
     y = x if y is None else y
     labels, ref_labels = resolve_labels(labels, ref_labels, B, M, self_ref, x.device)
     a, p = (labels, ref_labels) if paired else positive_pairs(labels, ref_labels, self_ref)
-    if fused_mh and impl == "triton" and directions == "both" and B <= 128:
-        from .ops import triton_max_violation_small as small  # triton is importable: impl says so
-
-        if small.usable(x, y):  # one launch forward, one backward: small batches are launch-bound
-            return small.max_violation_small(x, y, margin, cosine), torch.cat([a, a])
     if fused_mh:
         i2t, t2i = max_violation_paired(x, y, margin, cosine=cosine, impl=impl)
         kept = [t for t, d in ((i2t, "i2t"), (t2i, "t2i")) if directions in ("both", d)]
@@ -504,14 +519,15 @@ def _loss(
         else:
             terms, _ = violation_terms(
                 x, y, labels=labels, ref_labels=ref_labels, margin=margin, norm=norm, directions=directions, impl=impl,
-                cosine=similarity == "cosine",
+                cosine=similarity == "cosine", guard=True,
             )
-            guard = nan_guard(img, cap)
-    terms = terms + guard
+            guard = None  # in the terms
+    if guard is not None:
+        terms = terms + guard
     if reduction == "none":
         return terms
     if terms.numel() == 0:
-        return guard
+        return nan_guard(img, cap) if guard is None else guard
     return terms.sum() if reduction == "sum" else terms.mean()
 
 

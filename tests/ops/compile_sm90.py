@@ -39,8 +39,8 @@ def main(variants):
 
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
     int64_ptrs = {"xl_ptr", "yl_ptr", "ql_ptr", "kl_ptr", "qs_ptr", "lq_ptr", "lk_ptr", "sq_ptr", "sk_ptr",
-                  "row_idx_ptr", "col_idx_ptr"}
-    data_ptrs = {"x_ptr", "y_ptr", "q_ptr", "k_ptr", "w_ptr"}
+                  "row_idx_ptr", "col_idx_ptr", "anc_ptr"}
+    data_ptrs = {"x_ptr", "y_ptr", "q_ptr", "k_ptr", "w_ptr", "gx_ptr", "gy_ptr"}
 
     def compile_one(fn, dtype, cfg, constexprs):
         jitted = JITFunction(fn)
@@ -96,7 +96,7 @@ def main(variants):
             r = compile_one(hp._pairs_fwd_kernel, dtype, cfg, dict(P_MODE=mode, SELF_REF=True, EVEN_M=even, **flags))
         elif kind == "small_mh":  # mode: 0 … 3 = (cosine, backward); even: B = MAX_B, else B = 16
             cfg = dict(sm._config(sm.MAX_B if even else 16, dtypes[dtype], False), **tiles)
-            const = dict(COSINE=mode in (1, 3), BACKWARD=mode in (2, 3), BLOCK_B=cfg["BLOCK_B"],
+            const = dict(COSINE=mode in (1, 3), BACKWARD=mode in (2, 3), GUARD=True, BLOCK_B=cfg["BLOCK_B"],
                          BLOCK_D=cfg["BLOCK_D"])
             r = compile_one(sm._small_mh_kernel, dtype, dict(cfg, BLOCK_M=0, BLOCK_N=0, num_stages=3), const)
         elif kind == "hinge_weights":

@@ -109,7 +109,7 @@ class BaseViolationLoss(BaseMetricLossFunction):
             y = None if self_ref else (ref_emb if cosine else self.distance.maybe_normalize(ref_emb))
             terms, anchors = violation_terms(
                 x, y, labels=labels, ref_labels=ref_labels, margin=self.margin, norm=norm,
-                directions=self.directions, impl=self.impl, cosine=cosine,
+                directions=self.directions, impl=self.impl, cosine=cosine, guard=True,
             )
             if self.collect_stats:
                 if cosine:
@@ -118,7 +118,7 @@ class BaseViolationLoss(BaseMetricLossFunction):
                 self._record_stats(x, x if y is None else y, labels, ref_labels, self_ref, terms)
         else:
             terms, anchors = self._dense_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, self_ref, norm)
-        terms = terms + nan_guard(embeddings, None if self_ref else ref_emb)
+            terms = terms + nan_guard(embeddings, None if self_ref else ref_emb)
         return {"loss": {"losses": terms, "indices": anchors, "reduction_type": "element"}}
 
     def _forward_distributed(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):

@@ -15,6 +15,8 @@ Ties go to the lowest index, as everywhere else.
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 
 from .triton_negative_max import TRITON_AVAILABLE, is_interpreting, jitted
@@ -30,9 +32,9 @@ MAX_B = 128
 
 
 def _small_mh_kernel(
-    x_ptr, y_ptr, g_ptr, out_ptr, gx_ptr, gy_ptr,
-    B, D, stride_x, stride_y, margin,
-    COSINE: tl.constexpr, BACKWARD: tl.constexpr,
+    x_ptr, y_ptr, g_ptr, out_ptr, anc_ptr, gx_ptr, gy_ptr,
+    B, D, stride_x, stride_y, stride_g, margin,
+    COSINE: tl.constexpr, BACKWARD: tl.constexpr, GUARD: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
@@ -45,6 +47,7 @@ def _small_mh_kernel(
     acc = tl.zeros([BLOCK_B, BLOCK_B], dtype=tl.float32)
     nx = tl.zeros([BLOCK_B], dtype=tl.float32)
     ny = tl.zeros([BLOCK_B], dtype=tl.float32)
+    zero = tl.zeros([BLOCK_B], dtype=tl.float32)  # Σ 0·x + Σ 0·y: NaN iff an input holds NaN/Inf
     for k0 in range(0, D, BLOCK_K):
         kk = k0 + offs_k
         m = ok[:, None] & (kk[None, :] < D)
@@ -56,6 +59,8 @@ def _small_mh_kernel(
             bf = b.to(tl.float32)
             nx += tl.sum(af * af, axis=1)
             ny += tl.sum(bf * bf, axis=1)
+        if GUARD and not BACKWARD:
+            zero += tl.sum(a.to(tl.float32) * 0.0, axis=1) + tl.sum(b.to(tl.float32) * 0.0, axis=1)
     if COSINE:
         cx = 1.0 / tl.maximum(tl.sqrt(nx), 1e-12)  # ε as F.normalize
         cy = 1.0 / tl.maximum(tl.sqrt(ny), 1e-12)
@@ -72,11 +77,18 @@ def _small_mh_kernel(
     i2t = tl.maximum(margin - s_row + rv, 0.0)
     t2i = tl.maximum(margin - s_col + cv, 0.0)
     if not BACKWARD:
+        if GUARD:
+            guard = tl.sum(zero, axis=0)
+            i2t += guard
+            t2i += guard
         tl.store(out_ptr + offs, i2t, mask=ok)
         tl.store(out_ptr + B + offs, t2i, mask=ok)
+        tl.store(anc_ptr + offs, offs.to(tl.int64), mask=ok)  # the anchors of the terms: a, then a
+        tl.store(anc_ptr + B + offs, offs.to(tl.int64), mask=ok)
     else:
-        g1 = tl.load(g_ptr + offs, mask=ok, other=0.0)
-        g2 = tl.load(g_ptr + B + offs, mask=ok, other=0.0)
+        # g: the (2B,) output gradient, often a broadcast scalar (stride 0) from the mean
+        g1 = tl.load(g_ptr + offs * stride_g, mask=ok, other=0.0)
+        g2 = tl.load(g_ptr + (B + offs) * stride_g, mask=ok, other=0.0)
         w1 = tl.where(i2t > 0.0, g1, 0.0)
         w2 = tl.where(t2i > 0.0, g2, 0.0)
         dS = tl.where(eye, -(w1[:, None] + w2[None, :]), 0.0)
@@ -99,6 +111,7 @@ def _small_mh_kernel(
         else:
             gx = tl.dot(dS, yd, input_precision="ieee")
             gy = tl.dot(tl.trans(dS), xd, input_precision="ieee")
+        # stored in the inputs' dtype (the store rounds): no cast afterwards
         tl.store(gx_ptr + offs.to(tl.int64)[:, None] * D + dd[None, :], gx, mask=md)
         tl.store(gy_ptr + offs.to(tl.int64)[:, None] * D + dd[None, :], gy, mask=md)
 
@@ -110,42 +123,49 @@ def _config(B: int, dtype: torch.dtype, interpret: bool) -> dict:
     return dict(BLOCK_B=bb, BLOCK_K=32 if dtype == torch.float32 else 64, BLOCK_D=32, num_warps=4 if bb <= 32 else 8 if bb <= 64 else 16)
 
 
-def _launch(x, y, margin, cosine, g=None):
+def _launch(x, y, margin, cosine, g=None, guard=False):
+    """Forward (g None): the 2B terms (float32) and their anchors (int64). Backward: ∂x, ∂y in
+    the inputs' dtype. Nothing else is launched: at small B every torch operation counts."""
     B, D = x.shape
     cfg = _config(B, x.dtype, is_interpreting())
-    f32 = dict(device=x.device, dtype=torch.float32)
-    out = torch.empty(2 * B, **f32) if g is None else None
-    gx = torch.empty((B, D), **f32) if g is not None else None
-    gy = torch.empty((B, D), **f32) if g is not None else None
-    dummy = out if out is not None else gx
-    grid = (1,) if g is None else (triton.cdiv(D, cfg["BLOCK_D"]),)
+    if g is None:
+        out = torch.empty(2 * B, device=x.device, dtype=torch.float32)
+        anchors = torch.empty(2 * B, device=x.device, dtype=torch.int64)
+        args, grid = (out, out, anchors, out, out), (1,)  # g, gx, gy: never read or written
+    else:
+        gx, gy = torch.empty_like(x), torch.empty_like(y)
+        args, grid = (g, gx, gx, gx, gy), (triton.cdiv(D, cfg["BLOCK_D"]),)
     jitted(_small_mh_kernel)[grid](
-        x, y, dummy if g is None else g, dummy if out is None else out,
-        dummy if gx is None else gx, dummy if gy is None else gy,
-        B, D, x.stride(0), y.stride(0), float(margin),
-        COSINE=bool(cosine), BACKWARD=g is not None,
+        x, y, *args,
+        B, D, x.stride(0), y.stride(0), 0 if g is None else g.stride(0), float(margin),
+        COSINE=bool(cosine), BACKWARD=g is not None, GUARD=bool(guard),
         BLOCK_B=cfg["BLOCK_B"], BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"],
         INPUT_PRECISION="ieee", num_warps=cfg["num_warps"],
     )
-    return out if g is None else (gx, gy)
+    return (out, anchors) if g is None else (gx, gy)
 
 
 class MaxViolationSmall(torch.autograd.Function):
-    """forward(x, y, margin, cosine) → the 2B terms (i2t then t2i), float32."""
+    """forward(x, y, margin, cosine, guard) → the 2B terms (i2t then t2i), float32, and their anchors."""
 
     @staticmethod
-    def forward(ctx, x, y, margin, cosine):
+    def forward(ctx, x, y, margin, cosine, guard):
         x, y = x.contiguous(), y.contiguous()
         ctx.save_for_backward(x, y)
         ctx.margin, ctx.cosine = margin, cosine
-        return _launch(x, y, margin, cosine)
+        terms, anchors = _launch(x, y, margin, cosine, guard=guard)
+        ctx.mark_non_differentiable(anchors)
+        ctx.set_materialize_grads(False)  # no zeros for the anchors' gradient
+        return terms, anchors
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
+    def backward(ctx, g, _):
+        if g is None:
+            return None, None, None, None, None
         x, y = ctx.saved_tensors
-        gx, gy = _launch(x, y, ctx.margin, ctx.cosine, g.to(torch.float32).contiguous())
-        return gx.to(x.dtype), gy.to(y.dtype), None, None
+        gx, gy = _launch(x, y, ctx.margin, ctx.cosine, g.to(torch.float32))
+        return gx, gy, None, None, None
 
 
 def usable(x: torch.Tensor, y: torch.Tensor) -> bool:
@@ -154,6 +174,9 @@ def usable(x: torch.Tensor, y: torch.Tensor) -> bool:
             and 1 <= x.shape[0] <= MAX_B and x.shape[1] >= 1)
 
 
-def max_violation_small(x: torch.Tensor, y: torch.Tensor, margin: float, cosine: bool = True) -> torch.Tensor:
-    """The 2B max-violation terms of the paired batch x, y (B ≤ 128, D); see the module docstring."""
-    return MaxViolationSmall.apply(x, y, float(margin), bool(cosine))
+def max_violation_small(x: torch.Tensor, y: torch.Tensor, margin: float, cosine: bool = True,
+                        guard: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The 2B max-violation terms of the paired batch x, y (B ≤ 128, D), float32, and their
+    anchors ``[0 … B−1, 0 … B−1]``; see the module docstring. ``guard``: add ``0·Σx + 0·Σy`` to
+    every term (NaN/Inf in an input → NaN terms, as :func:`vse_losses.functional.nan_guard`)."""
+    return MaxViolationSmall.apply(x, y, float(margin), bool(cosine), bool(guard))
