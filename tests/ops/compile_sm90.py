@@ -34,20 +34,21 @@ def main(variants):
 
     from vse_losses.ops import triton_hinge_norm as hn
     from vse_losses.ops import triton_hinge_norm_pairs as hp
+    from vse_losses.ops import triton_max_violation_backward as mb
     from vse_losses.ops import triton_max_violation_small as sm
     from vse_losses.ops import triton_negative_max as nm
 
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
     int64_ptrs = {"xl_ptr", "yl_ptr", "ql_ptr", "kl_ptr", "qs_ptr", "lq_ptr", "lk_ptr", "sq_ptr", "sk_ptr",
-                  "row_idx_ptr", "col_idx_ptr", "anc_ptr"}
-    data_ptrs = {"x_ptr", "y_ptr", "q_ptr", "k_ptr", "w_ptr", "gx_ptr", "gy_ptr"}
+                  "row_idx_ptr", "col_idx_ptr", "anc_ptr", "h_ptr",
+                  "order_ptr", "offsets_ptr"}
+    data_ptrs = {"x_ptr", "y_ptr", "q_ptr", "k_ptr", "w_ptr", "gx_ptr", "gy_ptr", "own_ptr", "other_ptr", "grad_ptr"}
 
     def compile_one(fn, dtype, cfg, constexprs):
         jitted = JITFunction(fn)
         names = jitted.arg_names
-        const = dict(constexprs, BLOCK_K=cfg["BLOCK_K"], INPUT_PRECISION="ieee")
-        if "BLOCK_M" in names:
-            const.update(BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"])
+        const = dict(constexprs)
+        const.update({k: v for k, v in dict(INPUT_PRECISION="ieee", **cfg).items() if k in names})
         sig = {}
         for n in names:
             if n in const:
@@ -98,7 +99,11 @@ def main(variants):
             cfg = dict(sm._config(sm.MAX_B if even else 16, dtypes[dtype], False), **tiles)
             const = dict(COSINE=mode in (1, 3), BACKWARD=mode in (2, 3), GUARD=True, BLOCK_B=cfg["BLOCK_B"],
                          BLOCK_D=cfg["BLOCK_D"])
-            r = compile_one(sm._small_mh_kernel, dtype, dict(cfg, BLOCK_M=0, BLOCK_N=0, num_stages=3), const)
+            r = compile_one(sm._small_mh_kernel, dtype, dict(cfg, num_stages=3), const)
+        elif kind == "mh_side":  # mode: cosine; even: D = 1024, else D = 100
+            cfg = dict(mb._config(1024 if even else 100, False), **tiles)
+            const = dict(COSINE=bool(mode), BLOCK_S=cfg["BLOCK_S"], BLOCK_D=cfg["BLOCK_D"])
+            r = compile_one(mb._mh_side_kernel, dtype, dict(cfg, num_stages=3), const)
         elif kind == "hinge_weights":
             cfg = dict(hn._weight_config(dtypes[dtype], False, mode, even), **tiles)
             r = compile_one(hn._hinge_weight_kernel, dtype, cfg,

@@ -17,7 +17,9 @@ Backward: with w¹, w² the output gradients where a hinge is active, the score 
     ∂y_j = c_j (Σ_i dS_ij x̂_i − A'_j ŷ_j),  A'_j = Σ_i dS_ij s_ij
 
 Row i of ∂x gathers ŷ_i and ŷ_{h_i} and receives w²_j ŷ_j from every column j whose hardest row
-is i. The gradients are written chunk by chunk in the inputs' dtype; the received rows are
+is i. With ``impl="triton"`` one kernel per input does it in a single pass
+(:mod:`~vse_losses.ops.triton_max_violation_backward`). Otherwise the gradients are written
+chunk by chunk in the inputs' dtype; the received rows are
 found by sorting the pairs by their hardest row, and added with ``index_put_(accumulate=True)``
 into a chunk-sized float32 buffer (deterministic). Peak extra memory: a few chunks of
 ``TILE_ELEMENTS`` float32 values and O(B) vectors, plus what the hardest-negative search takes.
@@ -59,7 +61,7 @@ class MaxViolationPaired(torch.autograd.Function):
         i2t = torch.relu(margin - s_ii + rv)  # −inf (B = 1, no negative): 0
         t2i = torch.relu(margin - s_ii + cv)
         ctx.save_for_backward(x, y, cx, cy, s_ii, rv, ri, cv, ci, i2t, t2i)
-        ctx.cosine = cosine
+        ctx.cosine, ctx.impl = cosine, impl
         return i2t, t2i
 
     @staticmethod
@@ -70,11 +72,14 @@ class MaxViolationPaired(torch.autograd.Function):
         w1 = torch.where(i2t > 0, g1.to(i2t.dtype), zero) if g1 is not None else torch.zeros_like(i2t)
         w2 = torch.where(t2i > 0, g2.to(t2i.dtype), zero) if g2 is not None else torch.zeros_like(t2i)
         d = -(w1 + w2)
+        side = _side
+        if ctx.impl == "triton":
+            from .triton_max_violation_backward import mh_side_triton as side
         gx = gy = None
         if ctx.needs_input_grad[0]:
-            gx = _side(x, y, cx, cy, d, s_ii, w1, ri, rv, w2, ci, cv, ctx.cosine)
+            gx = side(x, y, cx, cy, d, s_ii, w1, ri, rv, w2, ci, cv, ctx.cosine)
         if ctx.needs_input_grad[1]:
-            gy = _side(y, x, cy, cx, d, s_ii, w2, ci, cv, w1, ri, rv, ctx.cosine)
+            gy = side(y, x, cy, cx, d, s_ii, w2, ci, cv, w1, ri, rv, ctx.cosine)
         return gx, gy, None, None, None
 
 
