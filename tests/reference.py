@@ -76,3 +76,12 @@ def cosine(x, y):
     x = torch.nn.functional.normalize(x, dim=1)
     y = torch.nn.functional.normalize(y, dim=1)
     return x @ y.t()
+
+
+def paired_max_violation(x, y, margin, use_cosine):
+    """Eq. 6 of the paired batch (pair j is (x_j, y_j)): the (i2t, t2i) terms, each (B,), from the
+    score matrix with its diagonal masked (``max`` picks the lowest index on ties)."""
+    S = cosine(x, y) if use_cosine else x @ y.t()
+    d = S.diagonal()
+    neg = S.masked_fill(torch.eye(len(x), dtype=torch.bool, device=S.device), float("-inf"))
+    return torch.relu(margin - d + neg.max(1).values), torch.relu(margin - d + neg.max(0).values)

@@ -9,22 +9,13 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from reference import paired_max_violation as reference  # noqa: E402
 
 from vse_losses.ops import max_violation_paired as mvp  # noqa: E402
 from vse_losses.ops import triton_available  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton not importable")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def reference(x, y, margin, cosine):
-    if cosine:
-        x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
-    S = x @ y.t()
-    d = S.diagonal()
-    neg = S.masked_fill(torch.eye(len(x), dtype=torch.bool, device=S.device), float("-inf"))
-    return torch.relu(margin - d + neg.max(1).values), torch.relu(margin - d + neg.max(0).values)
 
 
 def check(x0, y0, margin, cosine, w1, w2, rtol=1e-4, atol=1e-5):
