@@ -350,8 +350,8 @@ SWEEP_HINGE = [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stage
 def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadline: float) -> List[dict]:
     """The fused kernels alone at one size, default tiles first, each as a ratio to the product of
     the same shape: the hardest-negative kernel (B×B), the per-direction ℓp forward (p=2, B×B),
-    the paired batch's one-pass forward of both directions (default tiles) and the backward's
-    weight kernel (one chunk of rows × B, cuBLAS excluded)."""
+    the paired batch's one-pass forward of both directions (default tiles), one side of the paired
+    MH's backward and the SH/ℓp backward's weight kernel (one chunk of rows × B, cuBLAS excluded)."""
     from vse_losses.ops import triton_hinge_norm as hn
     from vse_losses.ops.triton_hinge_norm_pairs import _pairs_forward
     from vse_losses.ops.triton_negative_max import negative_max_triton
@@ -374,6 +374,14 @@ def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadli
     jobs += [("hinge forward p=2", c, lambda cfg: hn._forward(x, y, t, lab, lab, none, 2.0, "ieee", cfg))
              for c in [None] + SWEEP_HINGE]
     jobs += [("pairs forward p=2", None, lambda cfg: _pairs_forward(x, y, t, lab, lab, False, 2.0, "ieee"))]
+    # one side of the paired MH backward (memory-bound: compare with reading x and y once)
+    from vse_losses.ops.triton_max_violation_backward import mh_side_triton
+
+    gen = torch.Generator(device=dev).manual_seed(0)
+    hard = torch.randint(0, B, (B,), device=dev, generator=gen)
+    wv = torch.rand(B, device=dev, generator=gen)
+    jobs += [("MH backward, one side", None, lambda cfg: mh_side_triton(x, y, scales[0], scales[1], -2 * wv, wv, wv,
+                                                                        hard, wv, wv, hard.flip(0), wv, True))]
     jobs += [(f"product {R}×B", None, lambda cfg: x[:R] @ y.t())]
     jobs += [(f"weights {R}×B p=2", c, lambda cfg: hn._weights(x, y, 0, R, (t, T, g), (t, T, g), lab, lab, None, None,
                                                               2.0, "ieee", w_dtype, cfg))
