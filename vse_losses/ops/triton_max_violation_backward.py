@@ -31,7 +31,6 @@ else:  # pragma: no cover
     tl = None
 
 
-
 def _mh_side_kernel(
     own_ptr, other_ptr, grad_ptr,
     c_own_ptr, c_other_ptr,            # (B,) fp32 scales
