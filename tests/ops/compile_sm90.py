@@ -68,7 +68,9 @@ def main(variants):
         # without these hints the compiler can neither vectorize nor pipeline the loads
         aligned = [n for n in names if n.endswith("_ptr")]
         if constexprs.get("EVEN_K", True):
-            aligned += [n for n in names if n in ("B", "M", "N", "R", "D", "r0") or n.startswith("stride_")]
+            aligned += [n for n in names if n in ("D", "r0") or n.startswith("stride_")]
+        if constexprs.get("EVEN_M", constexprs.get("EVEN_R", True)):
+            aligned += [n for n in names if n in ("B", "M", "N", "R")]
         attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
         src = ASTSource(fn=jitted, signature=sig, constexprs={(names.index(k),): v for k, v in const.items()},
                         attrs=attrs)
@@ -86,9 +88,12 @@ def main(variants):
 
     results = {}
     for variant in variants:
-        kind, dtype, mode, even = variant[:4]
+        kind, dtype, mode, shape = variant[:4]
         tiles = variant[4] if len(variant) > 4 else {}  # tiles other than the defaults (tile sweeps)
-        flags = dict(EVEN_K=even, EVEN_N=even)
+        # shape: True, every size a tile multiple; "rows", B and M ragged, D (and so the rows'
+        # alignment) a multiple of 64; False, nothing aligned
+        even, aligned = shape is True, shape in (True, "rows")
+        flags = dict(EVEN_K=aligned, EVEN_N=even)
         if kind == "hinge_forward":
             cfg = dict(hn._fwd_config(dtypes[dtype], False, mode, even), **tiles)
             r = compile_one(hn._hinge_norm_fwd_kernel, dtype, cfg, dict(P_MODE=mode, EVEN_M=even, **flags))
@@ -111,7 +116,7 @@ def main(variants):
                                  **flags))
         else:
             self_ref, scaled = mode in (1, 3), mode in (2, 3)  # mode: 0 … 3
-            cfg = dict(nm._default_config(dtypes[dtype], False, even, self_ref, scaled), **tiles)
+            cfg = dict(nm._default_config(dtypes[dtype], False, even, self_ref, scaled, aligned), **tiles)
             r = compile_one(nm._negative_max_kernel, dtype, cfg,
                             dict(SELF_REF=self_ref, SCALED=scaled, EVEN_M=even, **flags))
         results["-".join(str(x) for x in variant[:4]) + ("-" + json.dumps(tiles, sort_keys=True) if tiles else "")] = r

@@ -1,6 +1,7 @@
 """The Triton kernels compile for an H100 (sm_90) with their default GPU tiles, without register
-spills, within the shared memory of one SM, and, at the even bf16 shapes the benchmarks time, on
-Hopper's tensor-core path (wgmma) with pipelined loads (cp.async): checked ahead of time on the
+spills, within the shared memory of one SM, and, at the bf16 shapes whose rows load aligned (D a
+multiple of 64: the benchmarks' shapes, and ragged batches of such rows), on Hopper's tensor-core
+path (wgmma) with pipelined loads (cp.async): checked ahead of time on the
 CPU (no GPU needed), where the other tests only run the kernels' logic in triton's interpreter,
 which never compiles them. The compile mirrors triton's run-time specialization (16-byte aligned
 pointers; sizes and strides divisible by 16 at the even shapes): without it the compiler neither
@@ -34,7 +35,10 @@ NEGMAX = [("negative_max", dtype, mode, even) for dtype in ("bf16", "fp32") for 
 SMALL = [("small_mh", dtype, mode, even) for dtype in ("bf16", "fp32") for mode in range(4) for even in (True, False)]
 # mode: cosine; "even" True: D = 1024, False: D = 100
 MH_SIDE = [("mh_side", dtype, mode, even) for dtype in ("bf16", "fp32") for mode in (0, 1) for even in (True, False)]
-VARIANTS = HINGE + NEGMAX + SMALL + MH_SIDE
+# B and M ragged, D a multiple of 64 (B = 1000, D = 1024): loads aligned, rows masked; bf16
+ROWS = [(kernel, "bf16", mode, "rows") for kernel in ("hinge_forward", "hinge_pairs_forward", "hinge_weights")
+        for mode in (1, 2, 0)] + [("negative_max", "bf16", mode, "rows") for mode in range(4)]
+VARIANTS = HINGE + NEGMAX + SMALL + MH_SIDE + ROWS
 
 
 def variant_id(v):
@@ -71,7 +75,7 @@ def test_compiles_without_spills(reports, variant):
     assert r["shared"] <= SHARED_MEMORY_PER_BLOCK
 
 
-STREAMING = [v for v in VARIANTS if v[0] not in ("small_mh", "mh_side") and v[1] == "bf16" and v[3]]
+STREAMING = [v for v in VARIANTS if v[0] not in ("small_mh", "mh_side") and v[1] == "bf16" and v[3] in (True, "rows")]
 
 
 @pytest.mark.parametrize("variant", STREAMING, ids=variant_id)

@@ -170,10 +170,11 @@ def even_shape(B: int, M: int, D: int) -> bool:
 # Configuration
 # ----------------------------------------------------------------------------------------
 def _default_config(dtype: torch.dtype, interpret: bool, even: bool = True, self_ref: bool = False,
-                    scaled: bool = False) -> dict:
-    """Tiles. ``even``: B and M multiples of 128 and D of 64. Chosen so that every variant
-    compiles for sm_90 without register spills, as triton specializes it at run time
-    (tests/ops/test_triton_compile.py, triton 3.6 and 3.8)."""
+                    scaled: bool = False, aligned: bool = False) -> dict:
+    """Tiles. ``even``: B and M multiples of 128 and D of 64; ``aligned``: D a multiple of 64 (the
+    rows' loads aligned, B or M ragged). Chosen so that every variant compiles for sm_90 without
+    register spills, as triton specializes it at run time (tests/ops/test_triton_compile.py,
+    triton 3.6 and 3.8)."""
     if interpret:
         # the CPU interpreter is slow per op: small tiles keep tests quick and exercise
         # the multi-tile logic at small sizes
@@ -182,6 +183,8 @@ def _default_config(dtype: torch.dtype, interpret: bool, even: bool = True, self
         return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=16, num_warps=8, num_stages=3)
     if even:  # aligned loads, pipelined four deep (128 KiB of shared memory)
         return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4)
+    if aligned:  # pipelined too, with the row masks: 128x128 spills in the diagonal+scaled variant
+        return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=4)
     # unaligned rows load element by element: the masks and addresses cost registers
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=4)
 
@@ -293,7 +296,8 @@ def negative_max_triton(
     yl = y_labels.to(device=dev, dtype=torch.int64).contiguous()
 
     interpret = is_interpreting()
-    cfg = dict(_default_config(dtype, interpret, even_shape(B, M, D), bool(self_ref), scales is not None))
+    cfg = dict(_default_config(dtype, interpret, even_shape(B, M, D), bool(self_ref), scales is not None,
+                               aligned=D % 64 == 0))
     if config:
         cfg.update(config)
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
