@@ -68,7 +68,7 @@ class HingeNormRowsChunked(torch.autograd.Function):
             h = _hinge_tile(mm, q[r0:r1], kt, t[r0:r1], q_labels[r0:r1], same, q_self[r0:r1])
             W = _weights(h, T[r0:r1], ctx.p).mul_(g[r0:r1, None].to(wide))
             gq[r0:r1] = mm(W, kw)
-            gk += mm(W.t(), q[r0:r1])
+            mm.add_product(gk, W.t(), q[r0:r1])
             gt[r0:r1] = -W.sum(1)
         return gq.to(q.dtype), gk.to(keys.dtype), gt.to(t.dtype), None, None, None, None
 

@@ -121,7 +121,7 @@ class HingeNormPairsChunked(torch.autograd.Function):
                     dS.index_add_(1, p_idx, W)
                 gt -= W.sum(0)
             gx[r0:r1] = tiles.mm(dS, tiles.y)
-            gy += tiles.mm(dS.t(), x[r0:r1])
+            tiles.mm.add_product(gy, dS.t(), x[r0:r1])
         return gx.to(x.dtype), gy.to(y.dtype), gt.to(t.dtype), None, None, None, None, None, None, None, None, None
 
 

@@ -81,6 +81,7 @@ class Matmul:
     The reductions always see the wide result, never a score rounded to half precision."""
 
     _native_ok = True  # cleared once if this torch has no out_dtype
+    _native_add_ok = True  # cleared once if this torch's addmm has no out_dtype
 
     def __init__(self, dtype: torch.dtype, device: torch.device):
         self.wide = torch.promote_types(dtype, torch.float32)
@@ -101,3 +102,18 @@ class Matmul:
                 self.operand_dtype = self.wide
                 a, b = self.operand(a), self.operand(b)
         return a @ b
+
+    def add_product(self, acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+        """``acc += a @ b`` in ``acc``'s wide dtype, without a temporary where the backend can
+        (the accumulations over row chunks would otherwise write and re-read a full-size
+        product per chunk)."""
+        if self.native and Matmul._native_add_ok:
+            try:
+                torch.addmm(acc, self.operand(a), self.operand(b), out_dtype=torch.float32, out=acc)
+                return
+            except (TypeError, RuntimeError):
+                Matmul._native_add_ok = False
+        if self.native:
+            acc += self(a, b)
+        else:
+            acc.addmm_(self.operand(a), self.operand(b))

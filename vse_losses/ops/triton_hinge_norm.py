@@ -374,7 +374,7 @@ def _weighted_products(q, keys, row_term, col_term, ql, kl, qs, p, precision, ne
         if need_q:
             gq[r0:r0 + R] = mm(W, keys_op)
         if need_k:
-            gk += mm(W.t(), q_op[r0:r0 + R])
+            mm.add_product(gk, W.t(), q_op[r0:r0 + R])
         if rsum is not None:
             rows[r0:r0 + R] = rsum
         if csum is not None:
