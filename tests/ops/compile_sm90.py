@@ -36,12 +36,13 @@ def main(variants):
     from vse_losses.ops import triton_hinge_norm_pairs as hp
     from vse_losses.ops import triton_max_violation_backward as mb
     from vse_losses.ops import triton_max_violation_small as sm
+    from vse_losses.ops import triton_row_dots as rd
     from vse_losses.ops import triton_negative_max as nm
 
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
     int64_ptrs = {"xl_ptr", "yl_ptr", "ql_ptr", "kl_ptr", "qs_ptr", "lq_ptr", "lk_ptr", "sq_ptr", "sk_ptr",
                   "row_idx_ptr", "col_idx_ptr", "anc_ptr", "h_ptr",
-                  "order_ptr", "offsets_ptr"}
+                  "order_ptr", "offsets_ptr", "qi_ptr", "ki_ptr"}
     data_ptrs = {"x_ptr", "y_ptr", "q_ptr", "k_ptr", "w_ptr", "gx_ptr", "gy_ptr", "own_ptr", "other_ptr", "grad_ptr"}
 
     def compile_one(fn, dtype, cfg, constexprs):
@@ -109,6 +110,10 @@ def main(variants):
             cfg = dict(mb._config(1024 if even else 100, False), **tiles)
             const = dict(COSINE=bool(mode), BLOCK_S=cfg["BLOCK_S"], BLOCK_D=cfg["BLOCK_D"])
             r = compile_one(mb._mh_side_kernel, dtype, dict(cfg, num_stages=3), const)
+        elif kind == "row_dots":  # mode: rows gathered by index; even: D = 1024, else D = 100
+            cfg = dict(rd._config(1024 if even else 100, False), **tiles)
+            const = dict(GATHER_Q=bool(mode), GATHER_K=bool(mode), BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"])
+            r = compile_one(rd._row_dots_kernel, dtype, dict(cfg, num_stages=3), const)
         elif kind == "hinge_weights":
             cfg = dict(hn._weight_config(dtypes[dtype], False, mode, even), **tiles)
             r = compile_one(hn._hinge_weight_kernel, dtype, cfg,

@@ -38,7 +38,9 @@ MH_SIDE = [("mh_side", dtype, mode, even) for dtype in ("bf16", "fp32") for mode
 # B and M ragged, D a multiple of 64 (B = 1000, D = 1024): loads aligned, rows masked; bf16
 ROWS = [(kernel, "bf16", mode, "rows") for kernel in ("hinge_forward", "hinge_pairs_forward", "hinge_weights")
         for mode in (1, 2, 0)] + [("negative_max", "bf16", mode, "rows") for mode in range(4)]
-VARIANTS = HINGE + NEGMAX + SMALL + MH_SIDE + ROWS
+# mode: rows gathered by index; "even" True: D = 1024, False: D = 100
+ROW_DOTS = [("row_dots", dtype, mode, even) for dtype in ("bf16", "fp32") for mode in (0, 1) for even in (True, False)]
+VARIANTS = HINGE + NEGMAX + SMALL + MH_SIDE + ROWS + ROW_DOTS
 
 
 def variant_id(v):
@@ -75,7 +77,8 @@ def test_compiles_without_spills(reports, variant):
     assert r["shared"] <= SHARED_MEMORY_PER_BLOCK
 
 
-STREAMING = [v for v in VARIANTS if v[0] not in ("small_mh", "mh_side") and v[1] == "bf16" and v[3] in (True, "rows")]
+STREAMING = [v for v in VARIANTS if v[0] not in ("small_mh", "mh_side", "row_dots") and v[1] == "bf16"
+             and v[3] in (True, "rows")]
 
 
 @pytest.mark.parametrize("variant", STREAMING, ids=variant_id)

@@ -4,7 +4,8 @@ The positive scores ``s(a, p)`` and the scores of the hardest negatives are such
 Through autograd (``(q[qi].float() * k[ki].float()).sum(-1)``) each one keeps two N×D copies,
 widened to float32 for half inputs, alive until the backward: in bfloat16 at B = 65,536, D = 1,024
 that is 512 MiB per product. Here the forward runs over chunks of pairs and saves only q, k and the
-indices; the backward recomputes the gathers chunk by chunk:
+indices (on CUDA one Triton pass, :mod:`~vse_losses.ops.triton_row_dots`); the backward recomputes
+the gathers chunk by chunk:
 
     ∂q[qi_n] += g_n k[ki_n],   ∂k[ki_n] += g_n q[qi_n].
 
@@ -43,13 +44,17 @@ class RowDots(torch.autograd.Function):
     def forward(ctx, q, k, qi, ki):
         wide = torch.promote_types(torch.promote_types(q.dtype, k.dtype), torch.float32)
         n = (qi if qi is not None else ki if ki is not None else q).shape[0]
+        ctx.save_for_backward(q, k, qi, ki)
+        ctx.wide = wide
+        if q.is_cuda:  # triton is imported on CUDA only: CPU runs may switch it to its interpreter later
+            from . import triton_row_dots
+
+            if triton_row_dots.usable(q, k):  # one pass over the rows in their own dtype
+                return triton_row_dots.row_dots_triton(q, k, qi, ki, n)
         step = _chunk(n, q.shape[1])
         parts = [(_rows(q, qi, n0, n0 + step).to(wide) * _rows(k, ki, n0, n0 + step).to(wide)).sum(-1)
                  for n0 in range(0, max(n, 1), step)]  # n = 0: one empty chunk
-        out = parts[0] if len(parts) == 1 else torch.cat(parts)
-        ctx.save_for_backward(q, k, qi, ki)
-        ctx.wide = wide
-        return out
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -1,0 +1,40 @@
+"""The one-pass Triton row dot products against float64 (CPU: triton's interpreter): aligned
+and gathered rows, sizes that are not block multiples, half inputs, no pair at all."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from vse_losses.ops import triton_available  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not triton_available(), reason="triton not importable")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("gather", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("n,D", [(1, 3), (9, 37), (20, 16)])
+def test_matches_float64(dtype, gather, n, D):
+    from vse_losses.ops.triton_row_dots import row_dots_triton
+
+    g = torch.Generator().manual_seed(n * 31 + D)
+    q = torch.randn(max(n, 6), D, generator=g).to(DEVICE, dtype)
+    k = torch.randn(max(n, 6), D, generator=g).to(DEVICE, dtype)
+    qi = torch.randint(0, q.shape[0], (n,), generator=g).to(DEVICE) if gather[0] else None
+    ki = torch.randint(0, k.shape[0], (n,), generator=g).to(DEVICE) if gather[1] else None
+    got = row_dots_triton(q, k, qi, ki, n)
+    qr = q.double()[qi] if qi is not None else q.double()[:n]
+    kr = k.double()[ki] if ki is not None else k.double()[:n]
+    assert got.dtype == torch.float32 and got.shape == (n,)
+    torch.testing.assert_close(got.double(), (qr * kr).sum(1), rtol=1e-5, atol=1e-5)
+
+
+def test_no_pair():
+    from vse_losses.ops.triton_row_dots import row_dots_triton
+
+    q = torch.randn(4, 8, device=DEVICE)
+    assert row_dots_triton(q, q, torch.zeros(0, dtype=torch.long, device=DEVICE), None, 0).shape == (0,)
