@@ -314,7 +314,7 @@ def _violation_terms(x, y, *, labels, ref_labels, margin, norm, directions, impl
         pos, neg = pair_masks(labels, ref_labels, self_ref)
         return violation_terms_from_scores(S, pos, neg, margin=margin, norm=norm, directions=directions, pairs=(a, p))
 
-    s_ap = row_dots(x, y) if paired else row_dots(x, y, a, p)
+    s_ap = row_dots(x, y, impl=impl) if paired else row_dots(x, y, a, p, impl=impl)
     selection = None
     if fused_max:  # the mix: its max-violation part
         i2t, t2i = max_violation_paired(x, y, margin, cosine=False, impl=impl)
@@ -351,7 +351,7 @@ def _violation_terms(x, y, *, labels, ref_labels, margin, norm, directions, impl
             # paired: every other column of a row (row of a column) is a negative
             complete = paired and norm.selection_k <= k_side.shape[0] - 1
             selected = selected_hinge_sum(q_side, k_side, vals, idx, s_ap, margin, complete,
-                                          q_rows=None if paired else q_idx)
+                                          q_rows=None if paired else q_idx, impl=impl)
             parts.append(selected if norm.selection_weight == 1 else selected * norm.selection_weight)
         if hinge is not None:
             parts.append(hinge[direction] if norm.hinge_weight == 1 else hinge[direction] * norm.hinge_weight)
@@ -405,7 +405,7 @@ def query_violation_terms(
             qi = q_idx - lo
             term = violation_norm(F.relu(margin - S[qi, k_idx][:, None] + S[qi]) * neg[qi], norm)
         else:
-            s_ap = row_dots(q_side, k_side, q_idx, k_idx)
+            s_ap = row_dots(q_side, k_side, q_idx, k_idx, impl=impl)
             term = torch.zeros_like(s_ap)
             if norm.selection_k:
                 with torch.no_grad():
@@ -413,7 +413,7 @@ def query_violation_terms(
                         q_side[lo:hi], k_side, q_lab[lo:hi], k_lab, False, norm.selection_k, impl=impl
                     )
                 selected = selected_hinge_sum(q_side, k_side, vals[q_idx - lo], idx[q_idx - lo], s_ap, margin,
-                                              q_rows=q_idx)
+                                              q_rows=q_idx, impl=impl)
                 term = term + selected * norm.selection_weight
             if norm.hinge_p:
                 hn = hinge_norm_rows(
@@ -428,7 +428,7 @@ def query_violation_terms(
 
 def selected_hinge_sum(
     q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, s_ap: torch.Tensor, margin: float,
-    complete: bool = False, q_rows: Optional[torch.Tensor] = None,
+    complete: bool = False, q_rows: Optional[torch.Tensor] = None, impl: str = "chunked",
 ) -> torch.Tensor:
     """Σ_j [α − s_ap + q_n·keys[idx_nj]]_+ over the selected hardest negatives of each pair n.
 
@@ -437,13 +437,14 @@ def selected_hinge_sum(
     s_ap: (P,). The hinge is monotone, so the k largest hinges are the hinges of the k largest
     scores. The selected scores are recomputed by :func:`~vse_losses.ops.row_dots.row_dots`, so
     the backward is a scatter over the saved indices, O(P·k·D), with no copy of the rows kept.
-    ``complete``: every pair is known to have k negatives (no −inf in vals).
+    ``complete``: every pair is known to have k negatives (no −inf in vals). ``impl``: as
+    :func:`~vse_losses.ops.row_dots.row_dots`.
     """
     P, k = idx.shape
     qi = q_rows
     if k > 1:
         qi = (torch.arange(P, device=idx.device) if q_rows is None else q_rows)[:, None].expand(P, k).reshape(-1)
-    sel = row_dots(q, keys, qi, idx.reshape(-1)).view(P, k)  # (P, k): q_n · keys[idx_nj]
+    sel = row_dots(q, keys, qi, idx.reshape(-1), impl=impl).view(P, k)  # (P, k): q_n · keys[idx_nj]
     if not complete:
         sel = torch.where(vals == float("-inf"), torch.full_like(sel, float("-inf")), sel)
     h = F.relu(margin - s_ap[:, None] + sel)

@@ -54,7 +54,7 @@ class MaxViolationPaired(torch.autograd.Function):
         cx, cy = _scale(x, cosine, wide), _scale(y, cosine, wide)
         ids = torch.arange(B, device=x.device)
         with torch.no_grad():
-            s_ii = row_dots(x, y) * cx * cy
+            s_ii = row_dots(x, y, impl=impl) * cx * cy
             rv, ri, cv, ci = negative_topk(x, y, ids, ids, False, 1, impl=impl, paired=True,
                                            scales=(cx, cy) if cosine else None)
         rv, ri, cv, ci = rv[:, 0].to(wide), ri[:, 0], cv[:, 0].to(wide), ci[:, 0]

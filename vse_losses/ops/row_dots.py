@@ -4,8 +4,8 @@ The positive scores ``s(a, p)`` and the scores of the hardest negatives are such
 Through autograd (``(q[qi].float() * k[ki].float()).sum(-1)``) each one keeps two N×D copies,
 widened to float32 for half inputs, alive until the backward: in bfloat16 at B = 65,536, D = 1,024
 that is 512 MiB per product. Here the forward runs over chunks of pairs and saves only q, k and the
-indices (on CUDA one Triton pass, :mod:`~vse_losses.ops.triton_row_dots`); the backward recomputes
-the gathers chunk by chunk:
+indices (with ``impl="triton"`` on CUDA one Triton pass, :mod:`~vse_losses.ops.triton_row_dots`);
+the backward recomputes the gathers chunk by chunk:
 
     ∂q[qi_n] += g_n k[ki_n],   ∂k[ki_n] += g_n q[qi_n].
 
@@ -41,12 +41,12 @@ def _put(grad: torch.Tensor, idx: Optional[torch.Tensor], n0: int, n1: int, part
 
 class RowDots(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, qi, ki):
+    def forward(ctx, q, k, qi, ki, impl):
         wide = torch.promote_types(torch.promote_types(q.dtype, k.dtype), torch.float32)
         n = (qi if qi is not None else ki if ki is not None else q).shape[0]
         ctx.save_for_backward(q, k, qi, ki)
         ctx.wide = wide
-        if q.is_cuda:  # triton is imported on CUDA only: CPU runs may switch it to its interpreter later
+        if impl == "triton" and q.is_cuda:  # imported on CUDA only: CPU runs may switch triton to its interpreter later
             from . import triton_row_dots
 
             if triton_row_dots.usable(q, k):  # one pass over the rows in their own dtype
@@ -68,7 +68,7 @@ class RowDots(torch.autograd.Function):
         if step >= n and qi is None and ki is None and n == q.shape[0] == k.shape[0]:  # one chunk, aligned: no buffers
             gn = g[:, None]
             return ((gn * k.to(wide)).to(q.dtype) if need_q else None,
-                    (gn * q.to(wide)).to(k.dtype) if need_k else None, None, None)
+                    (gn * q.to(wide)).to(k.dtype) if need_k else None, None, None, None)
         # aligned side: one write per row, in its dtype; gathered side: a float32 accumulator
         gq = None if not need_q else (torch.zeros_like(q) if qi is None else torch.zeros(q.shape, dtype=wide, device=q.device))
         gk = None if not need_k else (torch.zeros_like(k) if ki is None else torch.zeros(k.shape, dtype=wide, device=k.device))
@@ -79,13 +79,14 @@ class RowDots(torch.autograd.Function):
                 _put(gq, qi, n0, n1, gn * _rows(k, ki, n0, n1).to(wide))
             if need_k:
                 _put(gk, ki, n0, n1, gn * _rows(q, qi, n0, n1).to(wide))
-        return (None if gq is None else gq.to(q.dtype), None if gk is None else gk.to(k.dtype), None, None)
+        return (None if gq is None else gq.to(q.dtype), None if gk is None else gk.to(k.dtype), None, None, None)
 
 
 def row_dots(q: torch.Tensor, k: torch.Tensor, qi: Optional[torch.Tensor] = None,
-             ki: Optional[torch.Tensor] = None) -> torch.Tensor:
+             ki: Optional[torch.Tensor] = None, impl: str = "chunked") -> torch.Tensor:
     """``s_n = q[qi_n] · k[ki_n]`` in float32 (float64 for float64 inputs), differentiable in q and k.
 
     q: (Bq, D), k: (Bk, D); qi, ki: (N,) int64 row indices, or None for rows 0 … N−1 (aligned).
+    ``impl="triton"``: the forward in one Triton pass on CUDA (else the torch chunks).
     """
-    return RowDots.apply(q, k, qi, ki)
+    return RowDots.apply(q, k, qi, ki, impl)
