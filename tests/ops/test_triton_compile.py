@@ -8,7 +8,11 @@ pointers; sizes and strides divisible by 16 at the even shapes): without it the 
 vectorizes nor pipelines the loads, and register counts are not those of the GPU run.
 
 The compiler runs in a child process without TRITON_INTERPRET: in this one the kernel tests have
-switched triton to its interpreter.
+switched triton to its interpreter. To check another triton than the installed one (the GPU
+machine's, say), install it aside and name it:
+
+    pip install --no-deps --target /tmp/t36 triton==3.6.0
+    VSE_COMPILE_TRITON_PATH=/tmp/t36 python -m pytest tests/ops/test_triton_compile.py
 """
 import importlib.util
 import json
@@ -51,7 +55,8 @@ def variant_id(v):
 def reports():
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    other = os.environ.get("VSE_COMPILE_TRITON_PATH")
+    env["PYTHONPATH"] = os.pathsep.join(([other] if other else []) + [ROOT, env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, SCRIPT, json.dumps(VARIANTS)], capture_output=True, text=True, env=env,
                          timeout=900)
     if out.returncode == 3:
