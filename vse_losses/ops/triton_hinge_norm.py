@@ -34,14 +34,10 @@ from typing import Optional
 import torch
 
 from .tiling import Matmul
-from .triton_negative_max import TRITON_AVAILABLE, _check_precision, even_shape, is_interpreting, jitted
+from .triton_negative_max import (  # triton, tl: None without triton
+    TRITON_AVAILABLE, _check_precision, even_shape, is_interpreting, jitted, tl, triton,
+)
 
-if TRITON_AVAILABLE:
-    import triton
-    import triton.language as tl
-else:  # pragma: no cover
-    triton = None
-    tl = None
 
 __all__ = ["TRITON_AVAILABLE", "HingeNormRowsTriton", "hinge_norm_rows_triton"]
 

@@ -25,14 +25,9 @@ from __future__ import annotations
 import torch
 
 from .triton_hinge_norm import _forward, _grad_scale, _p_mode, _prep, _weighted_products, is_interpreting
-from .triton_negative_max import TRITON_AVAILABLE, _choose_groups, _num_sms, even_shape, jitted
-
-if TRITON_AVAILABLE:
-    import triton
-    import triton.language as tl
-else:  # pragma: no cover
-    triton = None
-    tl = None
+from .triton_negative_max import (  # triton, tl: None without triton
+    _choose_groups, _num_sms, even_shape, jitted, tl, triton,
+)
 
 
 def _pairs_fwd_kernel(

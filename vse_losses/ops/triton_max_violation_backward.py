@@ -21,14 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from .triton_negative_max import TRITON_AVAILABLE, is_interpreting, jitted
-
-if TRITON_AVAILABLE:
-    import triton
-    import triton.language as tl
-else:  # pragma: no cover
-    triton = None
-    tl = None
+from .triton_negative_max import (  # triton, tl: None without triton
+    is_interpreting, jitted, tl, triton,
+)
 
 
 def _mh_side_kernel(

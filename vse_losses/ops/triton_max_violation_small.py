@@ -19,14 +19,10 @@ from typing import Tuple
 
 import torch
 
-from .triton_negative_max import TRITON_AVAILABLE, is_interpreting, jitted
+from .triton_negative_max import (  # triton, tl: None without triton
+    TRITON_AVAILABLE, is_interpreting, jitted, tl, triton,
+)
 
-if TRITON_AVAILABLE:
-    import triton
-    import triton.language as tl
-else:  # pragma: no cover
-    triton = None
-    tl = None
 
 MAX_B = 128
 

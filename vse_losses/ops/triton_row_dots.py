@@ -12,14 +12,9 @@ from typing import Optional
 
 import torch
 
-from .triton_negative_max import TRITON_AVAILABLE, is_interpreting, jitted
-
-if TRITON_AVAILABLE:
-    import triton
-    import triton.language as tl
-else:  # pragma: no cover
-    triton = None
-    tl = None
+from .triton_negative_max import (  # triton, tl: None without triton
+    TRITON_AVAILABLE, is_interpreting, jitted, tl, triton,
+)
 
 
 def _row_dots_kernel(
