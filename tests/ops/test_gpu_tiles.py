@@ -1,0 +1,76 @@
+"""The GPU's tiles compute the same losses (CPU: triton's interpreter). The other kernel tests run
+the interpreter's small tiles; here every kernel's tile choice for the GPU (bf16 at even shapes,
+ragged batches of aligned rows, unaligned rows; fp32) runs instead, on float32 data, through the
+losses' whole triton path against dense — so that a tile-dependent bug cannot hide behind the
+sm_90 compile check, which compiles those tiles but never runs them."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from cases import LOSS_CASES  # noqa: E402
+from pytorch_metric_learning.reducers import SumReducer  # noqa: E402
+
+import vse_losses  # noqa: E402
+from vse_losses.ops import triton_available  # noqa: E402
+
+pytestmark = [pytest.mark.skipif(not triton_available(), reason="triton not importable"),
+              pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU runs these tiles in the other tests")]
+
+
+@pytest.fixture(params=[torch.bfloat16, torch.float32], ids=["bf16-tiles", "fp32-tiles"])
+def gpu_tiles(request, monkeypatch):
+    """Every kernel's tile choice as compiled for the GPU, for ``request.param`` inputs."""
+    from vse_losses.ops import triton_hinge_norm as hn
+    from vse_losses.ops import triton_hinge_norm_pairs as hp
+    from vse_losses.ops import triton_max_violation_backward as mb
+    from vse_losses.ops import triton_max_violation_small as sm
+    from vse_losses.ops import triton_negative_max as nm
+
+    tile_dtype = request.param
+
+    def as_gpu(fn):
+        return lambda dtype, interpret, *a, **k: fn(tile_dtype, False, *a, **k)
+
+    for mod, name in ((nm, "_default_config"), (hn, "_fwd_config"), (hn, "_weight_config"), (hp, "_pairs_config")):
+        monkeypatch.setattr(mod, name, as_gpu(getattr(mod, name)))
+    small = sm._config
+    monkeypatch.setattr(sm, "_config", lambda B, dtype, interpret: small(B, tile_dtype, False))
+    side = mb._config
+    monkeypatch.setattr(mb, "_config", lambda D, interpret: side(D, False))
+    return tile_dtype
+
+
+# even (B, D multiples of 128 / 64), ragged batch of aligned rows, nothing aligned; B ≤ 128 for the
+# small MH kernel
+SHAPES = [(256, 128), (300, 128), (150, 100), (100, 64)]
+
+
+CASES = LOSS_CASES + [("LpViolationLoss", {"p": 2.0}, {"kind": "lp", "p": 2.0})]  # p = 2 has its own kernels
+
+
+# the paired call at every shape; the labelled call (B ≠ M, repeated labels: the per-direction
+# kernels) at the ragged batch of aligned rows
+RUNS = [(B, D, False) for B, D in SHAPES] + [(300, 128, True)]
+
+
+@pytest.mark.parametrize("B,D,labelled", RUNS)
+@pytest.mark.parametrize("name,kwargs,norm", CASES)
+def test_gpu_tiles_match_dense(gpu_tiles, name, kwargs, norm, B, D, labelled):
+    g = torch.Generator().manual_seed(B + D)
+    M = B + 37 if labelled else B
+    x0, y0 = torch.randn(B, D, generator=g), torch.randn(M, D, generator=g)
+    labels = torch.randint(0, 40, (B,), generator=g) if labelled else None
+    ref_labels = torch.randint(0, 40, (M,), generator=g) if labelled else None
+    results = {}
+    for impl in ("dense", "triton"):
+        x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
+        loss_fn = getattr(vse_losses, name)(impl=impl, margin=0.5, reducer=SumReducer(), **kwargs)
+        loss = loss_fn(x, labels, ref_emb=y, ref_labels=ref_labels) if labelled else loss_fn(x, y)
+        loss.backward()
+        results[impl] = (loss.detach(), x.grad, y.grad)
+    for what, got, ref in zip(("loss", "grad x", "grad y"), results["triton"], results["dense"]):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4, msg=lambda m: f"{what}: {m}")
