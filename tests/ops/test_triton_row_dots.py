@@ -38,3 +38,16 @@ def test_no_pair():
 
     q = torch.randn(4, 8, device=DEVICE)
     assert row_dots_triton(q, q, torch.zeros(0, dtype=torch.long, device=DEVICE), None, 0).shape == (0,)
+
+
+def test_gpu_tiles(monkeypatch):
+    # the GPU's tiles (8 rows × up to 512 columns) in the interpreter
+    from vse_losses.ops import triton_row_dots as rd
+
+    gpu = rd._config
+    monkeypatch.setattr(rd, "_config", lambda D, interpret: gpu(D, False))
+    g = torch.Generator().manual_seed(9)
+    q, k = torch.randn(50, 700, generator=g).to(DEVICE), torch.randn(60, 700, generator=g).to(DEVICE)
+    ki = torch.randint(0, 60, (50,), generator=g).to(DEVICE)
+    got = rd.row_dots_triton(q, k, None, ki, 50)
+    torch.testing.assert_close(got.double(), (q.double() * k.double()[ki]).sum(1), rtol=1e-5, atol=1e-4)
