@@ -20,7 +20,6 @@ def main(variants):
     try:
         from triton.backends.compiler import GPUTarget
         from triton.compiler import ASTSource
-        from triton.runtime.jit import JITFunction
     except ImportError as e:
         print(f"no ahead-of-time compile API in triton {triton.__version__}: {e}")
         return 3
@@ -46,7 +45,7 @@ def main(variants):
     data_ptrs = {"x_ptr", "y_ptr", "q_ptr", "k_ptr", "w_ptr", "gx_ptr", "gy_ptr", "own_ptr", "other_ptr", "grad_ptr"}
 
     def compile_one(fn, dtype, cfg, constexprs):
-        jitted = JITFunction(fn)
+        jitted = nm.jitted(fn)  # with the helpers it calls bound, as at run time
         names = jitted.arg_names
         const = dict(constexprs)
         const.update({k: v for k, v in dict(INPUT_PRECISION="ieee", **cfg).items() if k in names})

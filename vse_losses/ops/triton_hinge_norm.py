@@ -35,7 +35,7 @@ import torch
 
 from .tiling import Matmul
 from .triton_negative_max import (  # triton, tl: None without triton
-    TRITON_AVAILABLE, _check_precision, even_shape, is_interpreting, jitted, tl, triton,
+    TRITON_AVAILABLE, _check_precision, even_shape, is_interpreting, jitted, score_tile, tl, triton,
 )
 
 
@@ -59,7 +59,6 @@ def _hinge_norm_fwd_kernel(
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < N
     offs_n = tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
     t = tl.load(t_ptr + rows, mask=row_ok, other=0.0)
     ql = tl.load(ql_ptr + rows, mask=row_ok, other=0)
     qs = tl.load(qs_ptr + rows, mask=row_ok, other=-1)
@@ -71,18 +70,8 @@ def _hinge_norm_fwd_kernel(
         cols = n0 + offs_n
         col_ok = cols < M
         k_cols = k_ptr + cols.to(tl.int64)[None, :] * stride_k
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, D, BLOCK_K):
-            kk = k0 + offs_k
-            if EVEN_M and EVEN_K:
-                a = tl.load(q_rows + kk[None, :])
-            else:
-                a = tl.load(q_rows + kk[None, :], mask=row_ok[:, None] & (kk[None, :] < D), other=0.0)
-            if EVEN_N and EVEN_K:
-                b = tl.load(k_cols + kk[:, None])
-            else:
-                b = tl.load(k_cols + kk[:, None], mask=col_ok[None, :] & (kk[:, None] < D), other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        acc = score_tile(q_rows, k_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K,
+                         EVEN_M, EVEN_N, EVEN_K, INPUT_PRECISION)
         kl = tl.load(kl_ptr + cols, mask=col_ok, other=0)
         valid = (ql[:, None] != kl[None, :]) & (cols[None, :] != qs[:, None])
         if not EVEN_M:
@@ -144,21 +133,10 @@ def _hinge_weight_kernel(
     rows = r0 + loc
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < M
-    offs_k = tl.arange(0, BLOCK_K)
     q_rows = q_ptr + rows.to(tl.int64)[:, None] * stride_q
     k_cols = k_ptr + cols.to(tl.int64)[None, :] * stride_k
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, D, BLOCK_K):
-        kk = k0 + offs_k
-        if EVEN_R and EVEN_K:
-            a = tl.load(q_rows + kk[None, :])
-        else:
-            a = tl.load(q_rows + kk[None, :], mask=row_ok[:, None] & (kk[None, :] < D), other=0.0)
-        if EVEN_N and EVEN_K:
-            b = tl.load(k_cols + kk[:, None])
-        else:
-            b = tl.load(k_cols + kk[:, None], mask=col_ok[None, :] & (kk[:, None] < D), other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    acc = score_tile(q_rows, k_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K,
+                     EVEN_R, EVEN_N, EVEN_K, INPUT_PRECISION)
     lq = tl.load(lq_ptr + rows, mask=row_ok, other=0)
     lk = tl.load(lk_ptr + cols, mask=col_ok, other=0)
     valid = (lq[:, None] != lk[None, :]) & row_ok[:, None] & col_ok[None, :]

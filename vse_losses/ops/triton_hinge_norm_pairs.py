@@ -26,7 +26,7 @@ import torch
 
 from .triton_hinge_norm import _forward, _grad_scale, _p_mode, _prep, _weighted_products, is_interpreting
 from .triton_negative_max import (  # triton, tl: None without triton
-    _choose_groups, _num_sms, even_shape, jitted, tl, triton,
+    _choose_groups, _num_sms, even_shape, jitted, score_tile, tl, triton,
 )
 
 
@@ -59,7 +59,6 @@ def _pairs_fwd_kernel(
     ct_end = tl.minimum(pid_q * CT_PER + CT_PER, nct)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
     for rb in range(pid_p * RB_PER, rb_end):
         rows = rb * BLOCK_M + offs_m
         row_ok = rows < B
@@ -72,18 +71,8 @@ def _pairs_fwd_kernel(
             cols = ct * BLOCK_N + offs_n
             col_ok = cols < B
             y_cols = y_ptr + cols.to(tl.int64)[None, :] * stride_y
-            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            for k0 in range(0, D, BLOCK_K):
-                kk = k0 + offs_k
-                if EVEN_M and EVEN_K:
-                    a = tl.load(x_rows + kk[None, :])
-                else:
-                    a = tl.load(x_rows + kk[None, :], mask=row_ok[:, None] & (kk[None, :] < D), other=0.0)
-                if EVEN_N and EVEN_K:
-                    b = tl.load(y_cols + kk[:, None])
-                else:
-                    b = tl.load(y_cols + kk[:, None], mask=col_ok[None, :] & (kk[:, None] < D), other=0.0)
-                acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+            acc = score_tile(x_rows, y_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K,
+                             EVEN_M, EVEN_N, EVEN_K, INPUT_PRECISION)
             yl = tl.load(yl_ptr + cols, mask=col_ok, other=0)
             t_c = tl.load(t_ptr + cols, mask=col_ok, other=0.0)
             valid = (xl[:, None] != yl[None, :]) & row_ok[:, None] & col_ok[None, :]

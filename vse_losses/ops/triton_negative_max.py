@@ -57,8 +57,31 @@ def is_interpreting() -> bool:
 
 
 # ----------------------------------------------------------------------------------------
-# Kernel (plain function; jitted lazily by ``jitted()``)
+# Kernels (plain functions; jitted lazily by ``jitted()``)
 # ----------------------------------------------------------------------------------------
+def score_tile(x_rows, y_cols, row_ok, col_ok, D,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+               EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr, EVEN_K: tl.constexpr,
+               INPUT_PRECISION: tl.constexpr):
+    """The score tile ``x[rows] @ y[cols]ᵀ``, (BLOCK_M, BLOCK_N) float32 in registers, for every
+    fused kernel. x_rows: (BLOCK_M, 1) pointers to the rows, y_cols: (1, BLOCK_N) pointers to the
+    columns; the loads go unmasked where the EVEN flags say the tile and D are whole."""
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        kk = k0 + offs_k
+        if EVEN_ROWS and EVEN_K:
+            a = tl.load(x_rows + kk[None, :])
+        else:
+            a = tl.load(x_rows + kk[None, :], mask=row_ok[:, None] & (kk[None, :] < D), other=0.0)
+        if EVEN_COLS and EVEN_K:
+            b = tl.load(y_cols + kk[:, None])
+        else:
+            b = tl.load(y_cols + kk[:, None], mask=col_ok[None, :] & (kk[:, None] < D), other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    return acc
+
+
 def _negative_max_kernel(
     x_ptr, y_ptr, xl_ptr, yl_ptr, rx_ptr, ry_ptr,  # rx, ry: row / column scales (SCALED)
     row_val_ptr, row_idx_ptr,          # (Q, B) partials
@@ -82,7 +105,6 @@ def _negative_max_kernel(
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
 
     for rb in range(rb_start, rb_end):
         rows = rb * BLOCK_M + offs_m
@@ -97,19 +119,8 @@ def _negative_max_kernel(
             cols = ct * BLOCK_N + offs_n
             col_ok = cols < M
             y_cols = y_ptr + cols.to(tl.int64)[None, :] * stride_y
-            # ---- score tile S[rows, cols] = x[rows] @ y[cols].T, fp32 in registers
-            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            for k0 in range(0, D, BLOCK_K):
-                kk = k0 + offs_k
-                if EVEN_M and EVEN_K:
-                    a = tl.load(x_rows + kk[None, :])
-                else:
-                    a = tl.load(x_rows + kk[None, :], mask=row_ok[:, None] & (kk[None, :] < D), other=0.0)
-                if EVEN_N and EVEN_K:
-                    b = tl.load(y_cols + kk[:, None])
-                else:
-                    b = tl.load(y_cols + kk[:, None], mask=col_ok[None, :] & (kk[:, None] < D), other=0.0)
-                acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+            acc = score_tile(x_rows, y_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K,
+                             EVEN_M, EVEN_N, EVEN_K, INPUT_PRECISION)
             if SCALED:  # cosine of raw embeddings: s_ij = rx_i ry_j x_i·y_j
                 ry = tl.load(ry_ptr + cols, mask=col_ok, other=1.0)
                 acc = (acc * rx[:, None]) * ry[None, :]
@@ -156,16 +167,23 @@ def _negative_max_kernel(
 
 
 _JITTED = {}
+# functions the kernels call, by the name they call them by (kept here as plain functions)
+_HELPERS = {"score_tile": score_tile}
 
 
 def jitted(fn):
     """``fn`` jitted for the current mode (interpreter or compiled), once per mode. The kernels of
     every ops/triton_* module are plain functions handed to ``triton.jit`` here, at first use, so
-    that ``TRITON_INTERPRET=1`` set after import (but before the first call) still takes effect."""
+    that ``TRITON_INTERPRET=1`` set after import (but before the first call) still takes effect.
+    A helper a kernel calls (``_HELPERS``) must be jitted in the same mode: its name in the
+    kernel's module is bound to that first."""
     if not TRITON_AVAILABLE:
         raise RuntimeError(f"{fn.__name__} needs triton; install it or use impl='chunked'")
     key = (fn, is_interpreting())
     if key not in _JITTED:
+        for name, helper in _HELPERS.items():
+            if name in fn.__code__.co_names:
+                fn.__globals__[name] = jitted(helper)
         _JITTED[key] = triton.jit(fn)
     return _JITTED[key]
 
