@@ -9,3 +9,17 @@ LOSS_CASES = [
     ("MixedViolationLoss", {"mix": 0.3}, {"kind": "mix", "mix": 0.3}),
 ]
 FAST_IMPLS = ["dense", "chunked"]
+
+
+def loss_and_grads(name, kwargs, impl, x0, y0, labels=None, ref_labels=None):
+    """The loss ``name`` (margin 0.5, summed over its terms) computed by ``impl`` on copies of x0
+    (and y0, the other modality): (value, ∂x, ∂y). labels: the PML call form with ref_emb."""
+    from pytorch_metric_learning.reducers import SumReducer
+
+    import vse_losses
+
+    x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
+    loss_fn = getattr(vse_losses, name)(impl=impl, margin=0.5, reducer=SumReducer(), **kwargs)
+    loss = loss_fn(x, labels, ref_emb=y, ref_labels=ref_labels) if labels is not None else loss_fn(x, y)
+    loss.backward()
+    return loss.detach(), x.grad, y.grad

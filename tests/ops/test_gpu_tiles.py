@@ -11,10 +11,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-from cases import LOSS_CASES  # noqa: E402
-from pytorch_metric_learning.reducers import SumReducer  # noqa: E402
+from cases import LOSS_CASES, loss_and_grads  # noqa: E402
 
-import vse_losses  # noqa: E402
 from vse_losses.ops import triton_available  # noqa: E402
 
 pytestmark = [pytest.mark.skipif(not triton_available(), reason="triton not importable"),
@@ -65,12 +63,6 @@ def test_gpu_tiles_match_dense(gpu_tiles, name, kwargs, norm, B, D, labelled):
     x0, y0 = torch.randn(B, D, generator=g), torch.randn(M, D, generator=g)
     labels = torch.randint(0, 40, (B,), generator=g) if labelled else None
     ref_labels = torch.randint(0, 40, (M,), generator=g) if labelled else None
-    results = {}
-    for impl in ("dense", "triton"):
-        x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
-        loss_fn = getattr(vse_losses, name)(impl=impl, margin=0.5, reducer=SumReducer(), **kwargs)
-        loss = loss_fn(x, labels, ref_emb=y, ref_labels=ref_labels) if labelled else loss_fn(x, y)
-        loss.backward()
-        results[impl] = (loss.detach(), x.grad, y.grad)
+    results = {impl: loss_and_grads(name, kwargs, impl, x0, y0, labels, ref_labels) for impl in ("dense", "triton")}
     for what, got, ref in zip(("loss", "grad x", "grad y"), results["triton"], results["dense"]):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4, msg=lambda m: f"{what}: {m}")
