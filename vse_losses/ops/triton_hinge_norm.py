@@ -35,7 +35,8 @@ import torch
 
 from .tiling import Matmul
 from .triton_negative_max import (  # triton, tl: None without triton
-    TRITON_AVAILABLE, _check_precision, even_shape, is_interpreting, jitted, score_tile, tl, triton,
+    TRITON_AVAILABLE, _check_precision, even_shape, is_interpreting, jitted, kernel_helper, score_tile, tl,
+    triton,
 )
 
 
@@ -104,6 +105,25 @@ def _hinge_norm_fwd_kernel(
     tl.store(out_ptr + rows, out, mask=row_ok)
 
 
+@kernel_helper
+def hinge_weights(s, valid, t, T, g, pm1, P_MODE: tl.constexpr):
+    """w(s − t; T, g) = g ((s − t) / T)^(p−1) on the valid entries where s − t > 0, else 0; t, T, g
+    per row (BLOCK_M, 1) or per column (1, BLOCK_N). T == 0: no hinge was active in the forward,
+    and a recomputed score that rounds the other way must not turn into a weight (1 / T)."""
+    pos = T > 0.0
+    invT = tl.where(pos, 1.0 / tl.where(pos, T, 1.0), 0.0)
+    g = tl.where(pos, g, 0.0)
+    h = s - t
+    act = valid & (h > 0.0)
+    if P_MODE == 1:
+        w = tl.where(act, g, 0.0)
+    elif P_MODE == 2:
+        w = tl.where(act, h * (g * invT), 0.0)
+    else:
+        w = tl.where(act, g * tl.exp2(pm1 * tl.log2(tl.where(act, h * invT, 1.0))), 0.0)
+    return w
+
+
 def _hinge_weight_kernel(
     q_ptr, k_ptr, w_ptr, rs_ptr, cs_ptr,
     tq_ptr, Tq_ptr, gq_ptr, lq_ptr, sq_ptr,
@@ -148,41 +168,15 @@ def _hinge_weight_kernel(
         valid = valid & (rows[:, None] != sk[None, :])
     w = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if ROW_TERM:
-        t = tl.load(tq_ptr + rows, mask=row_ok, other=0.0)
-        T = tl.load(Tq_ptr + rows, mask=row_ok, other=0.0)
-        g = tl.load(gq_ptr + rows, mask=row_ok, other=0.0)
-        # T == 0: no hinge was active in the forward; a recomputed score that rounds the other
-        # way must not turn into a weight (1 / T)
-        pos = T > 0.0
-        invT = tl.where(pos, 1.0 / tl.where(pos, T, 1.0), 0.0)
-        g = tl.where(pos, g, 0.0)
-        h = acc - t[:, None]
-        act = valid & (h > 0.0)
-        if P_MODE == 1:
-            w_row = tl.where(act, g[:, None], 0.0)
-        elif P_MODE == 2:
-            w_row = tl.where(act, h * (g * invT)[:, None], 0.0)
-        else:
-            r = tl.where(act, h * invT[:, None], 1.0)
-            w_row = tl.where(act, g[:, None] * tl.exp2(pm1 * tl.log2(r)), 0.0)
+        w_row = hinge_weights(acc, valid, tl.load(tq_ptr + rows, mask=row_ok, other=0.0)[:, None],
+                              tl.load(Tq_ptr + rows, mask=row_ok, other=0.0)[:, None],
+                              tl.load(gq_ptr + rows, mask=row_ok, other=0.0)[:, None], pm1, P_MODE)
         tl.store(rs_ptr + pid_n * stride_rs + loc, tl.sum(w_row, axis=1), mask=row_ok)
         w += w_row
     if COL_TERM:
-        t = tl.load(tk_ptr + cols, mask=col_ok, other=0.0)
-        T = tl.load(Tk_ptr + cols, mask=col_ok, other=0.0)
-        g = tl.load(gk_ptr + cols, mask=col_ok, other=0.0)
-        pos = T > 0.0
-        invT = tl.where(pos, 1.0 / tl.where(pos, T, 1.0), 0.0)
-        g = tl.where(pos, g, 0.0)
-        h = acc - t[None, :]
-        act = valid & (h > 0.0)
-        if P_MODE == 1:
-            w_col = tl.where(act, g[None, :], 0.0)
-        elif P_MODE == 2:
-            w_col = tl.where(act, h * (g * invT)[None, :], 0.0)
-        else:
-            r = tl.where(act, h * invT[None, :], 1.0)
-            w_col = tl.where(act, g[None, :] * tl.exp2(pm1 * tl.log2(r)), 0.0)
+        w_col = hinge_weights(acc, valid, tl.load(tk_ptr + cols, mask=col_ok, other=0.0)[None, :],
+                              tl.load(Tk_ptr + cols, mask=col_ok, other=0.0)[None, :],
+                              tl.load(gk_ptr + cols, mask=col_ok, other=0.0)[None, :], pm1, P_MODE)
         if COL_SUM:
             tl.store(cs_ptr + pid_m * stride_cs + cols, tl.sum(w_col, axis=0), mask=col_ok)
         w += w_col

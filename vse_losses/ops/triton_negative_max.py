@@ -59,6 +59,13 @@ def is_interpreting() -> bool:
 # ----------------------------------------------------------------------------------------
 # Kernels (plain functions; jitted lazily by ``jitted()``)
 # ----------------------------------------------------------------------------------------
+def kernel_helper(fn):
+    """Marks a plain function that kernels call: :func:`jitted` jits it in the kernel's mode."""
+    fn.kernel_helper = True
+    return fn
+
+
+@kernel_helper
 def score_tile(x_rows, y_cols, row_ok, col_ok, D,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr, EVEN_K: tl.constexpr,
@@ -167,22 +174,22 @@ def _negative_max_kernel(
 
 
 _JITTED = {}
-# functions the kernels call, by the name they call them by (kept here as plain functions)
-_HELPERS = {"score_tile": score_tile}
 
 
 def jitted(fn):
     """``fn`` jitted for the current mode (interpreter or compiled), once per mode. The kernels of
     every ops/triton_* module are plain functions handed to ``triton.jit`` here, at first use, so
     that ``TRITON_INTERPRET=1`` set after import (but before the first call) still takes effect.
-    A helper a kernel calls (``_HELPERS``) must be jitted in the same mode: its name in the
-    kernel's module is bound to that first."""
+    A helper a kernel calls (marked ``@kernel_helper``) must be jitted in the same mode: its name
+    in the kernel's module is bound to that first."""
     if not TRITON_AVAILABLE:
         raise RuntimeError(f"{fn.__name__} needs triton; install it or use impl='chunked'")
     key = (fn, is_interpreting())
     if key not in _JITTED:
-        for name, helper in _HELPERS.items():
-            if name in fn.__code__.co_names:
+        for name in fn.__code__.co_names:
+            value = fn.__globals__.get(name)
+            helper = getattr(value, "fn", value)  # a helper jitted before keeps the plain function as .fn
+            if getattr(helper, "kernel_helper", False):
                 fn.__globals__[name] = jitted(helper)
         _JITTED[key] = triton.jit(fn)
     return _JITTED[key]
