@@ -265,9 +265,9 @@ def violation_terms(
 
     guard: add :func:`nan_guard` of x and y to every term (NaN/Inf in an input → NaN terms).
     """
-    if (y is not None and labels is None and query_rows is None and query_cols is None and directions == "both"
-            and norm.kind == "max" and x.shape[0] <= 128
-            and resolve_impl(impl, x, x.shape[0] * y.shape[0]) == "triton"):
+    impl = resolve_impl(impl, x, x.shape[0] * (x if y is None else y).shape[0])
+    if (impl == "triton" and y is not None and labels is None and query_rows is None and query_cols is None
+            and directions == "both" and norm.kind == "max" and x.shape[0] <= 128):
         from .ops import triton_max_violation_small as small  # triton is importable: impl says so
 
         if small.usable(x, y):
@@ -281,13 +281,12 @@ def violation_terms(
 
 
 def _violation_terms(x, y, *, labels, ref_labels, margin, norm, directions, impl, query_rows, query_cols, cosine):
-    """:func:`violation_terms` without the guard or the small-batch kernel."""
+    """:func:`violation_terms` without the guard or the small-batch kernel; ``impl`` resolved."""
     self_ref = y is None
     B, M = x.shape[0], (x if y is None else y).shape[0]
     # paired form without labels: pair j is (j, j), known without enumerating it (no sort, no
     # search, nothing of data-dependent size, so no device synchronisation)
     paired = labels is None and not self_ref
-    impl = resolve_impl(impl, x, B * M)
     local = query_rows is None and query_cols is None
     # the paired max violation has its own O(B)-memory autograd Function (ops/max_violation_paired.py)
     fused_max = paired and local and impl != "dense" and norm.selection_k == 1
