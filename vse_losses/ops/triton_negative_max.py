@@ -36,6 +36,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .triton_interpreter_compat import patch_interpreter_index
+
 try:  # pragma: no cover - exercised by the import itself
     import triton
     import triton.language as tl
@@ -186,6 +188,8 @@ def jitted(fn):
         raise RuntimeError(f"{fn.__name__} needs triton; install it or use impl='chunked'")
     key = (fn, is_interpreting())
     if key not in _JITTED:
+        if key[1]:
+            patch_interpreter_index()  # triton <= 3.6 with NumPy >= 2.4: see triton_interpreter_compat
         for name in fn.__code__.co_names:
             value = fn.__globals__.get(name)
             helper = getattr(value, "fn", value)  # a helper jitted before keeps the plain function as .fn
