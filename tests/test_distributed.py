@@ -42,8 +42,10 @@ def start_method() -> str:
     if forced:
         return forced
     if "fork" in mp.get_all_start_methods() and not torch.cuda.is_initialized():
-        importlib.import_module("torch._dynamo")  # DistributedDataParallel imports it: once here, not per worker
-
+        if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 11):
+            # DistributedDataParallel imports it: once here, not per worker. Not with torch 2.4,
+            # whose workers then hang (seen; 2.11 and 2.14 checked)
+            importlib.import_module("torch._dynamo")
         return "fork"
     return "spawn"
 

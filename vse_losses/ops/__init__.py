@@ -30,9 +30,15 @@ AUTO_CHUNKED_MIN_PAIRS = 512 * 512
 def triton_available() -> bool:
     try:
         from . import triton_negative_max  # noqa: F401
-    except Exception:  # ImportError, or a triton too old for the kernels
+    except Exception:  # a broken triton install
         return False
     return getattr(triton_negative_max, "TRITON_AVAILABLE", False)
+
+
+def _triton_requirement() -> str:
+    from .triton_negative_max import MIN_TRITON, TRITON_VERSION
+
+    return f"triton >= {MIN_TRITON[0]}.{MIN_TRITON[1]} (found {TRITON_VERSION or 'none'})"
 
 
 def _triton_usable(x: torch.Tensor) -> bool:
@@ -41,7 +47,7 @@ def _triton_usable(x: torch.Tensor) -> bool:
 
 
 def resolve_impl(impl: str, x: torch.Tensor, n_pairs: int) -> str:
-    """``auto``: triton on CUDA (fp32/fp16/bf16, triton installed), chunked when B·M is large,
+    """``auto``: triton on CUDA (fp32/fp16/bf16, triton >= 3.3 installed), chunked when B·M is large,
     dense otherwise. An explicit ``triton`` that cannot run raises ``ValueError``."""
     if impl == "auto":
         if x.is_cuda and _triton_usable(x):
@@ -49,8 +55,9 @@ def resolve_impl(impl: str, x: torch.Tensor, n_pairs: int) -> str:
         return "chunked" if n_pairs >= AUTO_CHUNKED_MIN_PAIRS else "dense"
     if impl == "triton" and not _triton_usable(x):
         raise ValueError(
-            f"impl='triton' needs triton and a CUDA tensor of float32/float16/bfloat16 (got {x.device}, "
-            f"{x.dtype}); use impl='chunked' on the CPU, or set TRITON_INTERPRET=1 before importing to test"
+            f"impl='triton' needs {_triton_requirement()} and a CUDA tensor of "
+            f"float32/float16/bfloat16 (got {x.device}, {x.dtype}); use impl='chunked' on the CPU, or set "
+            "TRITON_INTERPRET=1 before importing to test"
         )
     return impl
 

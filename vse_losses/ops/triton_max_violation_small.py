@@ -67,7 +67,7 @@ def _small_mh_kernel(
     both = ok[:, None] & ok[None, :]
     s_row = tl.sum(tl.where(eye & both, s, 0.0), axis=1)  # s_ii by row
     s_col = tl.sum(tl.where(eye & both, s, 0.0), axis=0)  # s_jj by column
-    sm = tl.where(both & (~eye), s, float("-inf"))
+    sm = tl.where(both & (offs[:, None] != offs[None, :]), s, float("-inf"))  # not ~eye: triton 3.3's interpreter
     rv, h = tl.max(sm, axis=1, return_indices=True, return_indices_tie_break_left=True)
     cv, v = tl.max(sm, axis=0, return_indices=True, return_indices_tie_break_left=True)
     i2t = tl.maximum(margin - s_row + rv, 0.0)

@@ -38,17 +38,31 @@ import torch
 
 from .triton_interpreter_compat import patch_interpreter_index
 
+# The oldest triton the kernels are checked with: tests/ops/test_triton_compile.py compiles every
+# one for sm_90 with triton 3.3.1, 3.4.0, 3.5.1, 3.6.0 and 3.8.0, and the interpreter tests pass
+# with each. Older releases (torch <= 2.6 ships them) are not used: "auto" takes the chunked path.
+MIN_TRITON = (3, 3)
+
+
+def version_tuple(version: str) -> Tuple[int, int]:
+    """``"3.6.0+git1a2b"`` → ``(3, 6)``."""
+    major, minor = (version.split("+")[0].split(".") + ["0"])[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
 try:  # pragma: no cover - exercised by the import itself
     import triton
     import triton.language as tl
 
-    TRITON_AVAILABLE = True
+    TRITON_VERSION: Optional[str] = str(triton.__version__)
+    TRITON_AVAILABLE = version_tuple(TRITON_VERSION) >= MIN_TRITON
 except Exception:  # ImportError, or a broken triton install
     triton = None
     tl = None
+    TRITON_VERSION = None
     TRITON_AVAILABLE = False
 
-__all__ = ["TRITON_AVAILABLE", "negative_max_triton", "is_interpreting"]
+__all__ = ["MIN_TRITON", "TRITON_AVAILABLE", "TRITON_VERSION", "negative_max_triton", "is_interpreting"]
 
 _INT32_MAX = 2147483647
 
@@ -185,7 +199,8 @@ def jitted(fn):
     A helper a kernel calls (marked ``@kernel_helper``) must be jitted in the same mode: its name
     in the kernel's module is bound to that first."""
     if not TRITON_AVAILABLE:
-        raise RuntimeError(f"{fn.__name__} needs triton; install it or use impl='chunked'")
+        raise RuntimeError(f"{fn.__name__} needs triton >= {'.'.join(map(str, MIN_TRITON))} (found "
+                           f"{TRITON_VERSION or 'none'}); install it or use impl='chunked'")
     key = (fn, is_interpreting())
     if key not in _JITTED:
         if key[1]:
