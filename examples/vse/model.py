@@ -176,6 +176,17 @@ class EncoderText(nn.Module):
         return x.abs() if self.use_abs else x
 
 
+def _from_pretrained(cls, path: str):
+    """``cls.from_pretrained(path)`` read locally, any failure one ConfigError naming the folder: a
+    folder that is not a saved model or tokenizer (OSError, ValueError), or a model class this
+    torch cannot run (ImportError: transformers 5 builds BERT only with torch >= 2.6)."""
+    try:
+        return cls.from_pretrained(path, local_files_only=True)
+    except (ImportError, OSError, ValueError) as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise ConfigError(path, f"--text_encoder: transformers cannot load it: {first}") from None
+
+
 def _local_transformers(path: str):
     """The transformers module, once ``path`` is known to be a local directory: a name that is
     not a directory would otherwise be taken for a Hub repository id."""
@@ -194,7 +205,7 @@ class EncoderTextHF(nn.Module):
     def __init__(self, path: str, embed_size: int, finetune: bool = True, use_abs: bool = False):
         super().__init__()
         transformers = _local_transformers(path)
-        self.model = transformers.AutoModel.from_pretrained(path, local_files_only=True)
+        self.model = _from_pretrained(transformers.AutoModel, path)
         for p in self.model.parameters():
             p.requires_grad = finetune
         self.fc = nn.Linear(self.model.config.hidden_size, embed_size)
@@ -214,7 +225,7 @@ class HFTokenizer:
 
     def __init__(self, path: str, max_length: int = 64):
         transformers = _local_transformers(path)
-        self.tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.tok = _from_pretrained(transformers.AutoTokenizer, path)
         self.max_length = max_length
 
     def __call__(self, captions):

@@ -183,6 +183,30 @@ def test_hf_text_encoder_optional(tmp_path, synth_args, capsys):
     assert missing in capsys.readouterr().err
 
 
+def test_hf_text_encoder_folder_that_is_no_model(tmp_path, synth_args, capsys):
+    pytest.importorskip("transformers")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(synth_args + ["--text_encoder", str(empty), "--logger_name", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(empty) in err and "transformers cannot load it" in err
+
+
+def test_hf_text_encoder_model_this_torch_cannot_build(tmp_path, synth_args, capsys, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+
+    def refuse(*args, **kwargs):  # as transformers 5 refuses BERT under torch < 2.6
+        raise ImportError("\nBertModel requires PyTorch >= 2.6, but PyTorch was not found or an older version"
+                          " is installed.\nPlease install or upgrade PyTorch.")
+
+    model_dir = make_hf_text_model(str(tmp_path))
+    capsys.readouterr()  # transformers' progress bars while saving it
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", refuse)
+    assert main(synth_args + ["--text_encoder", model_dir, "--logger_name", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and model_dir in err and "BertModel requires PyTorch >= 2.6" in err
+
+
 def test_hf_text_encoder_trains_and_evaluates(tmp_path, capsys):
     pytest.importorskip("transformers")
     from vse.model import EncoderTextHF, HFTokenizer
