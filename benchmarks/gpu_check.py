@@ -541,6 +541,13 @@ def main(argv=None) -> int:
     impls = ["chunked"] + (["triton"] if tri_ok else [])
 
     checks = [] if args.no_check else run_checks(dev, smoke, impls)
+    # whether this torch took the fp32-output products of half inputs (mm, and the in-place addmm
+    # that accumulates the SH/ℓp keys' gradient) or fell back to widening / a temporary per chunk;
+    # on the CPU neither is tried
+    from vse_losses.ops.tiling import Matmul
+
+    native = {"mm_out_dtype": Matmul._native_ok, "addmm_out_dtype_in_place": Matmul._native_add_ok}
+    log(f"# fp32-output products of half inputs (tried on CUDA only): {native}")
     records: List[dict] = []
     if not args.no_table:
         table_impls = ["dense", "chunked"] + (["triton"] if tri_ok and dev.type == "cuda" else [])
@@ -582,7 +589,7 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": bc.device_name(dev), "torch": torch.__version__, "triton": tv,
-                       "checks": checks, "table": records, "tile_sweep": sweep,
+                       "native_products": native, "checks": checks, "table": records, "tile_sweep": sweep,
                        "mh_retimed": retimed}, f, indent=1, default=str)
     bad = [c for c in checks if c["status"] in ("FAIL", "ERROR")]
     log(f"\ndone in {elapsed():.0f} s; checks {'FAILED: ' + str(len(bad)) if bad else 'ok'}")

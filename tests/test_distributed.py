@@ -36,16 +36,16 @@ CASES = [(world, case) for world in WORLDS for case in case_ids(world)]
 
 def start_method() -> str:
     """``spawn`` re-imports torch and PML in every worker: 3 processes on 2 cores spend ~25 s
-    there. ``fork`` (Linux; not once CUDA is initialised here) inherits them; the workers use one
-    thread each and no CUDA. VSE_DIST_START=spawn forces spawn."""
+    there. ``fork`` (Linux, torch >= 2.11; not once CUDA is initialised here) inherits them; the
+    workers use one thread each and no CUDA. VSE_DIST_START=spawn forces spawn."""
     forced = os.environ.get("VSE_DIST_START")
     if forced:
         return forced
-    if "fork" in mp.get_all_start_methods() and not torch.cuda.is_initialized():
-        if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 11):
-            # DistributedDataParallel imports it: once here, not per worker. Not with torch 2.4,
-            # whose workers then hang (seen; 2.11 and 2.14 checked)
-            importlib.import_module("torch._dynamo")
+    # torch 2.4's forked workers hung in the rendezvous once this process had imported dynamo or
+    # run torch.compile (test_compile_autocast); 2.11 and 2.14 fork fine (checked)
+    recent = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 11)
+    if recent and "fork" in mp.get_all_start_methods() and not torch.cuda.is_initialized():
+        importlib.import_module("torch._dynamo")  # DistributedDataParallel imports it: once here, not per worker
         return "fork"
     return "spawn"
 

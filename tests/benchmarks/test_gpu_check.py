@@ -27,6 +27,7 @@ def test_cpu_smoke_checks_tables_and_sweep(tmp_path):
     assert report["checks"] and not [c for c in report["checks"] if c["status"] in ("FAIL", "ERROR", "MISSING")]
     assert any(c["status"] == "PASS" and c["impl"] == "triton" for c in report["checks"])
     assert any(r["status"] == "ok" for r in report["table"])
+    assert set(report["native_products"]) == {"mm_out_dtype", "addmm_out_dtype_in_place"}
     kernels = {r["kernel"] for r in report["tile_sweep"]}
     assert {"negative_max cosine", "MH backward, one side", "pairs forward p=2"} <= kernels
     assert "Tile sweep" in md.read_text()
