@@ -10,8 +10,9 @@ unaffected.
 
 :func:`patch_interpreter_index` makes the interpreter convert ``array.squeeze()`` instead, the
 conversion later triton releases use, which is the same value wherever the old one worked. It
-changes nothing outside the interpreter's own patch of ``tl.tensor`` (which the interpreter
-undoes after each launch) and nothing when triton's internals differ from what it expects.
+changes only the ``__index__`` that the interpreter itself puts on ``tl.tensor`` for its launches
+(recent releases take it off again after each launch, 3.4 and 3.5 leave it), and nothing when
+triton's internals differ from what it expects. It is installed only in interpreter mode.
 """
 
 from __future__ import annotations
