@@ -35,12 +35,6 @@ def triton_available() -> bool:
     return getattr(triton_negative_max, "TRITON_AVAILABLE", False)
 
 
-def _triton_requirement() -> str:
-    from .triton_negative_max import MIN_TRITON, TRITON_VERSION
-
-    return f"triton >= {MIN_TRITON[0]}.{MIN_TRITON[1]} (found {TRITON_VERSION or 'none'})"
-
-
 def _triton_usable(x: torch.Tensor) -> bool:
     on_device = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
     return on_device and x.dtype in (torch.float32, torch.float16, torch.bfloat16) and triton_available()
@@ -54,8 +48,10 @@ def resolve_impl(impl: str, x: torch.Tensor, n_pairs: int) -> str:
             return "triton"
         return "chunked" if n_pairs >= AUTO_CHUNKED_MIN_PAIRS else "dense"
     if impl == "triton" and not _triton_usable(x):
+        from .triton_negative_max import triton_requirement
+
         raise ValueError(
-            f"impl='triton' needs {_triton_requirement()} and a CUDA tensor of "
+            f"impl='triton' needs {triton_requirement()} and a CUDA tensor of "
             f"float32/float16/bfloat16 (got {x.device}, {x.dtype}); use impl='chunked' on the CPU, or set "
             "TRITON_INTERPRET=1 before importing to test"
         )

@@ -62,7 +62,13 @@ except Exception:  # ImportError, or a broken triton install
     TRITON_VERSION = None
     TRITON_AVAILABLE = False
 
-__all__ = ["MIN_TRITON", "TRITON_AVAILABLE", "TRITON_VERSION", "negative_max_triton", "is_interpreting"]
+__all__ = ["MIN_TRITON", "TRITON_AVAILABLE", "TRITON_VERSION", "negative_max_triton", "is_interpreting",
+           "triton_requirement"]
+
+
+def triton_requirement() -> str:
+    """``"triton >= 3.3 (found 3.2.0)"``: what the errors that refuse the triton path say."""
+    return f"triton >= {MIN_TRITON[0]}.{MIN_TRITON[1]} (found {TRITON_VERSION or 'none'})"
 
 _INT32_MAX = 2147483647
 
@@ -199,8 +205,7 @@ def jitted(fn):
     A helper a kernel calls (marked ``@kernel_helper``) must be jitted in the same mode: its name
     in the kernel's module is bound to that first."""
     if not TRITON_AVAILABLE:
-        raise RuntimeError(f"{fn.__name__} needs triton >= {'.'.join(map(str, MIN_TRITON))} (found "
-                           f"{TRITON_VERSION or 'none'}); install it or use impl='chunked'")
+        raise RuntimeError(f"{fn.__name__} needs {triton_requirement()}; install it or use impl='chunked'")
     key = (fn, is_interpreting())
     if key not in _JITTED:
         if key[1]:
