@@ -6,6 +6,7 @@ words, the options as a dict) so that ``torch.load(path, weights_only=True)`` re
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import tempfile
@@ -44,6 +45,13 @@ def atomic_save(obj: Any, path: str) -> None:
     """``torch.save`` through :func:`atomic_file`: never a torn checkpoint."""
     with atomic_file(path, "wb") as f:
         torch.save(obj, f)
+
+
+def write_json(obj: Any, path: str) -> None:
+    """``obj`` as indented JSON, through :func:`atomic_file`."""
+    with atomic_file(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
 
 
 def _umask() -> int:

@@ -8,8 +8,8 @@ from typing import List, Optional
 
 from . import checkpoint, data, evaluation
 from .errors import UserError
-from .model import build_model
-from .training import evaluate_split, make_tokenizer, resolve_device, write_json
+from .model import build_model, make_tokenizer
+from .options import resolve_device
 from .vocab import Vocabulary
 
 log = functools.partial(print, flush=True)
@@ -50,14 +50,14 @@ def evaluate(args) -> dict:
     if opt.precomp and split.img_dim != opt.img_dim:
         raise UserError(split.source, f"features have {split.img_dim} dimensions, the model expects {opt.img_dim}")
     try:
-        m = evaluate_split(model, split, make_tokenizer(opt, vocab), opt, device, fold5=args.fold5)
+        m = evaluation.evaluate_split(model, split, make_tokenizer(opt, vocab), opt, device, fold5=args.fold5)
     except ValueError as e:
         raise UserError("--fold5", str(e)) from None
     title = f"{args.split} ({split.n_images} images" + (", 1K = mean of 5 folds" if args.fold5 else "") + ")"
     log(f"checkpoint {args.checkpoint} (epoch {ckpt['epoch']}), data {split.source}")
     log(evaluation.format_table(m, title))
     if args.out:
-        write_json(m, args.out)
+        checkpoint.write_json(m, args.out)
     return m
 
 

@@ -22,6 +22,8 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
+from . import data
+
 CAPS = 5
 KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "i2t_meanr",
         "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr", "t2i_meanr", "rsum")
@@ -105,6 +107,14 @@ def format_table(m: Dict[str, float], title: str = "") -> str:
             lines.append(f"{name:<14}" + "".join(f"{v:8.1f}" for v in vals))
         lines.append(f"{'rsum':<14}{m[f'{prefix}rsum']:8.1f}")
     return "\n".join(lines)
+
+
+def evaluate_split(model, split: "data.SplitData", tokenizer, opt, device, fold5=None) -> Dict[str, float]:
+    """:func:`evaluate_embeddings` of ``model`` on ``split`` (``opt``: batch size, workers, crop size)."""
+    workers = opt.workers if split.kind == "files" else 0
+    images, captions = data.eval_loaders(split, tokenizer, opt.batch_size, workers, opt.crop_size)
+    ims, caps = encode(model, images, captions, device)
+    return evaluate_embeddings(ims, caps, fold5)
 
 
 @torch.no_grad()

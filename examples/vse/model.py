@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from .errors import ConfigError
+from .vocab import Vocabulary, VocabTokenizer
 
 SMALL_CNNS = ("smallcnn",)
 
@@ -231,6 +232,13 @@ class HFTokenizer:
     def __call__(self, captions):
         enc = self.tok(list(captions), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def make_tokenizer(opt, vocab: Optional[Vocabulary]):
+    """The tokeniser of the text encoder ``opt`` names: the HF model's own, or the vocabulary's."""
+    if getattr(opt, "text_encoder", None):
+        return HFTokenizer(opt.text_encoder)
+    return VocabTokenizer(vocab)
 
 
 class VSEModel(nn.Module):

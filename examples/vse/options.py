@@ -157,5 +157,22 @@ def merge_resumed(stored: Dict[str, object], current: argparse.Namespace, explic
     return merged
 
 
+def resolve_device(name: str):
+    """The torch.device ``--device`` names (``auto``: CUDA when available)."""
+    import torch
+
+    from .errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError("--device", f"unknown device {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", f"{name} asked for but CUDA is not available")
+    return dev
+
+
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import json
 import math
 import os
 import sys
@@ -15,25 +14,14 @@ import torch
 
 from . import checkpoint, data, ddp, evaluation, options
 from .errors import ConfigError, UserError
-from .model import HFTokenizer, build_model
-from .vocab import Vocabulary, VocabTokenizer, from_vocab_path
+from .model import build_model, make_tokenizer
+from .options import resolve_device
+from .vocab import Vocabulary, from_vocab_path
 
 log = functools.partial(print, flush=True)
 
 
 # ----------------------------------------------------------------------------- pieces
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError("--device", f"unknown device {name!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device", f"{name} asked for but CUDA is not available")
-    return dev
-
 
 def build_loss(opt, distributed: bool = False):
     """The vse_losses criterion ``opt`` names, summed over the batch as in the original; with
@@ -68,19 +56,6 @@ def loss_name(opt) -> str:
         return f"SH→MH warm-up over {opt.warmup_steps} iterations (MixedViolationLoss + SHToMHWarmup)"
     return {"sh": "SH (SumHingeLoss)", "mh": "MH (MaxViolationLoss)", "topk": f"top-{opt.topk_k} (TopKViolationLoss)",
             "lp": f"ℓ{opt.lp_p:g} (LpViolationLoss)"}[opt.loss]
-
-
-def make_tokenizer(opt, vocab: Optional[Vocabulary]):
-    if getattr(opt, "text_encoder", None):
-        return HFTokenizer(opt.text_encoder)
-    return VocabTokenizer(vocab)
-
-
-def evaluate_split(model, split: data.SplitData, tokenizer, opt, device, fold5=None) -> Dict[str, float]:
-    workers = opt.workers if split.kind == "files" else 0
-    images, captions = data.eval_loaders(split, tokenizer, opt.batch_size, workers, opt.crop_size)
-    ims, caps = evaluation.encode(model, images, captions, device)
-    return evaluation.evaluate_embeddings(ims, caps, fold5)
 
 
 def test_split_name(opt) -> str:
@@ -142,12 +117,6 @@ def write_plot(history: List[dict], path: str) -> None:
     with checkpoint.atomic_file(path, "wb") as f:
         fig.savefig(f, dpi=80, format="png")
     plt.close(fig)
-
-
-def write_json(obj, path: str) -> None:
-    with checkpoint.atomic_file(path) as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -277,7 +246,7 @@ def _run(opt, ckpt, device, ctx: ddp.Context, t_start: float) -> Dict[str, float
         if not ctx.is_main:  # rank 0 evaluates; the others wait at the next barrier
             ddp.barrier(ctx)
             return {}
-        m = evaluate_split(model, dev, tokenizer, opt, device, fold5=False)
+        m = evaluation.evaluate_split(model, dev, tokenizer, opt, device, fold5=False)
         ddp.barrier(ctx)
         log(f"{tag}: dev i2t R@1/5/10 {m['i2t_r1']:.1f}/{m['i2t_r5']:.1f}/{m['i2t_r10']:.1f}, "
             f"t2i {m['t2i_r1']:.1f}/{m['t2i_r5']:.1f}/{m['t2i_r10']:.1f}, rsum {m['rsum']:.1f}")
@@ -331,10 +300,10 @@ def _run(opt, ckpt, device, ctx: ddp.Context, t_start: float) -> Dict[str, float
         model.load_state_dict(checkpoint.load(best_path)["model"])
     split_name = test_split_name(opt)
     test = data.load_split(opt, split_name, log=log)
-    m = evaluate_split(model, test, tokenizer, opt, device)
+    m = evaluation.evaluate_split(model, test, tokenizer, opt, device)
     title = f"{split_name} ({test.n_images} images" + (", 1K = mean of 5 folds" if test.n_images == 5000 else "") + ")"
     log(evaluation.format_table(m, title))
-    write_json(m, os.path.join(opt.logger_name, "test_metrics.json"))
+    checkpoint.write_json(m, os.path.join(opt.logger_name, "test_metrics.json"))
     log(f"wrote {opt.logger_name}/test_metrics.json; total time {time.time() - t_start:.0f} s")
     return m
 
