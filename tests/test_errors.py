@@ -119,3 +119,53 @@ def test_miner_bad_inputs():
         miner(torch.randn(4, 3))
     with pytest.raises(ValueError, match="always mines k=1"):
         vse_losses.HardestNegativeMiner(k=2)
+
+
+BAD_LABELS = [
+    (torch.tensor([True, False, True, False]), "torch.bool"),
+    (torch.tensor([0.0, 1.0, 2.0, 3.0]), "torch.float32"),
+    (torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64), "torch.float64"),
+    (torch.zeros(4, dtype=torch.complex64), "torch.complex64"),
+]
+
+
+@pytest.mark.parametrize("labels,dtype", BAD_LABELS)
+def test_labels_must_be_integer(labels, dtype):
+    # bool labels used to fail deep inside the chunked search, 1-D float labels were accepted
+    x, y = torch.randn(4, 3), torch.randn(4, 3)
+    ids = torch.arange(4)
+    match = f"must hold integer class ids, got dtype {dtype}.*long"
+    for cls in (vse_losses.SumHingeLoss, vse_losses.MaxViolationLoss):
+        for impl in ("dense", "chunked"):
+            loss_fn = cls(impl=impl)
+            with pytest.raises(ValueError, match=match):
+                loss_fn(x, labels, ref_emb=y)
+            with pytest.raises(ValueError, match=match):
+                loss_fn(x, ids, ref_emb=y, ref_labels=labels)
+            with pytest.raises(ValueError, match=match):
+                loss_fn(x, labels)  # one modality
+    with pytest.raises(ValueError, match=match):
+        VF.max_violation_loss(x, y, labels=labels)
+    with pytest.raises(ValueError, match=match):
+        VF.sum_hinge_loss(x, y, labels=ids, ref_labels=labels, impl="chunked")
+    with pytest.raises(ValueError, match=match):
+        VF.sum_hinge_loss(scores=x @ y.t(), labels=labels)
+    with pytest.raises(ValueError, match=match):
+        vse_losses.HardestNegativeMiner()(x, labels, y, ids)
+
+
+def test_zero_features():
+    x, y = torch.zeros(4, 0), torch.zeros(4, 0)
+    for cls in (vse_losses.SumHingeLoss, vse_losses.MaxViolationLoss):
+        with pytest.raises(ValueError, match=r"embeddings has no features \(shape \(4, 0\)\)"):
+            cls()(x, y)
+        with pytest.raises(ValueError, match="no features"):
+            cls()(x, torch.arange(4))
+    with pytest.raises(ValueError, match="has no features"):
+        VF.max_violation_loss(x, y)
+    with pytest.raises(ValueError, match="no features"):
+        VF.max_violation_loss(torch.randn(4, 3), y)
+    with pytest.raises(ValueError, match="scores has no features"):
+        VF.max_violation_loss(scores=torch.zeros(4, 0), labels=torch.arange(4), ref_labels=torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="no features"):
+        vse_losses.TopKNegativeMiner(k=2)(x, torch.arange(4))

@@ -63,6 +63,10 @@ def check_embeddings(name: str, emb: torch.Tensor) -> None:
         raise ValueError(f"{name} must be a floating-point tensor, got {emb.dtype}; call .float() first")
     if emb.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {tuple(emb.shape)}); pass at least one sample")
+    if emb.shape[1] == 0:
+        raise ValueError(
+            f"{name} has no features (shape {tuple(emb.shape)}); every sample needs at least one dimension"
+        )
 
 
 def check_labels(name: str, labels: Optional[torch.Tensor], n: int, emb_name: str) -> None:
@@ -72,6 +76,12 @@ def check_labels(name: str, labels: Optional[torch.Tensor], n: int, emb_name: st
         raise ValueError(f"{name} must be a 1-D torch.Tensor of integer labels, got {type(labels).__name__}")
     if labels.ndim != 1:
         raise ValueError(f"{name} must be 1-D (batch,), got shape {tuple(labels.shape)}; use labels.view(-1)")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        # equality of float labels is fragile and bool labels are almost always a mask passed by mistake
+        raise ValueError(
+            f"{name} must hold integer class ids, got dtype {labels.dtype}; convert them with "
+            f"{name}.long() (ids of equal value are positives of each other)"
+        )
     if labels.shape[0] != n:
         raise ValueError(
             f"{name} has {labels.shape[0]} entries but {emb_name} has {n} rows; pass one label per row"

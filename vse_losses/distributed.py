@@ -217,15 +217,14 @@ def gather_batch(
 # --------------------------------------------------------------------------------------------
 
 
-def reduce_terms(terms: torch.Tensor, rule: Tuple, world: int) -> Optional[torch.Tensor]:
+def reduce_terms(terms: torch.Tensor, rule: Tuple, world: int) -> torch.Tensor:
     """This rank's share of the global reduction of the terms, scaled so that the ranks' losses
     sum to ``world`` × the single-process loss (DDP then averages the gradients by ``world``).
 
     rule: ``("sum",)`` → ``W·Σ local``; ``("mean",)`` → ``W·Σ local / T`` with ``T`` the global
     number of terms; ``("threshold", low, high)`` (PML's ThresholdReducer, AvgNonZeroReducer:
     low=0) → ``W·Σ selected local / T_selected``, the selection ``low < term < high`` made on
-    the terms, which are the single-process terms. Returns ``None`` where the single-process
-    reducer must decide (no term on any rank: the caller reduces the empty local terms).
+    the terms, which are the single-process terms. No term on any rank gives 0.
     """
     kind = rule[0]
     if kind == "sum":
@@ -246,10 +245,10 @@ def reduce_terms(terms: torch.Tensor, rule: Tuple, world: int) -> Optional[torch
     )
     dist.all_reduce(n)
     total = int(n.item())
-    if kind == "mean":
-        return None if total == 0 else terms.sum() * (world / total)
     if total == 0:
-        return terms.sum() * 0  # ThresholdReducer: nothing past the filter gives 0
+        return terms.sum() * 0  # no term anywhere, or nothing past the filter: 0, as in one process
+    if kind == "mean":
+        return terms.sum() * (world / total)
     return torch.where(keep, terms, torch.zeros_like(terms)).sum() * (world / total)
 
 

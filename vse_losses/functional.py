@@ -526,8 +526,8 @@ def _loss(
         terms = terms + guard
     if reduction == "none":
         return terms
-    if terms.numel() == 0:
-        return nan_guard(img, cap) if guard is None else guard
+    if terms.numel() == 0:  # no positive pair: 0 with zero gradients, as PML's losses
+        return (nan_guard(img, cap) if guard is None else guard) + 0.0
     return terms.sum() if reduction == "sum" else terms.mean()
 
 

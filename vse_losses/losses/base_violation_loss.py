@@ -11,7 +11,7 @@ from pytorch_metric_learning.losses import BaseMetricLossFunction
 
 from .. import _checks
 from .. import distributed as _dist
-from ..diagnostics import violation_stats
+from ..diagnostics import anchors_without_positive, violation_stats
 from ..functional import (
     Norm,
     nan_guard,
@@ -56,7 +56,8 @@ class BaseViolationLoss(BaseMetricLossFunction):
         self.distributed = bool(distributed)
         self.add_to_recordable_attributes(list_of_names=["margin"], is_stat=False)
         self.add_to_recordable_attributes(
-            list_of_names=["frac_violating", "pos_sim_mean", "hardest_neg_sim_mean", "frac_hardest_is_duplicate"],
+            list_of_names=["frac_violating", "pos_sim_mean", "hardest_neg_sim_mean", "frac_hardest_is_duplicate",
+                           "num_anchors_without_positive"],
             is_stat=True,
         )
 
@@ -119,7 +120,16 @@ class BaseViolationLoss(BaseMetricLossFunction):
         else:
             terms, anchors = self._dense_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, self_ref, norm)
             terms = terms + nan_guard(embeddings, None if self_ref else ref_emb)
+        if terms.numel() == 0:
+            return self._no_terms(embeddings, None if self_ref else ref_emb)
         return {"loss": {"losses": terms, "indices": anchors, "reduction_type": "element"}}
+
+    @staticmethod
+    def _no_terms(embeddings, ref_emb):
+        """No positive pair in the batch: a 0 (as PML's losses give), not the NaN of a mean over no
+        terms, tied to both inputs so that every reducer returns it with zero gradients."""
+        zero = nan_guard(embeddings, ref_emb) + 0.0  # + 0.0 turns the -0 of a negative sum into 0
+        return {"loss": {"losses": zero, "indices": None, "reduction_type": "already_reduced"}}
 
     def _forward_distributed(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         """The local queries against every rank's batch (DESIGN §5), reduced so that the ranks'
@@ -162,6 +172,8 @@ class BaseViolationLoss(BaseMetricLossFunction):
         value = None if rule is None else _dist.reduce_terms(terms, rule, g.world)
         if value is not None:
             loss = {"losses": value, "indices": None, "reduction_type": "already_reduced"}
+        elif terms.numel() == 0:
+            loss = self._no_terms(embeddings, None if self_ref else ref_emb)["loss"]
         else:  # another reducer gets this rank's terms; indices: the local index of each term's
             # query (the embeddings row for i2t terms, the ref_emb row for t2i terms)
             loss = {"losses": terms + g.guard(), "indices": anchors, "reduction_type": "element"}
@@ -226,7 +238,7 @@ class BaseViolationLoss(BaseMetricLossFunction):
     # ----------------------------------------------------------------------------------------
 
     def _record_stats(self, x, y, labels, ref_labels, self_ref, terms):
-        stats = violation_stats(x, y, labels, ref_labels, self_ref, terms)
+        stats = violation_stats(x, y, labels, ref_labels, self_ref, terms, self.directions)
         for name, value in stats.items():
             setattr(self, name, value)
 
@@ -239,3 +251,4 @@ class BaseViolationLoss(BaseMetricLossFunction):
             hardest = hardest[torch.isfinite(hardest)]
             self.hardest_neg_sim_mean = hardest.mean().item() if hardest.numel() else float("nan")
             self.frac_hardest_is_duplicate = float("nan")
+            self.num_anchors_without_positive = anchors_without_positive(pos, self.directions)
