@@ -9,8 +9,11 @@ import contextlib
 import json
 import os
 import random
+import re
 import tempfile
-from typing import Any, Dict, Iterator, IO
+import warnings
+import zipfile
+from typing import Any, Dict, Iterator, IO, Optional
 
 import numpy as np
 import torch
@@ -60,16 +63,115 @@ def _umask() -> int:
     return mask
 
 
-def load(path: str) -> Dict[str, Any]:
+# What a checkpoint must hold: for evaluate.py (and the final test), and for --resume.
+EVALUATE_KEYS = ("model", "opt", "vocab", "epoch")
+RESUME_KEYS = EVALUATE_KEYS + ("Eiters", "best_rsum", "optimizer", "rng")
+_EXPECTED_TYPES = {"model": dict, "opt": dict, "vocab": list, "optimizer": dict, "rng": dict}
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # older torch.save: pickle + magic number
+
+
+def load(path: str, required=EVALUATE_KEYS) -> Dict[str, Any]:
+    """The checkpoint at ``path``, read with ``weights_only=True`` (no code in it can run). A file
+    that is not one raises DataError saying what it is instead: missing, empty, not a PyTorch
+    file, truncated, holding objects other than tensors and plain values, or another kind of
+    PyTorch file (a tensor, a bare state_dict, a dict without ``required``)."""
+    obj = _torch_load(path)
+    problem = _content_problem(obj, required)
+    if problem:
+        raise DataError(path, problem)
+    return obj
+
+
+def _torch_load(path: str) -> Any:
+    if os.path.isdir(path):
+        raise DataError(path, "a directory, not a checkpoint file")
     if not os.path.isfile(path):
         raise DataError(path, "no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(len(LEGACY_MAGIC))
+    except OSError as e:
+        raise DataError(path, f"cannot read it ({e.strerror})") from None
+    if size == 0:
+        raise DataError(path, "empty file (0 bytes), not a checkpoint")
+    kind = _format(head)
+    if kind is None:
+        raise DataError(path, f"not a PyTorch checkpoint: neither the zip archive torch.save writes nor a pickle "
+                        f"({size} bytes starting with {head[:8]!r})")
+    if kind == "zip" and not zipfile.is_zipfile(path):
+        raise DataError(path, f"truncated or damaged PyTorch checkpoint: the zip archive has no end ({size} bytes); "
+                        "was the copy or the save cut short?")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before failing on them
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise DataError(path, f"not a readable checkpoint ({str(e).splitlines()[0][:200]})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "opt" not in ckpt:
-        raise DataError(path, "not a train_coco.py checkpoint (no 'model' or 'opt' entry)")
-    return ckpt
+        raise DataError(path, _load_failure(e, kind, size)) from None
+
+
+def _format(head: bytes) -> Optional[str]:
+    """``"zip"``, ``"legacy"`` (torch.save before torch 1.6), ``"pickle"`` (any other pickle) or None."""
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    if head.startswith(LEGACY_MAGIC):
+        return "legacy"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # a pickle's PROTO opcode
+        return "pickle"
+    return None
+
+
+def _load_failure(e: Exception, kind: str, size: int) -> str:
+    """What torch.load's failure on a file of ``kind`` means, in one line."""
+    text = str(e)
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if refused:
+        return (f"holds a Python object ({refused[1]}) that is not loaded: unpickling it could run code; "
+                "train_coco.py checkpoints hold only tensors, dicts, lists, numbers and strings (the original "
+                "VSE++ code's checkpoints store their options as an argparse.Namespace)")
+    if isinstance(e, EOFError) or re.search(r"\bEOF\b|ran out of input", text, re.IGNORECASE):
+        return f"truncated PyTorch checkpoint: the data ends early ({size} bytes); was the copy or the save cut short?"
+    if kind == "pickle":
+        return "a Python pickle, not a PyTorch checkpoint (not loaded: unpickling can run code)"
+    reason = _first_line(text.split("WeightsUnpickler error:", 1)[-1]) or type(e).__name__
+    if kind == "zip":
+        return f"a zip archive but not a readable PyTorch checkpoint ({reason})"
+    return f"damaged PyTorch checkpoint ({reason})"
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")[:limit]
+
+
+def _content_problem(obj: Any, required) -> Optional[str]:
+    """Why ``obj``, loaded from a PyTorch file, is not a train_coco.py checkpoint (None if it is)."""
+    wanted = ", ".join(map(repr, required))
+    if not isinstance(obj, dict):
+        what = f"a tensor of shape {tuple(obj.shape)}" if isinstance(obj, torch.Tensor) else f"a {type(obj).__name__}"
+        return f"a PyTorch file holding {what}, not a train_coco.py checkpoint (a dict with {wanted})"
+    missing = [k for k in required if k not in obj]
+    if missing:
+        found = ", ".join(map(repr, list(obj)[:6])) + (", ..." if len(obj) > 6 else "") if obj else "nothing"
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            found += ": a bare state_dict?"
+        return f"missing keys {', '.join(map(repr, missing))}: not a train_coco.py checkpoint (it holds {found})"
+    for key, kind in _EXPECTED_TYPES.items():
+        if key in required and not isinstance(obj[key], kind):
+            return f"its {key!r} entry is a {type(obj[key]).__name__}, not a {kind.__name__}: not a train_coco.py checkpoint"
+    return None
+
+
+def load_weights(model: torch.nn.Module, ckpt: Dict[str, Any], path: str, hint: str = "") -> None:
+    """``model.load_state_dict(ckpt["model"])``; weights that do not fit (other sizes, other
+    encoders) raise DataError naming ``path`` and the first mismatch."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # "Error(s) in loading state_dict for VSEModel:" then one line per problem
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = (lines[1:] or lines or [type(e).__name__])[0][:300]
+        raise DataError(path, f"its weights do not fit the model its options describe ({detail}){hint}") from None
 
 
 def plain_options(opt) -> Dict[str, Any]:

@@ -74,6 +74,13 @@ def metrics(images, captions) -> Dict[str, float]:
     return {k: out[k] for k in KEYS}
 
 
+def fold5_problem(n_images: int) -> Optional[str]:
+    """Why ``n_images`` images cannot be split into the 1K protocol's folds (None if they can)."""
+    if n_images % 1000 or n_images < 2000:
+        return f"--fold5 needs folds of 1000 images (COCO's 5000 test images); this split has {n_images}"
+    return None
+
+
 def evaluate_embeddings(images, captions, fold5: Optional[bool] = None) -> Dict[str, float]:
     """The paper's figures: the 1K metrics (mean over folds of 1000 images when ``fold5``), then the
     whole set under keys prefixed ``5k_`` (``{N/1000}k_`` for other sizes).
@@ -86,8 +93,9 @@ def evaluate_embeddings(images, captions, fold5: Optional[bool] = None) -> Dict[
         fold5 = n == 5000
     if not fold5:
         return metrics(im, cap)
-    if n % 1000 or n < 2000:
-        raise ValueError(f"--fold5 needs folds of 1000 images (COCO's 5000 test images); this split has {n}")
+    problem = fold5_problem(n)
+    if problem:
+        raise ValueError(problem)
     folds = [metrics(im[i * 1000:(i + 1) * 1000], cap[CAPS * i * 1000:CAPS * (i + 1) * 1000])
              for i in range(n // 1000)]
     out = {k: float(np.mean([f[k] for f in folds])) for k in KEYS}
