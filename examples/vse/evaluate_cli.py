@@ -6,8 +6,8 @@ import functools
 import sys
 from typing import List, Optional
 
-from . import checkpoint, data, evaluation
-from .errors import UserError
+from . import checkpoint, data, evaluation, options
+from .errors import ConfigError, UserError
 from .model import build_model, make_tokenizer
 from .options import resolve_device
 from .vocab import Vocabulary
@@ -17,21 +17,25 @@ log = functools.partial(print, flush=True)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Evaluate a train_coco.py checkpoint (image→text and text→image "
-                                            "R@1/5/10, medr, meanr, rsum).")
+                                            "R@1/5/10, medr, meanr, rsum). Options not given are the ones "
+                                            "stored in the checkpoint.")
     p.add_argument("checkpoint", help="checkpoint.pth.tar or model_best.pth.tar")
-    p.add_argument("--data_path", default=None, help="dataset root (default: the one stored in the checkpoint)")
-    p.add_argument("--data_name", default=None, help="dataset name (default: the one stored in the checkpoint)")
-    p.add_argument("--split", default="test", choices=list(data.SPLITS))
-    p.add_argument("--fold5", action="store_true", help="COCO 1K: mean over 5 folds, plus the whole set as 5k_*")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch_size", type=int, default=None)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--data_cache", default=None, help="embedded dataset cache directory")
-    p.add_argument("--out", default=None, metavar="JSON", help="also write the metrics to this file")
+    p.add_argument("--data_path", default=None, metavar="DIR", help="dataset root (default: the checkpoint's)")
+    p.add_argument("--data_name", default=None, help="dataset name (default: the checkpoint's)")
+    p.add_argument("--split", default="test", choices=list(data.SPLITS), help="split to evaluate (default: test)")
+    p.add_argument("--fold5", action="store_true",
+                   help="COCO 1K: mean over 5 folds of 1000 images, plus the whole set as 5k_*")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--batch_size", type=int, default=None, help="evaluation batch size (default: the checkpoint's)")
+    p.add_argument("--workers", type=int, default=None, help="data loader processes (default: the checkpoint's)")
+    p.add_argument("--data_cache", default=None, metavar="DIR",
+                   help="embedded dataset cache directory (default: the checkpoint's)")
+    p.add_argument("--out", default=None, metavar="JSON", help="also write the metrics to this file (default: none)")
     return p
 
 
 def evaluate(args) -> dict:
+    options.validate(args)  # --batch_size, --workers
     ckpt = checkpoint.load(args.checkpoint)
     opt = argparse.Namespace(**ckpt["opt"])
     opt.cnn_weights = None  # the weights are in the checkpoint
@@ -44,15 +48,14 @@ def evaluate(args) -> dict:
     device = resolve_device(args.device)
     vocab = Vocabulary(ckpt["vocab"])
     model = build_model(opt, len(vocab), log=lambda *a: None)
-    model.load_state_dict(ckpt["model"])
+    checkpoint.load_weights(model, ckpt, args.checkpoint)
     model.to(device)
     split = data.load_split(opt, args.split, log=log)
     if opt.precomp and split.img_dim != opt.img_dim:
         raise UserError(split.source, f"features have {split.img_dim} dimensions, the model expects {opt.img_dim}")
-    try:
-        m = evaluation.evaluate_split(model, split, make_tokenizer(opt, vocab), opt, device, fold5=args.fold5)
-    except ValueError as e:
-        raise UserError("--fold5", str(e)) from None
+    if args.fold5 and evaluation.fold5_problem(split.n_images):
+        raise ConfigError("--fold5", evaluation.fold5_problem(split.n_images))
+    m = evaluation.evaluate_split(model, split, make_tokenizer(opt, vocab), opt, device, fold5=args.fold5)
     title = f"{args.split} ({split.n_images} images" + (", 1K = mean of 5 folds" if args.fold5 else "") + ")"
     log(f"checkpoint {args.checkpoint} (epoch {ckpt['epoch']}), data {split.source}")
     log(evaluation.format_table(m, title))

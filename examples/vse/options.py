@@ -8,8 +8,9 @@ on the command line always wins over those too.
 from __future__ import annotations
 
 import argparse
+import math
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 LOSSES = ("sh", "mh", "topk", "lp")
 
@@ -28,33 +29,71 @@ DEMO_DEFAULTS = {
 }
 
 
+DEMO_SYNTHETIC_SIZE = 32  # --synthetic_size's default, which is the demo's --crop_size
+
+# How the help states a default that the embedded dataset replaces by something else than
+# DEMO_DEFAULTS's value (the text after "; " in "(default: X; ...)").
+DEMO_NOTES = {
+    "data_name": "synthetic without --data_path",
+    "crop_size": f"{DEMO_SYNTHETIC_SIZE} for the embedded dataset, i.e. its --synthetic_size",
+}
+
+
+def _default_note(dest: str, default) -> str:
+    """`` (default: X)`` for the help of option ``dest``, with what the embedded dataset uses
+    instead (``; Y for the embedded dataset``) where that differs. Options without a default value
+    (None, "") state theirs in their help; flags (store_true) are off unless the demo turns them on."""
+    if dest in DEMO_NOTES:
+        demo = DEMO_NOTES[dest]
+    elif dest in DEMO_DEFAULTS:
+        demo = f"{_shown(DEMO_DEFAULTS[dest])} for the embedded dataset"
+    else:
+        demo = None
+    if default is None or default == "" or (default is False and demo is None):
+        return ""
+    return f" (default: {_shown(default)}" + (f"; {demo}" if demo else "") + ")"
+
+
+def _shown(value) -> str:
+    if value is True or value is False:
+        return "on" if value else "off"
+    return str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train VSE++ (Faghri et al., BMVC 2018) with the vse_losses losses. With no --data_path "
-                    "it trains on an embedded synthetic dataset and picks small sizes so it ends in minutes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = p.add_argument
+                    "it trains on an embedded synthetic dataset and picks small sizes so it ends in minutes: "
+                    "the defaults marked 'for the embedded dataset'. An option given always wins.")
+
+    def a(*flags, help: str, **kwargs):
+        action = p.add_argument(*flags, help=help, **kwargs)
+        action.help += _default_note(action.dest, action.default)
+
     # --- the original VSE++ train.py options (names and defaults kept) ---
-    a("--data_path", default=None, help="dataset root; none: the embedded synthetic dataset")
+    a("--data_path", default=None, metavar="DIR", help="dataset root (default: none, the embedded synthetic dataset)")
     a("--data_name", default="precomp",
       help="{coco,f8k,f30k,...}_precomp (features), coco|f8k|f30k (images + Karpathy JSON), or synthetic")
     a("--margin", type=float, default=0.2, help="rank loss margin")
-    a("--num_epochs", type=int, default=30)
-    a("--batch_size", type=int, default=128)
+    a("--num_epochs", type=int, default=30, help="epochs to train")
+    a("--batch_size", type=int, default=128, help="image-caption pairs per batch (per process under torchrun)")
     a("--word_dim", type=int, default=300, help="word embedding size")
     a("--embed_size", type=int, default=1024, help="joint embedding size")
-    a("--grad_clip", type=float, default=2.0, help="gradient-norm clipping threshold (0: none)")
+    a("--grad_clip", type=float, default=2.0, help="gradient-norm clipping threshold, 0: none")
     a("--crop_size", type=int, default=224, help="image crop size")
     a("--num_layers", type=int, default=1, help="GRU layers")
-    a("--learning_rate", type=float, default=2e-4)
+    a("--learning_rate", type=float, default=2e-4, help="initial learning rate (Adam)")
     a("--lr_update", type=int, default=15, help="divide the learning rate by 10 every lr_update epochs")
     a("--workers", type=int, default=10, help="data loader processes")
-    a("--log_step", type=int, default=10, help="iterations between progress-bar loss updates")
-    a("--val_step", type=int, default=500, help="iterations between extra validations (logged only; 0: at epoch ends only)")
-    a("--logger_name", default="runs/runX", help="directory for checkpoints, metrics and the plot")
-    a("--resume", default="", metavar="PATH", help="checkpoint to resume from (exactly)")
+    a("--log_step", type=int, default=10,
+      help="iterations between progress reports: a line (iteration, loss, learning rate, speed) when stdout is "
+           "not a terminal, the loss of the progress bar when it is")
+    a("--val_step", type=int, default=500,
+      help="iterations between extra validations (logged only; 0: at epoch ends only)")
+    a("--logger_name", default="runs/runX", metavar="DIR", help="directory for checkpoints, metrics and the plot")
+    a("--resume", default="", metavar="PATH", help="checkpoint to resume from, exactly (default: none)")
     a("--max_violation", action="store_true", help="MH loss (VSE++) instead of SH (VSE0)")
-    a("--img_dim", type=int, default=None, help="precomputed feature size (default: read from the file)")
+    a("--img_dim", type=int, default=None, help="precomputed feature size (default: read from the features file)")
     a("--finetune", action="store_true", help="train the CNN too")
     a("--cnn_type", default="vgg19", help="smallcnn or any torchvision classification model (resnet152, vgg19...)")
     a("--use_restval", action="store_true", help="COCO: train on restval too")
@@ -63,26 +102,30 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no_imgnorm", action="store_true", help="do not l2-normalise image embeddings")
     a("--vocab_path", default=None, metavar="DIR",
       help="read {DIR}/{data_name}_vocab.json, or build it from the training split and write it there "
-           "(default: build it; the checkpoint always stores it)")
+           "(default: build it, write nothing; the checkpoint always stores it)")
     a("--reset_train", action="store_true", help="accepted for compatibility (training always runs in train mode)")
     # --- this library ---
-    a("--loss", choices=LOSSES, default=None, help="sh | mh | topk | lp (default: sh, or mh with --max_violation)")
+    a("--loss", choices=LOSSES, default=None,
+      help="sh | mh | topk | lp (default: sh; mh with --max_violation or --warmup_steps)")
     a("--topk_k", type=int, default=2, help="k of --loss topk (1 = MH, >= batch = SH)")
     a("--lp_p", type=float, default=4.0, help="p of --loss lp (1 = SH, inf = MH)")
     a("--warmup_steps", type=int, default=0, help="if > 0: mix SH into MH linearly over this many iterations")
     a("--impl", default="auto", choices=["auto", "dense", "chunked", "triton"], help="vse_losses implementation")
-    a("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    a("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
     a("--seed", type=int, default=0, help="seed of the model initialisation and data order")
-    a("--cnn_weights", default=None, metavar="PATH", help="local torchvision state_dict for the CNN (nothing is downloaded)")
-    a("--text_encoder", default=None, metavar="DIR", help="local Hugging Face model directory instead of the GRU")
+    a("--cnn_weights", default=None, metavar="PATH",
+      help="local torchvision state_dict for the CNN, nothing is downloaded (default: none, random initialisation)")
+    a("--text_encoder", default=None, metavar="DIR",
+      help="local Hugging Face model directory instead of the GRU (default: none, the GRU)")
     a("--val_images", type=int, default=1000, help="validate on the first N dev images (the original used 1000)")
     # --- the embedded dataset ---
     a("--data_seed", type=int, default=0, help="seed of the embedded dataset")
     a("--synthetic_train", type=int, default=10000, help="embedded dataset: training images")
     a("--synthetic_dev", type=int, default=1000, help="embedded dataset: dev images")
     a("--synthetic_test", type=int, default=1000, help="embedded dataset: test images (1000 for the 1K protocol)")
-    a("--synthetic_size", type=int, default=32, help="embedded dataset: image side in pixels")
-    a("--data_cache", default=None, help="where the embedded dataset is cached (default examples/data_cache)")
+    a("--synthetic_size", type=int, default=DEMO_SYNTHETIC_SIZE, help="embedded dataset: image side in pixels")
+    a("--data_cache", default=None, metavar="DIR",
+      help="where the embedded dataset is cached (default: $VSE_DATA_CACHE, else examples/data_cache)")
     return p
 
 
@@ -119,6 +162,7 @@ def finalize(opt: argparse.Namespace, explicit: Dict[str, object], log=print) ->
             setattr(opt, k, v)
         if chosen:
             log("embedded demo: " + " ".join(_flag(k, v) for k, v in chosen.items()) + " (any option given wins)")
+    validate(opt)
     opt.loss = resolve_loss(opt)
     opt.precomp = opt.data_name == "precomp" or opt.data_name.endswith("_precomp")
     return opt
@@ -130,6 +174,69 @@ def _flag(k, v) -> str:
     return f"--{k} {v}"
 
 
+def _at_least(low: float) -> Tuple[Callable[[float], bool], str]:
+    return (lambda v: v >= low), f"must be >= {low:g}"
+
+
+def _finite_at_least(low: float) -> Tuple[Callable[[float], bool], str]:
+    return (lambda v: math.isfinite(v) and v >= low), f"must be a finite number >= {low:g}"
+
+
+# What each numeric option accepts: (test, what the error says). validate() checks each option on
+# its own, so a bad value is reported under its own flag before anything is built.
+CHECKS: Dict[str, Tuple[Callable[[float], bool], str]] = {
+    "margin": _finite_at_least(0),
+    "num_epochs": _at_least(0),
+    "batch_size": _at_least(1),
+    "word_dim": _at_least(1),
+    "embed_size": _at_least(1),
+    "grad_clip": _finite_at_least(0),
+    "crop_size": _at_least(1),
+    "num_layers": _at_least(1),
+    "learning_rate": ((lambda v: math.isfinite(v) and v > 0), "must be a finite number > 0"),
+    "lr_update": _at_least(1),
+    "workers": _at_least(0),
+    "log_step": _at_least(1),
+    "val_step": _at_least(0),
+    "img_dim": _at_least(1),
+    "topk_k": _at_least(1),
+    "lp_p": ((lambda v: v >= 1), "must be >= 1 (inf allowed: the max violation)"),
+    "warmup_steps": _at_least(0),
+    "val_images": _at_least(1),
+    "data_seed": _at_least(0),
+    "synthetic_train": _at_least(1),
+    "synthetic_dev": _at_least(1),
+    "synthetic_test": _at_least(1),
+    "synthetic_size": _at_least(1),
+}
+
+
+def validate(opt: argparse.Namespace) -> None:
+    """ConfigError(``--flag``, ...) for the first option whose value cannot work (None: not set)."""
+    from .errors import ConfigError
+
+    for name, (ok, requirement) in CHECKS.items():
+        value = getattr(opt, name, None)
+        if value is not None and not ok(value):  # NaN fails every comparison
+            raise ConfigError(f"--{name}", f"{requirement}, got {value}")
+
+
+def check_impl(impl: str, device) -> None:
+    """ConfigError(``--impl``) when the vse_losses implementation cannot run on ``device`` (triton
+    without CUDA or without a recent triton): a two-pair loss computed there, before training."""
+    import torch
+    import vse_losses
+
+    from .errors import ConfigError
+
+    x = torch.eye(2, 4, device=device)  # no random numbers: the run's RNG streams stay as they are
+    ids = torch.arange(2, device=device)
+    try:
+        vse_losses.SumHingeLoss(impl=impl)(x, ids, ref_emb=x, ref_labels=ids)
+    except ValueError as e:
+        raise ConfigError("--impl", str(e)) from None
+
+
 def resolve_loss(opt) -> str:
     """SH unless --max_violation or --loss says otherwise, as in the original."""
     from .errors import ConfigError
@@ -139,8 +246,6 @@ def resolve_loss(opt) -> str:
         loss = "mh" if opt.max_violation else "sh"
     elif opt.max_violation and loss != "mh":
         raise ConfigError("--max_violation", f"contradicts --loss {loss} (drop one of them)")
-    if opt.warmup_steps < 0:
-        raise ConfigError("--warmup_steps", "must be >= 0")
     if opt.warmup_steps > 0 and loss not in ("sh", "mh"):
         raise ConfigError("--warmup_steps", f"warms SH up into MH; it does not combine with --loss {loss}")
     if opt.warmup_steps > 0:
@@ -149,11 +254,16 @@ def resolve_loss(opt) -> str:
 
 
 def merge_resumed(stored: Dict[str, object], current: argparse.Namespace, explicit: Dict[str, object]) -> argparse.Namespace:
-    """The stored options, overridden by those given on this command line."""
+    """The stored options, overridden by those given on this command line; checked, and the loss
+    resolved again, as :func:`finalize` does for a fresh run."""
     merged = argparse.Namespace(**{**vars(current), **stored})
     for k, v in explicit.items():
         setattr(merged, k, v)
     merged.resume = current.resume
+    if "loss" not in explicit and ("max_violation" in explicit or "warmup_steps" in explicit):
+        merged.loss = None  # derived again from the new --max_violation / --warmup_steps
+    validate(merged)
+    merged.loss = resolve_loss(merged)
     return merged
 
 

@@ -1,14 +1,19 @@
-"""The training loop of train_coco.py (the original ``train.py``), with exact resume."""
+"""The training loop of train_coco.py (the original ``train.py``), with exact resume.
+
+:func:`run` is a sequence of named steps: the options, the data, the vocabulary, the model with
+its loss and optimiser, the state restored from ``--resume``, the epochs, the final test. Every
+step that reports something takes the ``log`` to report to (under torchrun only rank 0's prints).
+"""
 from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import math
 import os
 import sys
 import time
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -18,14 +23,23 @@ from .model import build_model, make_tokenizer
 from .options import resolve_device
 from .vocab import Vocabulary, from_vocab_path
 
-log = functools.partial(print, flush=True)
+Log = Callable[[str], None]
+
+
+def console(message: str) -> None:
+    print(message, flush=True)
+
+
+def silent(message: str) -> None:
+    """The log of the torchrun processes other than rank 0."""
 
 
 # ----------------------------------------------------------------------------- pieces
 
 def build_loss(opt, distributed: bool = False):
     """The vse_losses criterion ``opt`` names, summed over the batch as in the original; with
-    ``distributed`` (torchrun) its negatives come from every rank's batch."""
+    ``distributed`` (torchrun) its negatives come from every rank's batch. The options were checked
+    one by one (``options.validate``); a ValueError the library still raises is one line."""
     import vse_losses
     from pytorch_metric_learning.reducers import SumReducer
 
@@ -44,10 +58,7 @@ def build_loss(opt, distributed: bool = False):
         else:
             loss = vse_losses.LpViolationLoss(p=opt.lp_p, **common)
     except ValueError as e:
-        text = str(e).lower()
-        flag = ("--impl" if "impl" in text else "--margin" if "margin" in text
-                else {"topk": "--topk_k", "lp": "--lp_p"}.get(opt.loss, "--margin"))
-        raise ConfigError(flag, str(e)) from None
+        raise ConfigError("loss", str(e)) from None
     return loss, warmup
 
 
@@ -119,75 +130,184 @@ def write_plot(history: List[dict], path: str) -> None:
     plt.close(fig)
 
 
-# ----------------------------------------------------------------------------- the run
+# ----------------------------------------------------------------------------- progress
 
-def train_epoch(model, loader, loss_fn, warmup, optimizer, params, opt, device, state, epoch, on_val_step,
-                ctx: ddp.Context = ddp.Context()):
-    from tqdm import tqdm
+class Progress:
+    """The progress of one epoch. On a terminal (stdout a tty): a tqdm bar, its loss updated every
+    ``--log_step`` iterations. Anywhere else (a log file, nohup, CI, a notebook): a line every
+    ``--log_step`` iterations, counted over the whole run as in the original ``train.py``::
 
+        Epoch: [2][8/20]  iteration 28  loss 41.207 (epoch mean 43.951)  lr 0.0005  3.10 it/s, 50 samples/s
+
+    epoch from 1, then iterations done in this epoch / iterations per epoch; ``loss`` is the mean
+    over the iterations since the previous line of this epoch (or its start; the loss of a batch
+    is summed over its pairs, as in the original),
+    ``epoch mean`` the mean over the epoch so far (the figure of the epoch's summary line and
+    metrics.csv); the speed is measured over the same iterations, validations excluded."""
+
+    def __init__(self, epoch: int, num_epochs: int, n_batches: int, log_step: int, lr: float,
+                 log: Log, bar: bool):
+        self.epoch, self.n_batches, self.log_step, self.lr, self.log = epoch, n_batches, log_step, lr, log
+        self.total, self.batches = 0.0, 0
+        self._start_window()
+        self.bar = None
+        if bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{num_epochs}", file=sys.stdout, leave=False,
+                            dynamic_ncols=True)
+
+    def _start_window(self) -> None:
+        self.window_loss, self.window_batches, self.window_samples = 0.0, 0, 0
+        self.window_start = time.perf_counter()
+
+    @property
+    def mean(self) -> float:
+        """The mean loss of the epoch so far."""
+        return self.total / max(self.batches, 1)
+
+    def step(self, iteration: int, loss: float, samples: int) -> None:
+        """One iteration done: ``iteration`` counted over the run, ``loss`` its value, ``samples`` pairs."""
+        self.total += loss
+        self.batches += 1
+        self.window_loss += loss
+        self.window_batches += 1
+        self.window_samples += samples
+        if self.bar is not None:
+            self.bar.update(1)
+        if iteration % self.log_step == 0:
+            self._report(iteration)
+
+    def _report(self, iteration: int) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{self.mean:.3f}", refresh=False)
+        else:
+            seconds = max(time.perf_counter() - self.window_start, 1e-9)
+            self.log(f"Epoch: [{self.epoch + 1}][{self.batches}/{self.n_batches}]  iteration {iteration}  "
+                     f"loss {self.window_loss / self.window_batches:.3f} (epoch mean {self.mean:.3f})  "
+                     f"lr {self.lr:.3g}  {self.window_batches / seconds:.2f} it/s, "
+                     f"{self.window_samples / seconds:.0f} samples/s")
+        self._start_window()
+
+    def pause(self) -> None:
+        """Before other output (a validation): the bar steps aside."""
+        self._paused_at = time.perf_counter()
+        if self.bar is not None:
+            self.bar.clear()
+
+    def resume(self) -> None:
+        """After it: the bar comes back, and the time paused does not count in the speed."""
+        self.window_start += time.perf_counter() - self._paused_at
+        if self.bar is not None:
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def stdout_is_terminal() -> bool:
+    isatty = getattr(sys.stdout, "isatty", None)
+    return bool(isatty and isatty())
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+@dataclass
+class Learner:
+    """What training updates: the model, its loss (and the loss's warm-up), the optimiser."""
+
+    model: torch.nn.Module
+    loss_fn: Any
+    warmup: Optional[Any]
+    params: List[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+
+
+def train_epoch(model, loader, learner: Learner, opt, device, state: dict, epoch: int,
+                on_val_step: Callable[[], Any], ctx: ddp.Context = ddp.Context(), log: Log = console) -> float:
+    """One epoch of ``model`` (``learner.model``, or its DDP wrapper); the epoch's mean loss."""
     model.train()
-    total, batches = 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{opt.num_epochs}", disable=None, leave=False, dynamic_ncols=True)
-    for images, text, _, img_ids in bar:
+    progress = Progress(epoch, opt.num_epochs, len(loader), opt.log_step, learner.optimizer.param_groups[0]["lr"],
+                        log, bar=ctx.is_main and stdout_is_terminal())
+    for images, text, _, img_ids in loader:
         images = images.to(device, non_blocking=True)
         text = {k: v.to(device, non_blocking=True) for k, v in text.items()}
         img_ids = img_ids.to(device)
         img_emb, cap_emb = model(images, text)
         # Label-aware call: two captions of one image in a batch are not each other's negatives.
         try:
-            loss = loss_fn(img_emb, img_ids, ref_emb=cap_emb, ref_labels=img_ids)
-        except ValueError as e:  # e.g. --impl triton without a GPU
-            raise ConfigError("--impl" if "impl" in str(e) else "loss", str(e)) from None
+            loss = learner.loss_fn(img_emb, img_ids, ref_emb=cap_emb, ref_labels=img_ids)
+        except ValueError as e:  # the options were checked before training; anything left is one line
+            raise ConfigError("loss", str(e)) from None
         if not torch.isfinite(loss):
             raise ConfigError("training", f"the loss became {loss.item()} at iteration {state['Eiters'] + 1}; "
                               "try a lower --learning_rate or --grad_clip")
-        optimizer.zero_grad(set_to_none=True)
+        learner.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if opt.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, opt.grad_clip)
-        optimizer.step()
-        if warmup is not None:
-            warmup.step()
+            torch.nn.utils.clip_grad_norm_(learner.params, opt.grad_clip)
+        learner.optimizer.step()
+        if learner.warmup is not None:
+            learner.warmup.step()
         state["Eiters"] += 1
-        total += ddp.mean(loss.item(), ctx, device)  # under torchrun: the loss of the global batch
-        batches += 1
-        if state["Eiters"] % max(opt.log_step, 1) == 0:
-            bar.set_postfix(loss=f"{total / batches:.3f}", refresh=False)
+        # under torchrun: the loss of the global batch, and the pairs of every rank
+        progress.step(state["Eiters"], ddp.mean(loss.item(), ctx, device), len(img_ids) * ctx.world)
         if opt.val_step > 0 and state["Eiters"] % opt.val_step == 0:
+            progress.pause()
             on_val_step()
+            progress.resume()
             model.train()
-    bar.close()
-    return total / max(batches, 1)
+    progress.close()
+    return progress.mean
 
+
+# ----------------------------------------------------------------------------- the run, step by step
 
 def run(opt: argparse.Namespace, explicit: Dict[str, object]) -> Dict[str, float]:
+    """Train as ``opt`` says (``explicit``: the options written on the command line), then test."""
     t_start = time.time()
-    ckpt = None
-    if opt.resume:
-        ckpt = checkpoint.load(opt.resume)
-        opt = options.merge_resumed(ckpt["opt"], opt, explicit)
-        if "loss" not in explicit and ("max_violation" in explicit or "warmup_steps" in explicit):
-            opt.loss = None
-        opt.loss = options.resolve_loss(opt)
-        log(f"resuming {opt.resume} at epoch {ckpt['epoch'] + 1} (iteration {ckpt['Eiters']})")
-    else:
-        opt = options.finalize(opt, explicit, log=log)
+    opt, ckpt = resolve_options(opt, explicit, console)
     device = resolve_device(opt.device)
     ctx = ddp.setup(device)
     try:
-        return _run(opt, ckpt, ddp.local_device(device, ctx), ctx, t_start)
+        log = console if ctx.is_main else silent  # under torchrun rank 0 logs, evaluates and writes
+        return train_and_test(opt, ckpt, ddp.local_device(device, ctx), ctx, log, t_start)
     finally:
         ddp.teardown(ctx)
 
 
-def _run(opt, ckpt, device, ctx: ddp.Context, t_start: float) -> Dict[str, float]:
-    global log
-    if not ctx.is_main:  # under torchrun rank 0 logs, evaluates and writes
-        log = functools.partial(print, file=open(os.devnull, "w"))
+def resolve_options(opt: argparse.Namespace, explicit: Dict[str, object], log: Log):
+    """The run's options, checked, and the checkpoint it continues (``--resume``; else None)."""
+    if not opt.resume:
+        return options.finalize(opt, explicit, log=log), None
+    ckpt = checkpoint.load(opt.resume, checkpoint.RESUME_KEYS)
+    opt = options.merge_resumed(ckpt["opt"], opt, explicit)
+    log(f"resuming {opt.resume} at epoch {ckpt['epoch'] + 1} (iteration {ckpt['Eiters']})")
+    return opt, ckpt
+
+
+def train_and_test(opt, ckpt: Optional[dict], device: torch.device, ctx: ddp.Context, log: Log,
+                   t_start: float) -> Dict[str, float]:
+    """The steps of a run, in order; the test metrics (rank 0; ``{}`` on the other ranks)."""
+    options.check_impl(opt.impl, device)
     checkpoint.seed_everything(opt.seed)
     os.makedirs(opt.logger_name, exist_ok=True)
+    train, dev = load_data(opt, log)
+    vocab = load_vocab(opt, ckpt, train, ctx, log)
+    tokenizer = make_tokenizer(opt, vocab)
+    learner = build_learner(opt, len(vocab), device, ctx, log)
+    state = restore(learner, ckpt, opt) if ckpt is not None else new_state()
+    log(describe_run(opt, learner, device, ctx))
+    train_epochs(opt, learner, state, train, dev, tokenizer, vocab, device, ctx, log)
+    if not ctx.is_main:
+        return {}
+    return test_best(opt, learner.model, tokenizer, device, log, t_start)
 
-    # --- data
+
+def load_data(opt, log: Log) -> Tuple[data.SplitData, data.SplitData]:
+    """The training split and the dev split (its first ``--val_images``); sets ``opt.img_dim``
+    from the features of a precomp dataset."""
     data.layout(opt.data_name)
     train = data.load_split(opt, "train", log=log)
     dev = data.limit_images(data.load_split(opt, "dev", log=log), opt.val_images)
@@ -206,96 +326,138 @@ def _run(opt, ckpt, device, ctx: ddp.Context, t_start: float) -> Dict[str, float
         if opt.img_dim is not None and opt.img_dim != train.img_dim:
             raise ConfigError("--img_dim", f"{opt.img_dim} given but the features in {train.source} have {train.img_dim}")
         opt.img_dim = train.img_dim
-    if ckpt is not None:
-        vocab = Vocabulary(ckpt["vocab"])
-    elif opt.vocab_path:
-        vocab = from_vocab_path(opt.vocab_path, opt.data_name, train.captions, write=ctx.is_main, log=log)
-    else:
-        vocab = Vocabulary.build(train.captions, threshold=4)
-    tokenizer = make_tokenizer(opt, vocab)
+    return train, dev
 
-    # --- model, loss, optimiser
-    model = build_model(opt, len(vocab), log=log).to(device)
+
+def load_vocab(opt, ckpt: Optional[dict], train: data.SplitData, ctx: ddp.Context, log: Log) -> Vocabulary:
+    """The checkpoint's vocabulary when resuming, else ``--vocab_path``'s, else one built from ``train``."""
+    if ckpt is not None:
+        return Vocabulary(ckpt["vocab"])
+    if opt.vocab_path:
+        return from_vocab_path(opt.vocab_path, opt.data_name, train.captions, write=ctx.is_main, log=log)
+    return Vocabulary.build(train.captions, threshold=4)
+
+
+def build_learner(opt, vocab_size: int, device: torch.device, ctx: ddp.Context, log: Log) -> Learner:
+    model = build_model(opt, vocab_size, log=log).to(device)
     loss_fn, warmup = build_loss(opt, distributed=ctx.active)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=opt.learning_rate)
-    state = {"epoch": 0, "Eiters": 0, "best_rsum": -math.inf, "history": []}
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except ValueError as e:
-            raise ConfigError(opt.resume, f"the optimiser state does not fit this model ({e}); "
-                              "do not change --finetune or the sizes when resuming") from None
-        if warmup is not None and ckpt.get("warmup"):
-            warmup.load_state_dict(ckpt["warmup"])
-        state.update(epoch=int(ckpt["epoch"]), Eiters=int(ckpt["Eiters"]), best_rsum=float(ckpt["best_rsum"]),
-                     history=list(ckpt.get("history", [])))
-        checkpoint.set_rng_state(ckpt["rng"])
-    n_params = sum(p.numel() for p in params)
-    log(f"model: image encoder {'linear on ' + str(opt.img_dim) + '-d features' if opt.precomp else opt.cnn_type}"
-        f"{'' if opt.precomp else (' (fine-tuned)' if opt.finetune else ' (frozen)')}, text encoder "
-        f"{opt.text_encoder or 'GRU'}, embed_size {opt.embed_size}; {n_params:,} trainable parameters; "
-        f"loss {loss_name(opt)}, margin {opt.margin}, summed over the batch; device {device}, "
-        f"{torch.get_num_threads()} CPU threads" + (f"; {ctx.world} processes (torchrun), --batch_size "
-                                                      f"{opt.batch_size} each" if ctx.active else ""))
-    train_model = ddp.wrap(model, device, ctx)
+    return Learner(model, loss_fn, warmup, params, torch.optim.Adam(params, lr=opt.learning_rate))
 
-    def validate(tag: str) -> Dict[str, float]:
-        ddp.barrier(ctx)
-        if not ctx.is_main:  # rank 0 evaluates; the others wait at the next barrier
-            ddp.barrier(ctx)
-            return {}
-        m = evaluation.evaluate_split(model, dev, tokenizer, opt, device, fold5=False)
-        ddp.barrier(ctx)
-        log(f"{tag}: dev i2t R@1/5/10 {m['i2t_r1']:.1f}/{m['i2t_r5']:.1f}/{m['i2t_r10']:.1f}, "
-            f"t2i {m['t2i_r1']:.1f}/{m['t2i_r5']:.1f}/{m['t2i_r10']:.1f}, rsum {m['rsum']:.1f}")
-        return m
 
-    best_path = os.path.join(opt.logger_name, "model_best.pth.tar")
+def new_state() -> dict:
+    """Where a fresh run starts: epoch, iteration count, best dev rsum, per-epoch history."""
+    return {"epoch": 0, "Eiters": 0, "best_rsum": -math.inf, "history": []}
+
+
+def restore(learner: Learner, ckpt: dict, opt) -> dict:
+    """The model, optimiser, warm-up and RNG states of ``ckpt``; returns its training state."""
+    checkpoint.load_weights(learner.model, ckpt, opt.resume, hint="; do not change the sizes when resuming")
+    try:
+        learner.optimizer.load_state_dict(ckpt["optimizer"])
+    except ValueError as e:
+        raise ConfigError(opt.resume, f"the optimiser state does not fit this model ({e}); "
+                          "do not change --finetune or the sizes when resuming") from None
+    if learner.warmup is not None and ckpt.get("warmup"):
+        learner.warmup.load_state_dict(ckpt["warmup"])
+    checkpoint.set_rng_state(ckpt["rng"])
+    return {"epoch": int(ckpt["epoch"]), "Eiters": int(ckpt["Eiters"]), "best_rsum": float(ckpt["best_rsum"]),
+            "history": list(ckpt.get("history", []))}
+
+
+def describe_run(opt, learner: Learner, device: torch.device, ctx: ddp.Context) -> str:
+    n_params = sum(p.numel() for p in learner.params)
+    return (f"model: image encoder {'linear on ' + str(opt.img_dim) + '-d features' if opt.precomp else opt.cnn_type}"
+            f"{'' if opt.precomp else (' (fine-tuned)' if opt.finetune else ' (frozen)')}, text encoder "
+            f"{opt.text_encoder or 'GRU'}, embed_size {opt.embed_size}; {n_params:,} trainable parameters; "
+            f"loss {loss_name(opt)}, margin {opt.margin}, summed over the batch; device {device}, "
+            f"{torch.get_num_threads()} CPU threads" + (f"; {ctx.world} processes (torchrun), --batch_size "
+                                                          f"{opt.batch_size} each" if ctx.active else ""))
+
+
+def validate(tag: str, model, dev: data.SplitData, tokenizer, opt, device, ctx: ddp.Context,
+             log: Log) -> Dict[str, float]:
+    """The dev metrics (rank 0 evaluates, the other ranks wait and get ``{}``), logged under ``tag``."""
+    ddp.barrier(ctx)
+    if not ctx.is_main:
+        ddp.barrier(ctx)
+        return {}
+    m = evaluation.evaluate_split(model, dev, tokenizer, opt, device, fold5=False)
+    ddp.barrier(ctx)
+    log(f"{tag}: dev i2t R@1/5/10 {m['i2t_r1']:.1f}/{m['i2t_r5']:.1f}/{m['i2t_r10']:.1f}, "
+        f"t2i {m['t2i_r1']:.1f}/{m['t2i_r5']:.1f}/{m['t2i_r10']:.1f}, rsum {m['rsum']:.1f}")
+    return m
+
+
+def train_epochs(opt, learner: Learner, state: dict, train: data.SplitData, dev: data.SplitData, tokenizer,
+                 vocab: Vocabulary, device: torch.device, ctx: ddp.Context, log: Log) -> None:
+    """Epochs ``state["epoch"]`` to ``--num_epochs``, each followed by a validation and (rank 0)
+    the checkpoints, metrics.csv and metrics.png."""
+    train_model = ddp.wrap(learner.model, device, ctx)
     for epoch in range(state["epoch"], opt.num_epochs):
         lr = lr_at(opt, epoch)
-        for g in optimizer.param_groups:
+        for g in learner.optimizer.param_groups:
             g["lr"] = lr
         loader = data.train_loader(train, tokenizer, opt.batch_size, opt.workers, opt.crop_size,
                                    seed=opt.seed * 1_000_003 + epoch, rank=ctx.rank, world=ctx.world)
         t0 = time.time()
-        mean_loss = train_epoch(train_model, loader, loss_fn, warmup, optimizer, params, opt, device, state, epoch,
-                                lambda: validate(f"iteration {state['Eiters']}"), ctx=ctx)
-        m = validate(f"epoch {epoch + 1}/{opt.num_epochs} (loss {mean_loss:.3f}, {time.time() - t0:.0f} s)")
-        if not ctx.is_main:
-            state["epoch"] = epoch + 1
-            continue
-        if m["rsum"] < 20 and not state.get("warned_collapse"):
-            state["warned_collapse"] = True
-            plateau = 2 * opt.margin * opt.batch_size
-            log(f"notice: dev recall is at chance level (chance rsum is about 3): the embeddings may have collapsed "
-                f"to one point{f', where MH-like losses sit at 2·margin per pair (≈{plateau:g} per batch)' if opt.loss in ('mh', 'topk') else ''}. "
-                "MH from random initialisation often does this; --warmup_steps, a lower --learning_rate or "
-                "pretrained --cnn_weights help")
-        is_best = m["rsum"] > state["best_rsum"]
-        state["best_rsum"] = max(m["rsum"], state["best_rsum"])
+
+        def on_val_step():
+            validate(f"iteration {state['Eiters']}", learner.model, dev, tokenizer, opt, device, ctx, log)
+
+        mean_loss = train_epoch(train_model, loader, learner, opt, device, state, epoch=epoch,
+                                on_val_step=on_val_step, ctx=ctx, log=log)
+        m = validate(f"epoch {epoch + 1}/{opt.num_epochs} (loss {mean_loss:.3f}, {time.time() - t0:.0f} s)",
+                     learner.model, dev, tokenizer, opt, device, ctx, log)
         state["epoch"] = epoch + 1
-        state["history"].append({"epoch": epoch + 1, "iterations": state["Eiters"], "lr": lr,
-                                 "mix": warmup.mix if warmup is not None else "", "train_loss": mean_loss,
-                                 "epoch_time_s": time.time() - t0, **m})
-        ckpt_state = {
-            "format_version": checkpoint.FORMAT_VERSION,
-            "epoch": state["epoch"], "Eiters": state["Eiters"], "best_rsum": state["best_rsum"],
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "warmup": warmup.state_dict() if warmup is not None else {},
-            "opt": checkpoint.plain_options(opt), "vocab": vocab.to_list(),
-            "history": state["history"], "rng": checkpoint.rng_state(),
-        }
-        checkpoint.atomic_save(ckpt_state, os.path.join(opt.logger_name, "checkpoint.pth.tar"))
-        if is_best:
-            checkpoint.atomic_save(ckpt_state, best_path)
+        if not ctx.is_main:
+            continue
+        warn_if_collapsed(m, opt, state, log)
+        is_best = record_epoch(state, m, lr, mean_loss, time.time() - t0, learner.warmup)
+        save_checkpoints(opt, learner, state, vocab, is_best)
         write_csv(state["history"], os.path.join(opt.logger_name, "metrics.csv"))
         write_plot(state["history"], os.path.join(opt.logger_name, "metrics.png"))
 
-    # --- test, with the model that was best on dev (rank 0)
-    if not ctx.is_main:
-        return {}
+
+def warn_if_collapsed(m: Dict[str, float], opt, state: dict, log: Log) -> None:
+    """A notice, once per run, when dev recall is at chance level."""
+    if m["rsum"] < 20 and not state.get("warned_collapse"):
+        state["warned_collapse"] = True
+        plateau = 2 * opt.margin * opt.batch_size
+        log(f"notice: dev recall is at chance level (chance rsum is about 3): the embeddings may have collapsed "
+            f"to one point{f', where MH-like losses sit at 2·margin per pair (≈{plateau:g} per batch)' if opt.loss in ('mh', 'topk') else ''}. "
+            "MH from random initialisation often does this; --warmup_steps, a lower --learning_rate or "
+            "pretrained --cnn_weights help")
+
+
+def record_epoch(state: dict, m: Dict[str, float], lr: float, mean_loss: float, seconds: float, warmup) -> bool:
+    """The epoch's row of the history and the best dev rsum; whether this epoch is the best so far."""
+    is_best = m["rsum"] > state["best_rsum"]
+    state["best_rsum"] = max(m["rsum"], state["best_rsum"])
+    state["history"].append({"epoch": state["epoch"], "iterations": state["Eiters"], "lr": lr,
+                             "mix": warmup.mix if warmup is not None else "", "train_loss": mean_loss,
+                             "epoch_time_s": seconds, **m})
+    return is_best
+
+
+def save_checkpoints(opt, learner: Learner, state: dict, vocab: Vocabulary, is_best: bool) -> None:
+    """checkpoint.pth.tar, and model_best.pth.tar when ``is_best``: everything an exact resume needs."""
+    ckpt_state = {
+        "format_version": checkpoint.FORMAT_VERSION,
+        "epoch": state["epoch"], "Eiters": state["Eiters"], "best_rsum": state["best_rsum"],
+        "model": learner.model.state_dict(), "optimizer": learner.optimizer.state_dict(),
+        "warmup": learner.warmup.state_dict() if learner.warmup is not None else {},
+        "opt": checkpoint.plain_options(opt), "vocab": vocab.to_list(),
+        "history": state["history"], "rng": checkpoint.rng_state(),
+    }
+    checkpoint.atomic_save(ckpt_state, os.path.join(opt.logger_name, "checkpoint.pth.tar"))
+    if is_best:
+        checkpoint.atomic_save(ckpt_state, os.path.join(opt.logger_name, "model_best.pth.tar"))
+
+
+def test_best(opt, model, tokenizer, device: torch.device, log: Log, t_start: float) -> Dict[str, float]:
+    """The test metrics of the model that was best on dev, printed and written to test_metrics.json."""
+    best_path = os.path.join(opt.logger_name, "model_best.pth.tar")
     if os.path.isfile(best_path):
         model.load_state_dict(checkpoint.load(best_path)["model"])
     split_name = test_split_name(opt)

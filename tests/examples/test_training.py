@@ -45,6 +45,11 @@ def test_train_synthetic_and_evaluate(tmp_path, synth_args, capsys):
     printed = capsys.readouterr().out
     assert "image→text" in printed and "meanr" in printed
     assert json.load(open(tmp_path / "m.json")) == pytest.approx(m)
+    # options that cannot work are one line under their flag (the test split has 20 images: no 1K folds)
+    for extra, flag in ((["--fold5"], "--fold5"), (["--batch_size", "0"], "--batch_size")):
+        assert evaluate_main([os.path.join(run, "model_best.pth.tar"), "--data_cache", synth_args[1]] + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {flag}: "), err
 
 
 def test_train_precomp(tmp_path, capsys):
@@ -95,7 +100,7 @@ def test_resume_is_exact(tmp_path, synth_args, monkeypatch):
     real_epoch = training.train_epoch
 
     def interrupt_third(*a, **k):
-        if a[-2] == 2:  # the epoch argument
+        if k["epoch"] == 2:
             raise KeyboardInterrupt
         return real_epoch(*a, **k)
 
@@ -123,6 +128,13 @@ def test_resume_extends_with_new_options(tmp_path, synth_args, capsys):
     ckpt = torch.load(os.path.join(run, "checkpoint.pth.tar"), weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["opt"]["num_epochs"] == 2 and ckpt["opt"]["embed_size"] == 32
     assert len(list(csv.DictReader(open(os.path.join(run, "metrics.csv"))))) == 2
+    # options given with --resume are checked like fresh ones; sizes that do not fit the weights are one line
+    path = os.path.join(run, "checkpoint.pth.tar")
+    for extra, start in ((["--margin", "-1"], "error: --margin: "),
+                         (["--embed_size", "64"], f"error: {path}: its weights do not fit")):
+        assert main(["--resume", path, "--num_epochs", "3", "--data_cache", synth_args[1]] + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(start), err
 
 
 def test_checkpoint_is_weights_only_and_atomic(tmp_path):
