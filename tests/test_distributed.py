@@ -27,7 +27,7 @@ import vse_losses  # noqa: E402
 from vse_losses import MaxViolationLoss, SumHingeLoss  # noqa: E402
 from vse_losses import functional as VF  # noqa: E402
 from vse_losses.functional import Norm, violation_terms  # noqa: E402
-from vse_losses.ops import _triton_usable  # noqa: E402
+from vse_losses.ops import triton_runs  # noqa: E402
 
 WORLDS = (3, 2)  # one spawn of 3 processes: the world of 3 first, then ranks 0 and 1 alone
 TOL = {"float64": 1e-9, "float32": 2e-5}
@@ -192,7 +192,7 @@ def test_query_blocks_partition_the_terms(impl, norm, self_ref):
     what the ranks compute between them, with every impl (triton: on CUDA, or in triton's CPU
     interpreter when TRITON_INTERPRET=1 was set before the kernels were first used)."""
     device = "cuda" if impl == "triton" and torch.cuda.is_available() else "cpu"
-    if impl == "triton" and not _triton_usable(torch.zeros(1, device=device)):
+    if impl == "triton" and not triton_runs(torch.zeros(1, device=device)):
         pytest.skip("triton needs CUDA, or its CPU interpreter (TRITON_INTERPRET=1)")
     dtype = torch.float32 if impl == "triton" else torch.float64
     g = torch.Generator().manual_seed(3)

@@ -46,7 +46,7 @@ def test_triton_older_than_checked_is_not_used(tmp_path):
                PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     setup = """
 import triton
-from vse_losses.ops.triton_negative_max import version_tuple
+from vse_losses.ops.triton_common import version_tuple
 assert triton.__version__ == "3.2.0", triton.__file__
 assert version_tuple("3.2.0") < (3, 3) <= version_tuple("3.3.1") < version_tuple("3.10.0+gitabc") == (3, 10)
 """

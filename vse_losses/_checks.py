@@ -88,11 +88,42 @@ def check_labels(name: str, labels: Optional[torch.Tensor], n: int, emb_name: st
         )
 
 
-def check_pair(emb: torch.Tensor, ref_emb: torch.Tensor) -> None:
-    check_embeddings("embeddings", emb)
-    check_embeddings("ref_emb", ref_emb)
+def check_pair(emb: torch.Tensor, ref_emb: torch.Tensor, names=("embeddings", "ref_emb")) -> None:
+    check_embeddings(names[0], emb)
+    check_embeddings(names[1], ref_emb)
     if emb.shape[1] != ref_emb.shape[1]:
         raise ValueError(
-            f"embeddings and ref_emb have different sizes ({emb.shape[1]} vs {ref_emb.shape[1]}); "
+            f"{names[0]} and {names[1]} have different sizes ({emb.shape[1]} vs {ref_emb.shape[1]}); "
             "project both modalities to the same embed_size"
         )
+
+
+def check_inputs(emb, labels, ref_emb, ref_labels, names=("embeddings", "labels", "ref_emb", "ref_labels")) -> None:
+    """Every check of one call's tensors, for the losses, the functions and the miners alike.
+
+    ``names``: what the caller calls the four arguments (the functions say img, labels, cap,
+    ref_labels; a score matrix is checked as ``emb`` with ``ref_emb`` None, its columns as the
+    second side)."""
+    emb_name, lab_name, ref_name, ref_lab_name = names
+    if ref_emb is None:
+        check_embeddings(emb_name, emb)
+    else:
+        check_pair(emb, ref_emb, (emb_name, ref_name))
+    check_labels(lab_name, labels, emb.shape[0], emb_name)
+    if ref_emb is not None:
+        check_labels(ref_lab_name, ref_labels, ref_emb.shape[0], ref_name)
+    else:  # one modality (ref_labels of the same rows), or a score matrix's columns
+        n = emb.shape[1] if emb_name == "scores" else emb.shape[0]
+        check_labels(ref_lab_name, ref_labels, n, f"{emb_name} (columns)" if emb_name == "scores" else emb_name)
+
+
+def split_paired_call(labels, ref_emb, caller: str = "loss"):
+    """PML's ``labels`` argument holding the other modality, ``loss(img_emb, cap_emb)``: returns
+    ``(labels, ref_emb)`` as they are meant (a 2-D float tensor is embeddings, never labels)."""
+    if torch.is_tensor(labels) and labels.ndim == 2 and labels.is_floating_point():
+        if ref_emb is not None:
+            raise ValueError(
+                f"paired form {caller}(img_emb, cap_emb) got ref_emb too; pass the captions once"
+            )
+        return None, labels
+    return labels, ref_emb

@@ -20,6 +20,29 @@ from typing import Dict, Optional
 import torch
 
 from .ops import negative_topk
+from .pairs import positive_pairs, resolve_labels
+
+STATS = ("frac_violating", "pos_sim_mean", "hardest_neg_sim_mean", "frac_hardest_is_duplicate",
+         "num_anchors_without_positive")
+
+
+def _stats(terms, pos_scores, hardest, duplicate, row_has_pos, col_has_pos, directions) -> Dict[str, float]:
+    """The definitions above, from what either path measured: the positive pairs' scores, the
+    hardest negatives' scores of every row and column (−inf: none), whether the original code's
+    hardest item was a duplicate (None: not defined), and which rows and columns have a positive."""
+    hardest = hardest[torch.isfinite(hardest)]
+    without = 0
+    if directions in ("both", "i2t"):
+        without += int((~row_has_pos).sum().item())
+    if directions in ("both", "t2i"):
+        without += int((~col_has_pos).sum().item())
+    return {
+        "frac_violating": (terms > 0).float().mean().item() if terms.numel() else 0.0,
+        "pos_sim_mean": pos_scores.mean().item() if pos_scores.numel() else float("nan"),
+        "hardest_neg_sim_mean": hardest.mean().item() if hardest.numel() else float("nan"),
+        "frac_hardest_is_duplicate": float("nan") if duplicate is None else duplicate.float().mean().item(),
+        "num_anchors_without_positive": without,
+    }
 
 
 @torch.no_grad()
@@ -32,43 +55,30 @@ def violation_stats(
     terms: torch.Tensor,
     directions: str = "both",
 ) -> Dict[str, float]:
-    """The diagnostics above for dot-product embeddings x (B, D), y (M, D) and the terms."""
-    from .functional import positive_pairs, resolve_labels
-
+    """The diagnostics for dot-product embeddings x (B, D), y (M, D) and the terms, without
+    anything B×M (the hardest negatives by the chunked search)."""
     B, M = x.shape[0], y.shape[0]
     lab, ref_lab = resolve_labels(labels, ref_labels, B, M, self_ref, x.device)
     a, p = positive_pairs(lab, ref_lab, self_ref)
-    has_pos = (torch.zeros(B, dtype=torch.bool, device=x.device).index_fill(0, a, True),
-               torch.zeros(M, dtype=torch.bool, device=x.device).index_fill(0, p, True))
     wide = torch.promote_types(x.dtype, torch.float32)
     pos = (x[a].to(wide) * y[p].to(wide)).sum(-1)
     rv, _, cv, _ = negative_topk(x, y, lab, ref_lab, self_ref, 1)
-    hardest = torch.cat([rv[:, 0], cv[:, 0]])
-    hardest = hardest[torch.isfinite(hardest)]
-    dup = float("nan")
+    dup = None
     if labels is not None and B == M:
         # the original code's negatives: every off-diagonal entry
         idx = torch.arange(B, device=x.device)
         _, ri, _, ci = negative_topk(x, y, idx, idx, False, 1)
-        dup = torch.cat([lab == ref_lab[ri[:, 0]], ref_lab == lab[ci[:, 0]]]).float().mean().item()
-    return {
-        "frac_violating": (terms > 0).float().mean().item() if terms.numel() else 0.0,
-        "pos_sim_mean": pos.mean().item() if pos.numel() else float("nan"),
-        "hardest_neg_sim_mean": hardest.mean().item() if hardest.numel() else float("nan"),
-        "frac_hardest_is_duplicate": dup,
-        "num_anchors_without_positive": _count_without_positive(*has_pos, directions),
-    }
+        dup = torch.cat([lab == ref_lab[ri[:, 0]], ref_lab == lab[ci[:, 0]]])
+    row_has = torch.zeros(B, dtype=torch.bool, device=x.device).index_fill(0, a, True)
+    col_has = torch.zeros(M, dtype=torch.bool, device=x.device).index_fill(0, p, True)
+    return _stats(terms, pos, torch.cat([rv[:, 0], cv[:, 0]]), dup, row_has, col_has, directions)
 
 
-def anchors_without_positive(pos: torch.Tensor, directions: str = "both") -> int:
-    """``num_anchors_without_positive`` from a dense (B, M) boolean mask of the positive pairs."""
-    return _count_without_positive(pos.any(1), pos.any(0), directions)
-
-
-def _count_without_positive(row_has: torch.Tensor, col_has: torch.Tensor, directions: str) -> int:
-    n = 0
-    if directions in ("both", "i2t"):
-        n += int((~row_has).sum().item())
-    if directions in ("both", "t2i"):
-        n += int((~col_has).sum().item())
-    return n
+@torch.no_grad()
+def score_stats(S: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, terms: torch.Tensor,
+                directions: str = "both") -> Dict[str, float]:
+    """The diagnostics from a dense (B, M) score matrix and its pair masks (other PML distances,
+    mined tuples); ``frac_hardest_is_duplicate`` is NaN there."""
+    masked = S.masked_fill(~neg, float("-inf"))
+    hardest = torch.cat([masked.amax(1), masked.amax(0)]) if S.numel() else S.new_zeros(0)
+    return _stats(terms, S[pos], hardest, None, pos.any(1), pos.any(0), directions)

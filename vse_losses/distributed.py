@@ -31,6 +31,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
+from .pairs import resolve_labels
+
 __all__ = [
     "is_initialized",
     "world_size",
@@ -164,8 +166,6 @@ def gather_batch(
     Four collectives: the sizes, the labels, the embeddings (both modalities in one), and in
     the backward one all-reduce (gloo) or reduce-scatter (NCCL) of their gradient.
     """
-    from .functional import resolve_labels  # functional imports this module
-
     self_ref = y is None
     B = x.shape[0]
     M = B if self_ref else y.shape[0]

@@ -36,6 +36,7 @@ def main(variants):
     from vse_losses.ops import triton_max_violation_backward as mb
     from vse_losses.ops import triton_max_violation_small as sm
     from vse_losses.ops import triton_row_dots as rd
+    from vse_losses.ops import triton_common as tc
     from vse_losses.ops import triton_negative_max as nm
 
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -45,7 +46,7 @@ def main(variants):
     data_ptrs = {"x_ptr", "y_ptr", "q_ptr", "k_ptr", "w_ptr", "gx_ptr", "gy_ptr", "own_ptr", "other_ptr", "grad_ptr"}
 
     def compile_one(fn, dtype, cfg, constexprs):
-        jitted = nm.jitted(fn)  # with the helpers it calls bound, as at run time
+        jitted = tc.jitted(fn)  # with the helpers it calls bound, as at run time
         names = jitted.arg_names
         const = dict(constexprs)
         const.update({k: v for k, v in dict(INPUT_PRECISION="ieee", **cfg).items() if k in names})

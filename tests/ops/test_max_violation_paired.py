@@ -4,12 +4,14 @@ import pytest
 import torch
 from reference import paired_max_violation as reference
 
+from vse_losses.ops import CHUNKED
+from vse_losses.ops import chunked_max_violation_backward as side
 from vse_losses.ops import max_violation_paired as mvp
 
 
 def run(x0, y0, margin, cosine, w1, w2):
     out = {}
-    for name, fn in (("got", lambda a, b: mvp.max_violation_paired(a, b, margin, cosine, "chunked")),
+    for name, fn in (("got", lambda a, b: mvp.max_violation_paired(a, b, margin, cosine, CHUNKED)),
                      ("ref", lambda a, b: reference(a, b, margin, cosine))):
         x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
         i2t, t2i = fn(x, y)
@@ -22,7 +24,7 @@ def run(x0, y0, margin, cosine, w1, w2):
 @pytest.mark.parametrize("B", [1, 2, 9, 40])
 @pytest.mark.parametrize("tile", [1 << 22, 12])  # one chunk; chunks of 2 rows (D = 6)
 def test_matches_float64_autograd(monkeypatch, cosine, B, tile):
-    monkeypatch.setattr(mvp, "TILE_ELEMENTS", tile)
+    monkeypatch.setattr(side, "TILE_ELEMENTS", tile)
     g = torch.Generator().manual_seed(B)
     x = torch.randn(B, 6, dtype=torch.float64, generator=g) * 3
     y = torch.randn(B, 6, dtype=torch.float64, generator=g) * 3
@@ -37,7 +39,7 @@ def test_matches_float64_autograd(monkeypatch, cosine, B, tile):
 def test_collapse_ties_and_zero_rows(monkeypatch, tile):
     # every caption identical: every column ties, the lowest row wins and receives every gradient;
     # a zero image row: normalisation divides by ε
-    monkeypatch.setattr(mvp, "TILE_ELEMENTS", tile)
+    monkeypatch.setattr(side, "TILE_ELEMENTS", tile)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(7, 6, dtype=torch.float64, generator=g)
     x[3] = 0.0
@@ -52,14 +54,14 @@ def test_gradcheck():
     g = torch.Generator().manual_seed(5)
     x = torch.randn(6, 4, dtype=torch.float64, generator=g, requires_grad=True)
     y = torch.randn(6, 4, dtype=torch.float64, generator=g, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: mvp.max_violation_paired(a, b, 0.5, True, "chunked"), (x, y))
+    assert torch.autograd.gradcheck(lambda a, b: mvp.max_violation_paired(a, b, 0.5, True, CHUNKED), (x, y))
 
 
 def test_memory_is_linear_in_the_batch():
     # nothing B×B and no normalised copy of the inputs is saved for the backward
     x = torch.randn(300, 8, requires_grad=True)
     y = torch.randn(300, 8, requires_grad=True)
-    i2t, _ = mvp.max_violation_paired(x, y, 0.2, True, "chunked")
+    i2t, _ = mvp.max_violation_paired(x, y, 0.2, True, CHUNKED)
     saved = i2t.grad_fn.saved_tensors
     assert any(t is x for t in saved) and any(t is y for t in saved)
     assert all(t is x or t is y or t.dim() == 1 for t in saved)

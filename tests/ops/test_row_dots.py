@@ -3,7 +3,7 @@ and in several."""
 import pytest
 import torch
 
-from vse_losses.ops import row_dots as rd
+from vse_losses.ops import chunked_row_dots as rd
 
 
 def _case(seed=0, Bq=11, Bk=9, D=5, N=14):
@@ -24,19 +24,19 @@ def test_matches_gather(monkeypatch, tile, aligned):
     qi = None if aligned in ("q", "both") else qi
     ki = None if aligned == "both" else ki
     ref = ((q if qi is None else q[qi]) * (k if ki is None else k[ki])).sum(-1)
-    got = rd.row_dots(q, k, qi, ki)
+    got = rd.row_dots_chunked(q, k, qi, ki)
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-14)
     ref_grads = torch.autograd.grad((ref * w).sum(), (q, k))
     got_grads = torch.autograd.grad((got * w).sum(), (q, k))
     for a, b in zip(got_grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
-    assert torch.autograd.gradcheck(lambda a, b: rd.row_dots(a, b, qi, ki), (q, k))
+    assert torch.autograd.gradcheck(lambda a, b: rd.row_dots_chunked(a, b, qi, ki), (q, k))
 
 
 def test_half_inputs_keep_their_dtype_and_accumulate_wide():
     q, k, qi, ki, w = _case(seed=1, D=64)
     qh, kh = q.detach().half().requires_grad_(), k.detach().half().requires_grad_()
-    got = rd.row_dots(qh, kh, qi, ki)
+    got = rd.row_dots_chunked(qh, kh, qi, ki)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), (qh.double()[qi] * kh.double()[ki]).sum(-1), rtol=1e-6, atol=1e-6)
     (got * w.float()).sum().backward()
@@ -47,7 +47,7 @@ def test_no_pairs():
     # a rank of a distributed batch can hold no pair at all
     q, k, _, _, _ = _case()
     none = torch.zeros(0, dtype=torch.long)
-    out = rd.row_dots(q, k, none, none)
+    out = rd.row_dots_chunked(q, k, none, none)
     assert out.shape == (0,)
     out.sum().backward()
     assert q.grad.abs().max() == 0 and k.grad.abs().max() == 0

@@ -51,7 +51,7 @@ def _strided_sums_kernel(x_ptr, out_ptr, n, PER):
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the interpreter only")
 @pytest.mark.skipif(not triton_available(), reason="no triton the kernels are checked with")
 def test_kernel_with_run_time_loop_bounds():
-    from vse_losses.ops.triton_negative_max import jitted
+    from vse_losses.ops.triton_common import jitted
 
     assert patch_interpreter_index()
     n, per = 10, 4

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 from reference import paired_max_violation as reference  # noqa: E402
 
 from vse_losses.ops import max_violation_paired as mvp  # noqa: E402
-from vse_losses.ops import triton_available  # noqa: E402
+from vse_losses.ops import _triton_backend, triton_available  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton not importable")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -20,7 +20,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 def check(x0, y0, margin, cosine, w1, w2, rtol=1e-4, atol=1e-5):
     x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
-    i2t, t2i = mvp.max_violation_paired(x, y, margin, cosine, "triton")
+    i2t, t2i = mvp.max_violation_paired(x, y, margin, cosine, _triton_backend())
     gx, gy = torch.autograd.grad((i2t * w1).sum() + (t2i * w2).sum(), (x, y))
     assert gx.dtype == x0.dtype and gy.dtype == y0.dtype
     xr, yr = x0.double().requires_grad_(), y0.double().requires_grad_()

@@ -14,10 +14,8 @@ import pytest  # noqa: E402
 
 triton = pytest.importorskip("triton")
 
-from vse_losses.ops.triton_negative_max import (  # noqa: E402
-    TRITON_AVAILABLE,
-    negative_max_triton,
-)
+from vse_losses.ops.triton_common import TRITON_AVAILABLE  # noqa: E402
+from vse_losses.ops.triton_negative_max import negative_max_triton  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not TRITON_AVAILABLE, reason="triton not importable")
 

@@ -19,14 +19,14 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.mark.parametrize("gather", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("n,D", [(1, 3), (9, 37), (20, 16)])
 def test_matches_float64(dtype, gather, n, D):
-    from vse_losses.ops.triton_row_dots import row_dots_triton
+    from vse_losses.ops.triton_row_dots import row_dots_forward_triton
 
     g = torch.Generator().manual_seed(n * 31 + D)
     q = torch.randn(max(n, 6), D, generator=g).to(DEVICE, dtype)
     k = torch.randn(max(n, 6), D, generator=g).to(DEVICE, dtype)
     qi = torch.randint(0, q.shape[0], (n,), generator=g).to(DEVICE) if gather[0] else None
     ki = torch.randint(0, k.shape[0], (n,), generator=g).to(DEVICE) if gather[1] else None
-    got = row_dots_triton(q, k, qi, ki, n)
+    got = row_dots_forward_triton(q, k, qi, ki, n)
     qr = q.double()[qi] if qi is not None else q.double()[:n]
     kr = k.double()[ki] if ki is not None else k.double()[:n]
     assert got.dtype == torch.float32 and got.shape == (n,)
@@ -34,10 +34,10 @@ def test_matches_float64(dtype, gather, n, D):
 
 
 def test_no_pair():
-    from vse_losses.ops.triton_row_dots import row_dots_triton
+    from vse_losses.ops.triton_row_dots import row_dots_forward_triton
 
     q = torch.randn(4, 8, device=DEVICE)
-    assert row_dots_triton(q, q, torch.zeros(0, dtype=torch.long, device=DEVICE), None, 0).shape == (0,)
+    assert row_dots_forward_triton(q, q, torch.zeros(0, dtype=torch.long, device=DEVICE), None, 0).shape == (0,)
 
 
 def test_gpu_tiles(monkeypatch):
@@ -49,5 +49,5 @@ def test_gpu_tiles(monkeypatch):
     g = torch.Generator().manual_seed(9)
     q, k = torch.randn(50, 700, generator=g).to(DEVICE), torch.randn(60, 700, generator=g).to(DEVICE)
     ki = torch.randint(0, 60, (50,), generator=g).to(DEVICE)
-    got = rd.row_dots_triton(q, k, None, ki, 50)
+    got = rd.row_dots_forward_triton(q, k, None, ki, 50)
     torch.testing.assert_close(got.double(), (q.double() * k.double()[ki]).sum(1), rtol=1e-5, atol=1e-4)

@@ -11,13 +11,12 @@ from pytorch_metric_learning.losses import BaseMetricLossFunction
 
 from .. import _checks
 from .. import distributed as _dist
-from ..diagnostics import anchors_without_positive, violation_stats
+from ..diagnostics import STATS, score_stats, violation_stats
 from ..functional import (
     Norm,
+    distributed_terms,
     nan_guard,
     pair_masks,
-    positive_pairs,
-    query_violation_terms,
     resolve_labels,
     violation_norm,
     violation_terms,
@@ -55,11 +54,7 @@ class BaseViolationLoss(BaseMetricLossFunction):
         self.impl = _checks.check_choice("impl", impl, _checks.IMPLS)
         self.distributed = bool(distributed)
         self.add_to_recordable_attributes(list_of_names=["margin"], is_stat=False)
-        self.add_to_recordable_attributes(
-            list_of_names=["frac_violating", "pos_sim_mean", "hardest_neg_sim_mean", "frac_hardest_is_duplicate",
-                           "num_anchors_without_positive"],
-            is_stat=True,
-        )
+        self.add_to_recordable_attributes(list_of_names=list(STATS), is_stat=True)
 
     def get_default_distance(self):
         return CosineSimilarity()
@@ -70,18 +65,10 @@ class BaseViolationLoss(BaseMetricLossFunction):
     # ----------------------------------------------------------------------------------------
 
     def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
-        """Guards first, then PML's steps (compute_loss, regulariser, reducer)."""
-        if torch.is_tensor(labels) and labels.ndim == 2 and labels.is_floating_point():
-            # paired form loss(img_emb, cap_emb): the second argument is the other modality
-            if ref_emb is not None:
-                raise ValueError("paired form loss(img_emb, cap_emb) got ref_emb too; pass the captions once")
-            ref_emb, labels = labels, None
-        self.reset_stats()
-        _checks.check_embeddings("embeddings", embeddings)
-        if ref_emb is not None:
-            _checks.check_pair(embeddings, ref_emb)
-        _checks.check_labels("labels", labels, embeddings.shape[0], "embeddings")
-        _checks.check_labels("ref_labels", ref_labels, (embeddings if ref_emb is None else ref_emb).shape[0], "ref_emb")
+        """PML's forward with the paired form and the guards first; the distributed path reduces
+        across ranks before PML's reducer sees the loss."""
+        labels, ref_emb = _checks.split_paired_call(labels, ref_emb)
+        _checks.check_inputs(embeddings, labels, ref_emb, ref_labels)
         if indices_tuple is not None and len(indices_tuple) not in (3, 4):
             raise ValueError(
                 f"indices_tuple must be PML triplets (a, p, n) or pairs (a1, p, a2, n), got {len(indices_tuple)} tensors"
@@ -94,86 +81,75 @@ class BaseViolationLoss(BaseMetricLossFunction):
             ref_emb, ref_labels = embeddings, labels
         if self.distributed and _dist.world_size() > 1:  # ValueError without a process group
             return self._forward_distributed(embeddings, labels, indices_tuple, ref_emb, ref_labels)
-        loss_dict = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
-        self.add_embedding_regularization_to_loss_dict(loss_dict, embeddings)
-        return self.reducer(loss_dict, embeddings, labels)
+        return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         self_ref = ref_emb is embeddings
-        norm = self.norm()
-        dot = isinstance(self.distance, DotProductSimilarity) and self.distance.power == 1
-        if dot and indices_tuple is None:
-            # PML's cosine (l2 normalisation, then the dot product) is left to violation_terms,
-            # which can fold the norms into the kernels instead of normalising copies
+        y_in = None if self_ref else ref_emb
+        if self._dot() and indices_tuple is None:
+            # PML's cosine (l2 normalisation, then the dot product) is left to the planner, which
+            # can fold the norms into the kernels instead of normalising copies
             cosine = self.distance.normalize_embeddings and self.distance.p == 2
             x = embeddings if cosine else self.distance.maybe_normalize(embeddings)
             y = None if self_ref else (ref_emb if cosine else self.distance.maybe_normalize(ref_emb))
             terms, anchors = violation_terms(
-                x, y, labels=labels, ref_labels=ref_labels, margin=self.margin, norm=norm,
+                x, y, labels=labels, ref_labels=ref_labels, margin=self.margin, norm=self.norm(),
                 directions=self.directions, impl=self.impl, cosine=cosine, guard=True,
             )
             if self.collect_stats:
                 if cosine:
                     x = F.normalize(x, dim=1)
                     y = None if y is None else F.normalize(y, dim=1)
-                self._record_stats(x, x if y is None else y, labels, ref_labels, self_ref, terms)
+                self._set_stats(violation_stats(x, x if y is None else y, labels, ref_labels, self_ref, terms,
+                                                self.directions))
         else:
-            terms, anchors = self._dense_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, self_ref, norm)
-            terms = terms + nan_guard(embeddings, None if self_ref else ref_emb)
+            terms, anchors = self._dense_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, self_ref)
+            terms = terms + nan_guard(embeddings, y_in)
         if terms.numel() == 0:
-            return self._no_terms(embeddings, None if self_ref else ref_emb)
+            return {"loss": self._no_terms(embeddings, y_in)}
         return {"loss": {"losses": terms, "indices": anchors, "reduction_type": "element"}}
 
     @staticmethod
     def _no_terms(embeddings, ref_emb):
         """No positive pair in the batch: a 0 (as PML's losses give), not the NaN of a mean over no
         terms, tied to both inputs so that every reducer returns it with zero gradients."""
-        zero = nan_guard(embeddings, ref_emb) + 0.0  # + 0.0 turns the -0 of a negative sum into 0
-        return {"loss": {"losses": zero, "indices": None, "reduction_type": "already_reduced"}}
+        zero = nan_guard(embeddings, ref_emb) + 0.0  # + 0.0 turns the −0 of a negative sum into 0
+        return {"losses": zero, "indices": None, "reduction_type": "already_reduced"}
 
     def _forward_distributed(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
-        """The local queries against every rank's batch (DESIGN §5), reduced so that the ranks'
-        losses sum to W × the single-process loss (see ``vse_losses.distributed``)."""
+        """The local queries against every rank's batch (``vse_losses.distributed``), reduced so
+        that the ranks' losses sum to W × the single-process loss."""
         if indices_tuple is not None:
             raise ValueError(
                 "distributed=True builds the pairs from labels over the global batch, but indices_tuple "
                 "indexes this rank's batch only: drop indices_tuple, or use distributed=False"
             )
+        self.reset_stats()
         self_ref = ref_emb is embeddings
-        norm = self.norm()
-        dot = isinstance(self.distance, DotProductSimilarity) and self.distance.power == 1
         x, y = embeddings, (None if self_ref else ref_emb)
+        dot = self._dot()
         if dot:  # normalise locally, row by row, before gathering
             x = self.distance.maybe_normalize(x)
             y = None if self_ref else self.distance.maybe_normalize(y)
-        g = _dist.gather_batch(x, y, labels, None if self_ref else ref_labels)
-        gy = g.x if g.y is None else g.y
-        if dot:
-            terms, anchors = violation_terms(
-                g.x, g.y, labels=g.labels, ref_labels=g.ref_labels, margin=self.margin, norm=norm,
-                directions=self.directions, impl=self.impl, query_rows=g.rows, query_cols=g.cols,
-            )
-        else:
-            terms, anchors = query_violation_terms(
-                g.x, gy, g.labels, g.ref_labels, self_ref, positive_pairs(g.labels, g.ref_labels, self_ref),
-                g.rows, g.cols, margin=self.margin, norm=norm, directions=self.directions, impl="dense",
-                scores=self._scores,
-            )
+        terms, anchors, g = distributed_terms(
+            x, y, labels, None if self_ref else ref_labels, margin=self.margin, norm=self.norm(),
+            directions=self.directions, impl=self.impl, scores=None if dot else self._scores,
+        )
         if self.collect_stats:
+            gy = g.x if g.y is None else g.y
             if dot:
-                self._record_stats(
-                    g.x, gy, g.labels if g.has_labels else None, g.ref_labels if g.has_labels else None, self_ref, terms
-                )
+                self._set_stats(violation_stats(g.x, gy, g.labels if g.has_labels else None,
+                                                g.ref_labels if g.has_labels else None, self_ref, terms,
+                                                self.directions))
             else:
-                with torch.no_grad():
-                    pos, neg = pair_masks(g.labels, g.ref_labels, self_ref)
-                    self._record_dense_stats(self._scores(g.x, gy), pos, neg, terms)
+                pos, neg = pair_masks(g.labels, g.ref_labels, self_ref)
+                self._set_stats(score_stats(self._scores(g.x, gy), pos, neg, terms, self.directions))
         rule = _dist.reducer_rule(self.reducer)
-        value = None if rule is None else _dist.reduce_terms(terms, rule, g.world)
-        if value is not None:
-            loss = {"losses": value, "indices": None, "reduction_type": "already_reduced"}
+        if rule is not None:
+            loss = {"losses": _dist.reduce_terms(terms, rule, g.world), "indices": None,
+                    "reduction_type": "already_reduced"}
         elif terms.numel() == 0:
-            loss = self._no_terms(embeddings, None if self_ref else ref_emb)["loss"]
+            loss = self._no_terms(embeddings, None if self_ref else ref_emb)
         else:  # another reducer gets this rank's terms; indices: the local index of each term's
             # query (the embeddings row for i2t terms, the ref_emb row for t2i terms)
             loss = {"losses": terms + g.guard(), "indices": anchors, "reduction_type": "element"}
@@ -185,13 +161,22 @@ class BaseViolationLoss(BaseMetricLossFunction):
 
     # ----------------------------------------------------------------------------------------
 
+    def _dot(self) -> bool:
+        """The similarity is a (possibly normalised) dot product, which the fast paths compute."""
+        return isinstance(self.distance, DotProductSimilarity) and self.distance.power == 1
+
+    def _set_stats(self, stats) -> None:
+        for name, value in stats.items():
+            setattr(self, name, value)
+
     def _scores(self, embeddings, ref_emb) -> torch.Tensor:
         """(B, M) similarities from the PML distance (a distance d becomes −d)."""
         wide = torch.promote_types(embeddings.dtype, torch.float32)
         mat = self.distance(embeddings.to(wide), ref_emb.to(wide))
         return mat if self.distance.is_inverted else -mat
 
-    def _dense_terms(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, self_ref, norm):
+    def _dense_terms(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, self_ref):
+        norm = self.norm()
         S = self._scores(embeddings, ref_emb)
         B, M = S.shape
         if indices_tuple is None:
@@ -209,7 +194,7 @@ class BaseViolationLoss(BaseMetricLossFunction):
             S, pos, neg, margin=self.margin, norm=norm, directions=self.directions
         )
         if self.collect_stats:
-            self._record_dense_stats(S, pos, neg, terms)
+            self._set_stats(score_stats(S, pos, neg, terms, self.directions))
         return terms, anchors
 
     def _triplet_terms(self, S, indices_tuple, norm) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -234,21 +219,3 @@ class BaseViolationLoss(BaseMetricLossFunction):
         H = h.new_zeros(uniq.numel(), int(counts.max()))
         H = H.index_put((group, slot), h)  # zero padding changes no norm of h ≥ 0
         return violation_norm(H, norm), uniq // S.shape[1]
-
-    # ----------------------------------------------------------------------------------------
-
-    def _record_stats(self, x, y, labels, ref_labels, self_ref, terms):
-        stats = violation_stats(x, y, labels, ref_labels, self_ref, terms, self.directions)
-        for name, value in stats.items():
-            setattr(self, name, value)
-
-    def _record_dense_stats(self, S, pos, neg, terms):
-        with torch.no_grad():
-            self.frac_violating = (terms > 0).float().mean().item() if terms.numel() else 0.0
-            self.pos_sim_mean = S[pos].mean().item() if pos.any() else float("nan")
-            masked = S.masked_fill(~neg, float("-inf"))
-            hardest = torch.cat([masked.amax(1), masked.amax(0)])
-            hardest = hardest[torch.isfinite(hardest)]
-            self.hardest_neg_sim_mean = hardest.mean().item() if hardest.numel() else float("nan")
-            self.frac_hardest_is_duplicate = float("nan")
-            self.num_anchors_without_positive = anchors_without_positive(pos, self.directions)

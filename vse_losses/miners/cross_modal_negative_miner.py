@@ -7,8 +7,8 @@ from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimila
 from pytorch_metric_learning.miners import BaseMiner
 
 from .. import _checks
-from ..functional import positive_pairs, resolve_labels
-from ..ops import negative_topk
+from ..ops import CHUNKED, resolve_backend
+from ..pairs import positive_pairs, resolve_labels
 
 
 class TopKNegativeMiner(BaseMiner):
@@ -39,10 +39,8 @@ class TopKNegativeMiner(BaseMiner):
 
     def forward(self, embeddings, labels=None, ref_emb=None, ref_labels=None):
         """PML's miner call; also the paired form ``miner(img_emb, cap_emb)`` (labels optional)."""
-        if torch.is_tensor(labels) and labels.ndim == 2 and labels.is_floating_point():
-            if ref_emb is not None:
-                raise ValueError("paired form miner(img_emb, cap_emb) got ref_emb too; pass the captions once")
-            ref_emb, labels = labels, None
+        labels, ref_emb = _checks.split_paired_call(labels, ref_emb, caller="miner")
+        _checks.check_inputs(embeddings, labels, ref_emb, ref_labels)
         self.reset_stats()
         with torch.no_grad():
             if ref_emb is None:
@@ -55,21 +53,15 @@ class TopKNegativeMiner(BaseMiner):
 
     def mine(self, embeddings, labels, ref_emb, ref_labels):
         self_ref = ref_emb is embeddings
-        _checks.check_embeddings("embeddings", embeddings)
-        _checks.check_pair(embeddings, ref_emb)
-        _checks.check_labels("labels", labels, embeddings.shape[0], "embeddings")
-        _checks.check_labels("ref_labels", ref_labels, ref_emb.shape[0], "ref_emb")
         B, M = embeddings.shape[0], ref_emb.shape[0]
         lab, ref_lab = resolve_labels(labels, ref_labels, B, M, self_ref, embeddings.device)
         a, p = positive_pairs(lab, ref_lab, self_ref)
         if isinstance(self.distance, DotProductSimilarity) and self.distance.power == 1:
-            from ..ops import resolve_impl
-
             x = self.distance.maybe_normalize(embeddings)
             y = self.distance.maybe_normalize(ref_emb)
-            impl = resolve_impl(self.impl, x, B * M)
-            impl = "chunked" if impl == "dense" else impl
-            vals, idx, _, _ = negative_topk(x, y, lab, ref_lab, self_ref, self.k, impl=impl)
+            backend = resolve_backend(self.impl, x, B * M)
+            backend = CHUNKED if backend.dense else backend  # the search is the same at any size
+            vals, idx, _, _ = backend.negative_topk(x, y, lab, ref_lab, self_ref, self.k)
         else:
             vals, idx = self._dense_topk(embeddings, ref_emb, lab, ref_lab, self_ref)
         vals, idx = vals[a], idx[a]  # (P, k)

@@ -1,61 +1,149 @@
-"""Fast kernels of the losses, each file one kernel with its autograd Function beside it.
+"""The fast implementations of the losses' operations, behind one :class:`Backend` per ``impl``.
 
-Two primitives are enough for every loss (see ``vse_losses.functional``):
+:func:`resolve_backend` turns ``impl`` into a backend once per call; nothing else in the library
+looks at the string. A backend holds the operations the planner (``vse_losses.planner``) needs:
 
-- :func:`negative_topk` — the k hardest negatives of every row and every column of ``x yᵀ``
-  (no gradient: the loss recomputes the selected scores by a gather);
-- :func:`hinge_norm_rows` — ``T_i = (Σ_j [q_i·k_j − t_i]_+^p)^{1/p}`` over the negatives of each
-  row, with a backward that recomputes score tiles.
+- ``negative_topk`` — the k hardest negatives of every row and every column of ``x yᵀ`` (no
+  gradient: the loss recomputes the selected scores by ``row_dots``);
+- ``hinge_norm_rows`` / ``hinge_norm_pairs`` — ℓp norms of hinge rows, ``T_i = (Σ_j [q_i·k_j −
+  t_i]_+^p)^{1/p}``, with a backward that recomputes score tiles;
+- ``row_dots`` — ``q[qi_n] · k[ki_n]`` without copies of the rows;
+- ``max_violation_paired`` — the paired MH terms in O(B) memory, the cosine folded in;
+- ``max_violation_small`` — the paired MH of a small batch in one launch (Triton only).
 
-Each exists as ``chunked`` (torch, tiles of rows, any device) and ``triton`` (CUDA, the score tile
-fused with the reductions). Neither holds anything B×M.
+Each operation exists as ``chunked`` (torch, tiles of rows, any device; modules ``chunked_*``)
+and ``triton`` (the score tile fused with the reductions; modules ``triton_*``, plumbing in
+``triton_common``), under matching names. Neither holds anything B×M. ``dense`` builds the
+score matrix and its masks and has no operations here: the planner computes it in torch.
 """
 
 from __future__ import annotations
 
-import os
+import functools
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
-from .hinge_norm import hinge_norm_rows_chunked
-from .hinge_norm_pairs import hinge_norm_pairs_chunked
-from .negative_topk import negative_topk_chunked
-from .tiling import diagonal_pairs
+from .chunked_hinge_norm import hinge_norm_rows_chunked
+from .chunked_hinge_norm_pairs import hinge_norm_pairs_chunked
+from .chunked_max_violation_backward import mh_side_chunked
+from .chunked_negative_topk import negative_topk_chunked
+from .chunked_row_dots import RowDots, row_dots_forward_chunked
+from .max_violation_paired import MaxViolationPaired
+
+__all__ = ["Backend", "DENSE", "CHUNKED", "resolve_backend", "resolve_impl", "triton_available", "triton_runs",
+           "negative_topk", "hinge_norm_rows", "hinge_norm_pairs", "row_dots", "AUTO_CHUNKED_MIN_PAIRS"]
 
 # B·M above which "auto" leaves the dense formula for the chunked one on the CPU: below it the
 # dense formula is as fast and its few B×M buffers are small.
 AUTO_CHUNKED_MIN_PAIRS = 512 * 512
 
 
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of every operation (see the module docstring); ``dense``: none."""
+
+    name: str
+    row_dots_forward: Optional[Callable] = None
+    negative_max: Optional[Callable] = None  # k = 1 fused search, else negative_topk_chunked
+    hinge_norm_rows: Optional[Callable] = None
+    hinge_norm_pairs: Optional[Callable] = None
+    mh_side: Optional[Callable] = None
+    max_violation_small: Optional[Callable] = None  # (x, y, margin, cosine, guard) for B ≤ its MAX_B
+
+    @property
+    def dense(self) -> bool:
+        return self.row_dots_forward is None
+
+    def row_dots(self, q, k, qi=None, ki=None):
+        """``q[qi_n] · k[ki_n]``, float32 (float64 for float64 inputs), differentiable in q and k."""
+        return RowDots.apply(q, k, qi, ki, self.row_dots_forward)
+
+    def negative_topk(self, x, y, x_labels, y_labels, self_ref, k, paired=False, scales=None):
+        """See :func:`negative_topk`."""
+        if k == 1 and self.negative_max is not None:
+            rv, ri, cv, ci = self.negative_max(x, y, x_labels, y_labels, self_ref, scales=scales)
+            return rv[:, None], ri[:, None], cv[:, None], ci[:, None]
+        return negative_topk_chunked(x, y, x_labels, y_labels, self_ref, k, paired=paired, scales=scales)
+
+    def max_violation_paired(self, x, y, margin, cosine):
+        """``(i2t, t2i)`` MH terms of the paired batch; :mod:`~vse_losses.ops.max_violation_paired`."""
+        return MaxViolationPaired.apply(x, y, float(margin), bool(cosine), self)
+
+
+DENSE = Backend("dense")
+CHUNKED = Backend("chunked", row_dots_forward=row_dots_forward_chunked, hinge_norm_rows=hinge_norm_rows_chunked,
+                  hinge_norm_pairs=hinge_norm_pairs_chunked, mh_side=mh_side_chunked)
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_backend() -> Backend:
+    # imported at first use: importing triton is slow, and the interpreter is chosen at first launch
+    from .triton_hinge_norm import hinge_norm_rows_triton
+    from .triton_hinge_norm_pairs import hinge_norm_pairs_triton
+    from .triton_max_violation_backward import mh_side_triton
+    from .triton_max_violation_small import max_violation_small
+    from .triton_negative_max import negative_max_triton
+    from .triton_row_dots import row_dots_forward_triton
+
+    return Backend("triton", row_dots_forward=row_dots_forward_triton, negative_max=negative_max_triton,
+                   hinge_norm_rows=hinge_norm_rows_triton, hinge_norm_pairs=hinge_norm_pairs_triton,
+                   mh_side=mh_side_triton, max_violation_small=max_violation_small)
+
+
 def triton_available() -> bool:
-    try:
-        from . import triton_negative_max  # noqa: F401
-    except Exception:  # a broken triton install
-        return False
-    return getattr(triton_negative_max, "TRITON_AVAILABLE", False)
+    """A triton the kernels support (>= 3.3) is importable."""
+    from .triton_common import TRITON_AVAILABLE
+
+    return TRITON_AVAILABLE
 
 
-def _triton_usable(x: torch.Tensor) -> bool:
-    on_device = x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
-    return on_device and x.dtype in (torch.float32, torch.float16, torch.bfloat16) and triton_available()
+def triton_runs(*tensors: torch.Tensor) -> bool:
+    """The one test of whether the Triton kernels can run on these tensors: a supported triton,
+    and every tensor float32/float16/bfloat16 on a CUDA device (or anywhere under
+    ``TRITON_INTERPRET=1``, triton's CPU interpreter)."""
+    from .triton_common import is_interpreting
+
+    return triton_available() and all(
+        (t.is_cuda or is_interpreting()) and t.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        for t in tensors
+    )
+
+
+def resolve_backend(impl: str, x: torch.Tensor, n_pairs: int) -> Backend:
+    """The backend for ``impl``: ``auto`` is triton on CUDA where it runs, chunked when B·M is large,
+    dense otherwise. An explicit ``triton`` that cannot run raises ``ValueError``."""
+    if impl == "auto":
+        if x.is_cuda and triton_runs(x):
+            return _triton_backend()
+        return CHUNKED if n_pairs >= AUTO_CHUNKED_MIN_PAIRS else DENSE
+    if impl == "triton":
+        if not triton_runs(x):
+            from .triton_common import triton_requirement
+
+            raise ValueError(
+                f"impl='triton' needs {triton_requirement()} and a CUDA tensor of "
+                f"float32/float16/bfloat16 (got {x.device}, {x.dtype}); use impl='chunked' on the CPU, or set "
+                "TRITON_INTERPRET=1 before importing to test"
+            )
+        return _triton_backend()
+    if impl == "chunked":
+        return CHUNKED
+    if impl == "dense":
+        return DENSE
+    raise ValueError(f"impl must be one of 'auto', 'dense', 'chunked', 'triton', got {impl!r}")
 
 
 def resolve_impl(impl: str, x: torch.Tensor, n_pairs: int) -> str:
-    """``auto``: triton on CUDA (fp32/fp16/bf16, triton >= 3.3 installed), chunked when B·M is large,
-    dense otherwise. An explicit ``triton`` that cannot run raises ``ValueError``."""
-    if impl == "auto":
-        if x.is_cuda and _triton_usable(x):
-            return "triton"
-        return "chunked" if n_pairs >= AUTO_CHUNKED_MIN_PAIRS else "dense"
-    if impl == "triton" and not _triton_usable(x):
-        from .triton_negative_max import triton_requirement
+    """The name of :func:`resolve_backend`'s choice."""
+    return resolve_backend(impl, x, n_pairs).name
 
-        raise ValueError(
-            f"impl='triton' needs {triton_requirement()} and a CUDA tensor of "
-            f"float32/float16/bfloat16 (got {x.device}, {x.dtype}); use impl='chunked' on the CPU, or set "
-            "TRITON_INTERPRET=1 before importing to test"
-        )
-    return impl
+
+def _fast(impl: str, x: torch.Tensor) -> Backend:
+    # the functions below are kernels, not losses: "dense" and "auto" below the threshold mean chunked
+    backend = resolve_backend(impl, x, AUTO_CHUNKED_MIN_PAIRS)
+    return CHUNKED if backend.dense else backend
 
 
 def negative_topk(x, y, x_labels, y_labels, self_ref: bool, k: int, impl: str = "chunked", paired: bool = False,
@@ -70,12 +158,7 @@ def negative_topk(x, y, x_labels, y_labels, self_ref: bool, k: int, impl: str = 
     chunked kernel the search for same-label entries. ``scales``: ``(c_x (B,), c_y (M,))`` float32, the
     scores are then ``c_i c_j x_i·y_j`` (cosine similarity of raw embeddings, with c = 1/‖·‖).
     """
-    if impl == "triton" and k == 1:
-        from .triton_negative_max import negative_max_triton
-
-        rv, ri, cv, ci = negative_max_triton(x, y, x_labels, y_labels, self_ref, scales=scales)
-        return rv[:, None], ri[:, None], cv[:, None], ci[:, None]
-    return negative_topk_chunked(x, y, x_labels, y_labels, self_ref, k, paired=paired, scales=scales)
+    return _fast(impl, x).negative_topk(x, y, x_labels, y_labels, self_ref, k, paired=paired, scales=scales)
 
 
 def hinge_norm_rows(q, keys, t, q_labels, k_labels, q_self, p: float, impl: str = "chunked"):
@@ -84,11 +167,7 @@ def hinge_norm_rows(q, keys, t, q_labels, k_labels, q_self, p: float, impl: str 
     q: (N, D), keys: (M, D), t: (N,); j is a negative of row i iff ``q_labels[i] != k_labels[j]``
     and ``j != q_self[i]`` (``-1``: none excluded). Differentiable in q, keys and t. → (N,) float32.
     """
-    if impl == "triton":
-        from .triton_hinge_norm import hinge_norm_rows_triton
-
-        return hinge_norm_rows_triton(q, keys, t, q_labels, k_labels, q_self, p)
-    return hinge_norm_rows_chunked(q, keys, t, q_labels, k_labels, q_self, p)
+    return _fast(impl, q).hinge_norm_rows(q, keys, t, q_labels, k_labels, q_self, p)
 
 
 def hinge_norm_pairs(x, y, t, a, p_idx, labels, ref_labels, self_ref: bool, p: float,
@@ -103,16 +182,12 @@ def hinge_norm_pairs(x, y, t, a, p_idx, labels, ref_labels, self_ref: bool, p: f
     paired batch), and runs :func:`hinge_norm_rows` once per direction otherwise. ``paired``: the
     labels are ``arange(B)`` and the pairs (j, j), known without looking at them.
     """
-    if impl != "triton":
-        return hinge_norm_pairs_chunked(x, y, t, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i, paired)
-    if diagonal_pairs(a, p_idx, x.shape[0], y.shape[0], paired):
-        from .triton_hinge_norm_pairs import hinge_norm_pairs_triton
+    return _fast(impl, x).hinge_norm_pairs(x, y, t, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i, paired)
 
-        return hinge_norm_pairs_triton(x, y, t, labels, ref_labels, self_ref, p, do_i2t, do_t2i)
-    none = torch.full_like(a, -1)
-    T1 = T2 = torch.zeros_like(t, dtype=torch.promote_types(t.dtype, torch.float32))
-    if do_i2t:
-        T1 = hinge_norm_rows(x[a], y, t, labels[a], ref_labels, a if self_ref else none, p, impl=impl)
-    if do_t2i:
-        T2 = hinge_norm_rows(y[p_idx], x, t, ref_labels[p_idx], labels, p_idx if self_ref else none, p, impl=impl)
-    return T1, T2
+
+def row_dots(q, k, qi=None, ki=None, impl: str = "chunked"):
+    """``s_n = q[qi_n] · k[ki_n]`` in float32 (float64 for float64 inputs), differentiable in q and k.
+
+    q: (Bq, D), k: (Bk, D); qi, ki: (N,) int64 row indices, or None for rows 0 … N−1 (aligned).
+    """
+    return _fast(impl, q).row_dots(q, k, qi, ki)

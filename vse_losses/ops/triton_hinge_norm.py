@@ -34,10 +34,11 @@ from typing import Optional
 import torch
 
 from .tiling import Matmul
-from .triton_negative_max import (  # triton, tl: None without triton
-    TRITON_AVAILABLE, _check_precision, even_shape, is_interpreting, jitted, kernel_helper, score_tile, tl,
-    triton,
+from .triton_common import (  # triton, tl: None without triton
+    TRITON_AVAILABLE, even_shape, is_interpreting, jitted, kernel_helper, score_tile, tl, triton,
 )
+from .lp_norm import lp_norm
+from .triton_negative_max import _check_precision
 
 
 __all__ = ["TRITON_AVAILABLE", "HingeNormRowsTriton", "hinge_norm_rows_triton"]
@@ -355,9 +356,7 @@ def _dense_small(q, keys, t, ql, kl, qs, p):
     N, M = q.shape[0], keys.shape[0]
     valid = (ql[:, None] != kl[None, :]) & (torch.arange(M, device=q.device)[None, :] != qs[:, None])
     h = torch.where(valid, (-t)[:, None].clamp_min(0).expand(N, M), torch.zeros((), device=q.device))
-    m = h.amax(dim=1, keepdim=True)
-    safe = torch.where(m > 0, m, torch.ones_like(m))
-    return torch.where(m[:, 0] > 0, m[:, 0] * ((h / safe) ** p).sum(1) ** (1.0 / p), torch.zeros_like(m[:, 0]))
+    return lp_norm(h, p, dim=1)
 
 
 class HingeNormRowsTriton(torch.autograd.Function):

@@ -24,9 +24,13 @@ from __future__ import annotations
 
 import torch
 
-from .triton_hinge_norm import _forward, _grad_scale, _p_mode, _prep, _weighted_products, is_interpreting
-from .triton_negative_max import (  # triton, tl: None without triton
-    _choose_groups, _num_sms, even_shape, jitted, score_tile, tl, triton,
+from .lp_norm import lp_finish, lp_merge
+from .tiling import diagonal_pairs
+from .triton_hinge_norm import (
+    _forward, _grad_scale, _p_mode, _prep, _weighted_products, hinge_norm_rows_triton, is_interpreting,
+)
+from .triton_common import (  # triton, tl: None without triton
+    choose_groups, num_sms, even_shape, jitted, score_tile, tl, triton,
 )
 
 
@@ -134,12 +138,7 @@ def _pairs_config(dtype: torch.dtype, interpret: bool, p_mode: int, even: bool =
 
 def _merge(m: torch.Tensor, s: torch.Tensor, p: float) -> torch.Tensor:
     """(G, B) partial (max, Σ (h/max)^p) → the ℓp norm over all partials; p = 1: Σ of the sums."""
-    if p == 1.0:
-        return s.sum(0)
-    top = m.amax(0)
-    safe = torch.where(top > 0, top, torch.ones_like(top))
-    total = (s * (m / safe).pow(p)).sum(0)
-    return torch.where(top > 0, top * total.pow(1.0 / p), torch.zeros_like(top))
+    return lp_finish(*lp_merge(m, s, p), p)
 
 
 def _pairs_forward(x, y, t, lx, ly, self_ref, p, precision):
@@ -148,7 +147,7 @@ def _pairs_forward(x, y, t, lx, ly, self_ref, p, precision):
     cfg = _pairs_config(x.dtype, is_interpreting(), _p_mode(p), even_shape(B, B, D))
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     nrb, nct = triton.cdiv(B, BM), triton.cdiv(B, BN)
-    P, Q = _choose_groups(nrb, nct, B, B, _num_sms(x.device), max_partial_bytes=128 * 2**20)
+    P, Q = choose_groups(nrb, nct, B, B, num_sms(x.device), max_partial_bytes=128 * 2**20)
     rb_per, ct_per = triton.cdiv(nrb, P), triton.cdiv(nct, Q)
     P, Q = triton.cdiv(nrb, rb_per), triton.cdiv(nct, ct_per)  # no empty programs
     f32 = dict(device=x.device, dtype=torch.float32)
@@ -215,8 +214,23 @@ class HingeNormPairsTriton(torch.autograd.Function):
         return gx.to(x_dtype), gy.to(y_dtype), gt.to(t_dtype), None, None, None, None, None, None
 
 
-def hinge_norm_pairs_triton(x, y, t, labels, ref_labels, self_ref: bool, p: float,
-                            do_i2t: bool = True, do_t2i: bool = True):
+def hinge_norm_pairs_triton(x, y, t, a, p_idx, labels, ref_labels, self_ref: bool, p: float,
+                            do_i2t: bool = True, do_t2i: bool = True, paired: bool = False):
+    """See :func:`vse_losses.ops.hinge_norm_pairs`: the diagonal pairs (j, j) in one pass for both
+    directions (this file), any other pairs by :func:`hinge_norm_rows_triton` once per direction."""
+    if diagonal_pairs(a, p_idx, x.shape[0], y.shape[0], paired):
+        return hinge_norm_diagonal_pairs_triton(x, y, t, labels, ref_labels, self_ref, p, do_i2t, do_t2i)
+    none = torch.full_like(a, -1)
+    T1 = T2 = torch.zeros_like(t, dtype=torch.promote_types(t.dtype, torch.float32))
+    if do_i2t:
+        T1 = hinge_norm_rows_triton(x[a], y, t, labels[a], ref_labels, a if self_ref else none, p)
+    if do_t2i:
+        T2 = hinge_norm_rows_triton(y[p_idx], x, t, ref_labels[p_idx], labels, p_idx if self_ref else none, p)
+    return T1, T2
+
+
+def hinge_norm_diagonal_pairs_triton(x, y, t, labels, ref_labels, self_ref: bool, p: float,
+                                     do_i2t: bool = True, do_t2i: bool = True):
     """``(T¹, T²)`` of the diagonal pairs; see the module docstring. x, y (B, D); t, labels, ref_labels (B,)."""
     p = float(p)
     if not (p >= 1.0) or p == float("inf"):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .triton_negative_max import (  # triton, tl: None without triton
+from .triton_common import (  # triton, tl: None without triton
     is_interpreting, jitted, tl, triton,
 )
 

@@ -19,7 +19,7 @@ from typing import Tuple
 
 import torch
 
-from .triton_negative_max import (  # triton, tl: None without triton
+from .triton_common import (  # triton, tl: None without triton
     TRITON_AVAILABLE, is_interpreting, jitted, tl, triton,
 )
 

@@ -23,92 +23,20 @@ P = Q = 32).
 
 No autograd here: the loss gathers the selected scores with autograd itself.
 
-This module imports without triton (``TRITON_AVAILABLE`` is then ``False``). The kernels
-are handed to ``triton.jit`` lazily, at first use, so that ``TRITON_INTERPRET=1`` set after
-this module was imported (but before the first call) still selects the CPU interpreter.
+Imports without triton, like every ``triton_*`` module (:mod:`~vse_losses.ops.triton_common`).
 """
 
 from __future__ import annotations
 
-import math
-import os
 from typing import Optional, Tuple
 
 import torch
 
-from .triton_interpreter_compat import patch_interpreter_index
-
-# The oldest triton the kernels are checked with: tests/ops/test_triton_compile.py compiles every
-# one for sm_90 with triton 3.3.1, 3.4.0, 3.5.1, 3.6.0 and 3.8.0, and the interpreter tests pass
-# with each. Older releases (torch <= 2.6 ships them) are not used: "auto" takes the chunked path.
-MIN_TRITON = (3, 3)
-
-
-def version_tuple(version: str) -> Tuple[int, int]:
-    """``"3.6.0+git1a2b"`` → ``(3, 6)``."""
-    major, minor = (version.split("+")[0].split(".") + ["0"])[:2]
-    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
-
-
-try:  # pragma: no cover - exercised by the import itself
-    import triton
-    import triton.language as tl
-
-    TRITON_VERSION: Optional[str] = str(triton.__version__)
-    TRITON_AVAILABLE = version_tuple(TRITON_VERSION) >= MIN_TRITON
-except Exception:  # ImportError, or a broken triton install
-    triton = None
-    tl = None
-    TRITON_VERSION = None
-    TRITON_AVAILABLE = False
-
-__all__ = ["MIN_TRITON", "TRITON_AVAILABLE", "TRITON_VERSION", "negative_max_triton", "is_interpreting",
-           "triton_requirement"]
-
-
-def triton_requirement() -> str:
-    """``"triton >= 3.3 (found 3.2.0)"``: what the errors that refuse the triton path say."""
-    return f"triton >= {MIN_TRITON[0]}.{MIN_TRITON[1]} (found {TRITON_VERSION or 'none'})"
+from .triton_common import (  # triton, tl: None without triton
+    choose_groups, even_shape, is_interpreting, jitted, num_sms, score_tile, tl,
+)
 
 _INT32_MAX = 2147483647
-
-
-def is_interpreting() -> bool:
-    """True when ``TRITON_INTERPRET`` asks for triton's CPU interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
-
-
-# ----------------------------------------------------------------------------------------
-# Kernels (plain functions; jitted lazily by ``jitted()``)
-# ----------------------------------------------------------------------------------------
-def kernel_helper(fn):
-    """Marks a plain function that kernels call: :func:`jitted` jits it in the kernel's mode."""
-    fn.kernel_helper = True
-    return fn
-
-
-@kernel_helper
-def score_tile(x_rows, y_cols, row_ok, col_ok, D,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-               EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr, EVEN_K: tl.constexpr,
-               INPUT_PRECISION: tl.constexpr):
-    """The score tile ``x[rows] @ y[cols]ᵀ``, (BLOCK_M, BLOCK_N) float32 in registers, for every
-    fused kernel. x_rows: (BLOCK_M, 1) pointers to the rows, y_cols: (1, BLOCK_N) pointers to the
-    columns; the loads go unmasked where the EVEN flags say the tile and D are whole."""
-    offs_k = tl.arange(0, BLOCK_K)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, D, BLOCK_K):
-        kk = k0 + offs_k
-        if EVEN_ROWS and EVEN_K:
-            a = tl.load(x_rows + kk[None, :])
-        else:
-            a = tl.load(x_rows + kk[None, :], mask=row_ok[:, None] & (kk[None, :] < D), other=0.0)
-        if EVEN_COLS and EVEN_K:
-            b = tl.load(y_cols + kk[:, None])
-        else:
-            b = tl.load(y_cols + kk[:, None], mask=col_ok[None, :] & (kk[:, None] < D), other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-    return acc
 
 
 def _negative_max_kernel(
@@ -195,35 +123,6 @@ def _negative_max_kernel(
         tl.store(row_idx_ptr + r_ptr, run_i, mask=row_ok)
 
 
-_JITTED = {}
-
-
-def jitted(fn):
-    """``fn`` jitted for the current mode (interpreter or compiled), once per mode. The kernels of
-    every ops/triton_* module are plain functions handed to ``triton.jit`` here, at first use, so
-    that ``TRITON_INTERPRET=1`` set after import (but before the first call) still takes effect.
-    A helper a kernel calls (marked ``@kernel_helper``) must be jitted in the same mode: its name
-    in the kernel's module is bound to that first."""
-    if not TRITON_AVAILABLE:
-        raise RuntimeError(f"{fn.__name__} needs {triton_requirement()}; install it or use impl='chunked'")
-    key = (fn, is_interpreting())
-    if key not in _JITTED:
-        if key[1]:
-            patch_interpreter_index()  # triton <= 3.6 with NumPy >= 2.4: see triton_interpreter_compat
-        for name in fn.__code__.co_names:
-            value = fn.__globals__.get(name)
-            helper = getattr(value, "fn", value)  # a helper jitted before keeps the plain function as .fn
-            if getattr(helper, "kernel_helper", False):
-                fn.__globals__[name] = jitted(helper)
-        _JITTED[key] = triton.jit(fn)
-    return _JITTED[key]
-
-
-def even_shape(B: int, M: int, D: int) -> bool:
-    """B and M multiples of 128 and D of 64: the shapes whose loads need no masks at 128/64 tiles."""
-    return B % 128 == 0 and M % 128 == 0 and D % 64 == 0
-
-
 # ----------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------
@@ -245,31 +144,6 @@ def _default_config(dtype: torch.dtype, interpret: bool, even: bool = True, self
         return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=4)
     # unaligned rows load element by element: the masks and addresses cost registers
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=4)
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
-def _choose_groups(nrb: int, nct: int, B: int, M: int, n_sm: int,
-                   max_partial_bytes: int = 256 * 2**20) -> Tuple[int, int]:
-    """Number of row groups P and column groups Q (grid = P x Q programs).
-
-    Aim at about 8 programs per SM (good wave quantisation, each program still owns many
-    tiles so that it re-reads its x block from L2, not HBM), with the partial buffers
-    ``(Q * B + P * M) * 8`` bytes under ``max_partial_bytes``.
-    """
-    target = 8 * n_sm
-    P = max(1, min(nrb, int(math.ceil(math.sqrt(target)))))
-    Q = max(1, min(nct, int(math.ceil(target / P))))
-    while (Q * B + P * M) * 8 > max_partial_bytes and (P > 1 or Q > 1):
-        if P >= Q and P > 1:
-            P = (P + 1) // 2
-        else:
-            Q = (Q + 1) // 2
-    return P, Q
 
 
 def _check_precision(p: str) -> str:
@@ -362,7 +236,7 @@ def negative_max_triton(
     nrb = -(-B // BM)
     nct = -(-M // BN)
     if groups is None:
-        P, Q = _choose_groups(nrb, nct, B, M, _num_sms(dev))
+        P, Q = choose_groups(nrb, nct, B, M, num_sms(dev))
     else:
         P, Q = max(1, min(int(groups[0]), nrb)), max(1, min(int(groups[1]), nct))
     rb_per = -(-nrb // P)

@@ -1,6 +1,6 @@
 """Row dot products ``s_n = q[qi_n] · k[ki_n]`` in one pass (Triton), float32 accumulation.
 
-The torch forward of :class:`~vse_losses.ops.row_dots.RowDots` widens both rows to float32,
+The torch forward of :class:`~vse_losses.ops.chunked_row_dots.RowDots` widens both rows to float32,
 multiplies and sums, chunk by chunk: five passes over float32 chunks of the rows. This kernel
 reads each row once in its own dtype (at B = 65,536, D = 1,024 bf16: 256 MiB instead of ~2 GB of
 traffic). One program per block of pairs; an index vector of None means row n itself.
@@ -12,8 +12,9 @@ from typing import Optional
 
 import torch
 
-from .triton_negative_max import (  # triton, tl: None without triton
-    TRITON_AVAILABLE, is_interpreting, jitted, tl, triton,
+from .chunked_row_dots import RowDots, row_dots_forward_chunked
+from .triton_common import (  # triton, tl: None without triton
+    is_interpreting, jitted, tl, triton,
 )
 
 
@@ -42,16 +43,12 @@ def _row_dots_kernel(
     tl.store(out_ptr + rows, acc, mask=ok)
 
 
-def usable(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Half or single precision rows of one dtype on a CUDA device (the CPU keeps the torch path;
-    the tests run this kernel in the interpreter directly)."""
-    return (TRITON_AVAILABLE and q.is_cuda and q.dtype == k.dtype
-            and q.dtype in (torch.float32, torch.float16, torch.bfloat16) and q.shape[1] > 0)
-
-
-def row_dots_triton(q: torch.Tensor, k: torch.Tensor, qi: Optional[torch.Tensor], ki: Optional[torch.Tensor],
-                    n: int) -> torch.Tensor:
-    """(n,) float32: ``q[qi_n] · k[ki_n]`` (row n where an index is None)."""
+def row_dots_forward_triton(q: torch.Tensor, k: torch.Tensor, qi: Optional[torch.Tensor], ki: Optional[torch.Tensor],
+                            n: int) -> torch.Tensor:
+    """(n,) float32: ``q[qi_n] · k[ki_n]`` (row n where an index is None). Rows of two dtypes, or
+    without features, take the torch forward (the kernel reads one dtype)."""
+    if q.dtype != k.dtype or q.shape[1] == 0:
+        return row_dots_forward_chunked(q, k, qi, ki, n)
     q, k = q.contiguous(), k.contiguous()
     out = torch.empty(n, device=q.device, dtype=torch.float32)
     if n == 0:
@@ -64,6 +61,12 @@ def row_dots_triton(q: torch.Tensor, k: torch.Tensor, qi: Optional[torch.Tensor]
         BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
     )
     return out
+
+
+def row_dots_triton(q: torch.Tensor, k: torch.Tensor, qi: Optional[torch.Tensor] = None,
+                    ki: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`~vse_losses.ops.chunked_row_dots.row_dots_chunked` with this file's forward pass."""
+    return RowDots.apply(q, k, qi, ki, row_dots_forward_triton)
 
 
 def _config(D: int, interpret: bool) -> dict:

@@ -4,7 +4,7 @@ The positive scores ``s(a, p)`` and the scores of the hardest negatives are such
 Through autograd (``(q[qi].float() * k[ki].float()).sum(-1)``) each one keeps two N×D copies,
 widened to float32 for half inputs, alive until the backward: in bfloat16 at B = 65,536, D = 1,024
 that is 512 MiB per product. Here the forward runs over chunks of pairs and saves only q, k and the
-indices (with ``impl="triton"`` on CUDA one Triton pass, :mod:`~vse_losses.ops.triton_row_dots`);
+indices (the Triton backend's forward is one pass, :mod:`~vse_losses.ops.triton_row_dots`);
 the backward recomputes the gathers chunk by chunk:
 
     ∂q[qi_n] += g_n k[ki_n],   ∂k[ki_n] += g_n q[qi_n].
@@ -39,22 +39,25 @@ def _put(grad: torch.Tensor, idx: Optional[torch.Tensor], n0: int, n1: int, part
         grad.index_put_((idx[n0:n1],), part, accumulate=True)
 
 
+def row_dots_forward_chunked(q, k, qi, ki, n: int) -> torch.Tensor:
+    """(n,) ``q[qi_n] · k[ki_n]`` in the wide dtype, over chunks of pairs (no autograd)."""
+    wide = torch.promote_types(torch.promote_types(q.dtype, k.dtype), torch.float32)
+    step = _chunk(n, q.shape[1])
+    parts = [(_rows(q, qi, n0, n0 + step).to(wide) * _rows(k, ki, n0, n0 + step).to(wide)).sum(-1)
+             for n0 in range(0, max(n, 1), step)]  # n = 0: one empty chunk
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 class RowDots(torch.autograd.Function):
+    """forward(q, k, qi, ki, forward) → (N,) dots; ``forward`` is the backend's forward pass
+    (:func:`row_dots_forward_chunked` or the Triton one); the backward is this file's."""
+
     @staticmethod
-    def forward(ctx, q, k, qi, ki, impl):
-        wide = torch.promote_types(torch.promote_types(q.dtype, k.dtype), torch.float32)
+    def forward(ctx, q, k, qi, ki, forward):
         n = (qi if qi is not None else ki if ki is not None else q).shape[0]
         ctx.save_for_backward(q, k, qi, ki)
-        ctx.wide = wide
-        if impl == "triton" and q.is_cuda:  # imported on CUDA only: CPU runs may switch triton to its interpreter later
-            from . import triton_row_dots
-
-            if triton_row_dots.usable(q, k):  # one pass over the rows in their own dtype
-                return triton_row_dots.row_dots_triton(q, k, qi, ki, n)
-        step = _chunk(n, q.shape[1])
-        parts = [(_rows(q, qi, n0, n0 + step).to(wide) * _rows(k, ki, n0, n0 + step).to(wide)).sum(-1)
-                 for n0 in range(0, max(n, 1), step)]  # n = 0: one empty chunk
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        ctx.wide = torch.promote_types(torch.promote_types(q.dtype, k.dtype), torch.float32)
+        return forward(q, k, qi, ki, n)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -82,11 +85,10 @@ class RowDots(torch.autograd.Function):
         return (None if gq is None else gq.to(q.dtype), None if gk is None else gk.to(k.dtype), None, None, None)
 
 
-def row_dots(q: torch.Tensor, k: torch.Tensor, qi: Optional[torch.Tensor] = None,
-             ki: Optional[torch.Tensor] = None, impl: str = "chunked") -> torch.Tensor:
+def row_dots_chunked(q: torch.Tensor, k: torch.Tensor, qi: Optional[torch.Tensor] = None,
+                     ki: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``s_n = q[qi_n] · k[ki_n]`` in float32 (float64 for float64 inputs), differentiable in q and k.
 
     q: (Bq, D), k: (Bk, D); qi, ki: (N,) int64 row indices, or None for rows 0 … N−1 (aligned).
-    ``impl="triton"``: the forward in one Triton pass on CUDA (else the torch chunks).
     """
-    return RowDots.apply(q, k, qi, ki, impl)
+    return RowDots.apply(q, k, qi, ki, row_dots_forward_chunked)

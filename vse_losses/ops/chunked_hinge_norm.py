@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .lp_norm import lp_norm, lp_weights
 from .tiling import Matmul, SameLabel, mask_non_negatives_, tile_rows
 
 
@@ -16,21 +17,6 @@ def _hinge_tile(mm, q, kt, t, q_labels, same, q_self):
     S = mm(q, kt)
     mask_non_negatives_(S, same, q_labels, q_self, float("-inf"))
     return S.sub_(t.to(S.dtype)[:, None]).clamp_(min=0.0)
-
-
-def _lp(h: torch.Tensor, p: float) -> torch.Tensor:
-    if p == 1.0:
-        return h.sum(1)
-    m = h.amax(1)
-    m = torch.where(m > 0, m, torch.ones_like(m))
-    return (h / m[:, None]).pow_(p).sum(1).pow_(1.0 / p) * m
-
-
-def _weights(h: torch.Tensor, T: torch.Tensor, p: float) -> torch.Tensor:
-    if p == 1.0:
-        return (h > 0).to(h.dtype)
-    T = torch.where(T > 0, T, torch.ones_like(T))
-    return (h / T[:, None]).pow_(p - 1.0).masked_fill_(h <= 0, 0.0)
 
 
 class HingeNormRowsChunked(torch.autograd.Function):
@@ -45,7 +31,7 @@ class HingeNormRowsChunked(torch.autograd.Function):
         for r0 in range(0, N, tile):
             r1 = min(N, r0 + tile)
             h = _hinge_tile(mm, q[r0:r1], kt, t[r0:r1], q_labels[r0:r1], same, q_self[r0:r1])
-            T[r0:r1] = _lp(h, p)
+            T[r0:r1] = lp_norm(h, p, dim=1)
         ctx.save_for_backward(q, keys, t, q_labels, k_labels, q_self, T)
         ctx.p = p
         return T
@@ -66,7 +52,7 @@ class HingeNormRowsChunked(torch.autograd.Function):
         for r0 in range(0, N, tile):
             r1 = min(N, r0 + tile)
             h = _hinge_tile(mm, q[r0:r1], kt, t[r0:r1], q_labels[r0:r1], same, q_self[r0:r1])
-            W = _weights(h, T[r0:r1], ctx.p).mul_(g[r0:r1, None].to(wide))
+            W = lp_weights(h, T[r0:r1, None], ctx.p).mul_(g[r0:r1, None].to(wide))
             gq[r0:r1] = mm(W, kw)
             mm.add_product(gk, W.t(), q[r0:r1])
             gt[r0:r1] = -W.sum(1)

@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import torch
 
+from .lp_norm import lp_finish, lp_merge, lp_norm, lp_stats, lp_weights
 from .tiling import Matmul, SameLabel, diagonal_pairs, mask_non_negatives_, tile_rows
 
 NEG_INF = float("-inf")
 
 
 def _weights(h: torch.Tensor, T: torch.Tensor, g: torch.Tensor, p: float) -> torch.Tensor:
-    """∂T/∂h · g, elementwise for h ≥ 0 with T and g broadcast against h: (h/T)^{p−1} g on h > 0."""
-    if p == 1.0:
-        return torch.where(h > 0, g, torch.zeros((), dtype=h.dtype, device=h.device))
-    T = torch.where(T > 0, T, torch.ones_like(T))
-    return (h / T).pow_(p - 1.0).mul_(g).masked_fill_(h <= 0, 0.0)
+    """∂T/∂h · g for h ≥ 0, T and g broadcast against h."""
+    return lp_weights(h, T, p).mul_(g)
 
 
 class _Tiles:
@@ -68,24 +66,19 @@ class HingeNormPairsChunked(torch.autograd.Function):
         tw = t.to(tiles.wide)
         P = a.shape[0]
         T1 = torch.zeros(P, dtype=tiles.wide, device=x.device)
-        m2 = torch.zeros(P, dtype=tiles.wide, device=x.device)  # running max of the t2i hinges
-        s2 = torch.zeros(P, dtype=tiles.wide, device=x.device)  # Σ (h / m2)^p so far (Σ h for p = 1)
+        m2 = torch.zeros(P, dtype=tiles.wide, device=x.device)  # the t2i norms' running statistics
+        s2 = torch.zeros(P, dtype=tiles.wide, device=x.device)  # (ops/lp_norm.py)
         for r0, r1, j0, j1, S in tiles:
             if do_i2t and j1 > j0:
                 H = tiles.rows_of_pairs(S, r0, j0, j1)
                 H = (H - tw[j0:j1, None]).clamp_(min=0.0)
-                T1[j0:j1] = _lp_rows(H, p)
+                T1[j0:j1] = lp_norm(H, p, dim=1)
             if do_t2i:
                 H = S if tiles.diagonal else S[:, p_idx]
                 H = (H - tw[None, :]).clamp_(min=0.0)
-                if p == 1.0:
-                    s2 += H.sum(0)
-                else:
-                    m_new = torch.maximum(m2, H.amax(0))
-                    safe = torch.where(m_new > 0, m_new, torch.ones_like(m_new))
-                    s2 = s2 * (m2 / safe).pow(p) + (H / safe).pow_(p).sum(0)
-                    m2 = m_new
-        T2 = s2 if p == 1.0 else torch.where(m2 > 0, m2 * s2.pow(1.0 / p), torch.zeros_like(m2))
+                mt, st = lp_stats(H, p, dim=0)
+                m2, s2 = lp_merge(torch.stack([m2, mt.expand_as(m2)]), torch.stack([s2, st]), p)
+        T2 = lp_finish(m2, s2, p)
         ctx.save_for_backward(x, y, t, a, p_idx, labels, ref_labels, T1, T2)
         ctx.self_ref, ctx.p, ctx.do_i2t, ctx.do_t2i, ctx.paired = self_ref, p, do_i2t, do_t2i, paired
         return T1, T2
@@ -123,14 +116,6 @@ class HingeNormPairsChunked(torch.autograd.Function):
             gx[r0:r1] = tiles.mm(dS, tiles.y)
             tiles.mm.add_product(gy, dS.t(), x[r0:r1])
         return gx.to(x.dtype), gy.to(y.dtype), gt.to(t.dtype), None, None, None, None, None, None, None, None, None
-
-
-def _lp_rows(h: torch.Tensor, p: float) -> torch.Tensor:
-    if p == 1.0:
-        return h.sum(1)
-    m = h.amax(1)
-    safe = torch.where(m > 0, m, torch.ones_like(m))
-    return torch.where(m > 0, (h / safe[:, None]).pow_(p).sum(1).pow_(1.0 / p) * m, torch.zeros_like(m))
 
 
 def hinge_norm_pairs_chunked(x, y, t, a, p_idx, labels, ref_labels, self_ref: bool, p: float,

@@ -1,0 +1,87 @@
+"""Which norm of the violation vector makes a loss term, and that norm computed densely.
+
+For a positive pair the violation vector h holds ``[α − s(a,p) + s_n]_+`` over the negatives n;
+the losses differ only in its norm (``docs/design.md``):
+
+    sum   ‖h‖₁                          SumHingeLoss, the paper's eq. 5 (SH)
+    max   ‖h‖∞                          MaxViolationLoss, eq. 6 (MH)
+    topk  sum of the k largest h        TopKViolationLoss: k=1 is MH, k ≥ #negatives is SH
+    lp    (Σ h^p)^{1/p}                 LpViolationLoss: p=1 is SH, p=∞ is MH
+    mix   (1−λ)‖h‖₁ + λ‖h‖∞            MixedViolationLoss, the SH→MH warm-up
+
+Padding ``h`` with zeros changes none of these norms, which is why masked-out entries are simply 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import _checks
+from .ops.lp_norm import lp_norm
+
+__all__ = ["Norm", "violation_norm", "lp_norm"]
+
+
+@dataclass(frozen=True)
+class Norm:
+    """Which norm of the violation vector makes a loss term (see the module docstring).
+
+    The constructor canonicalises the ends of each continuum, so that they are computed by
+    exactly the same code as SH and MH: ``topk`` with k=1, ``lp`` with p=∞ and ``mix`` with
+    λ=1 become ``max``; ``lp`` with p=1 and ``mix`` with λ=0 become ``sum``.
+    """
+
+    kind: str
+    k: int = 1
+    p: float = 1.0
+    mix: float = 0.0
+
+    def __post_init__(self) -> None:
+        kind = _checks.check_choice("norm", self.kind, ("sum", "max", "topk", "lp", "mix"))
+        if kind == "topk" and _checks.check_k(self.k) == 1:
+            kind = "max"
+        if kind == "lp":
+            p = _checks.check_p(self.p)
+            kind = "sum" if p == 1.0 else "max" if p == float("inf") else "lp"
+        if kind == "mix":
+            mix = _checks.check_mix(self.mix)
+            kind = "sum" if mix == 0.0 else "max" if mix == 1.0 else "mix"
+        object.__setattr__(self, "kind", kind)
+
+    @property
+    def selection_k(self) -> int:
+        """How many hardest negatives per row/column the norm needs (0: it needs all of them)."""
+        return {"max": 1, "topk": self.k, "mix": 1}.get(self.kind, 0)
+
+    @property
+    def hinge_p(self) -> float:
+        """The p of the ℓp part of the norm (0: it has none)."""
+        return {"sum": 1.0, "lp": self.p, "mix": 1.0}.get(self.kind, 0.0)
+
+    @property
+    def selection_weight(self) -> float:
+        """Weight of the hardest-negatives part of the term (λ of the mix, else 1)."""
+        return self.mix if self.kind == "mix" else 1.0
+
+    @property
+    def hinge_weight(self) -> float:
+        """Weight of the ℓp part of the term (1 − λ of the mix, else 1)."""
+        return 1.0 - self.mix if self.kind == "mix" else 1.0
+
+
+def violation_norm(h: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """Norm of each row of ``h`` (..., n), ``h >= 0`` with non-negatives set to 0 → (...)."""
+    if h.shape[-1] == 0:
+        return h.sum(-1)
+    if norm.kind == "sum":
+        return h.sum(-1)
+    if norm.kind == "max":
+        # gather at argmax: ties go to the lowest index, as in every implementation
+        return h.gather(-1, h.argmax(-1, keepdim=True)).squeeze(-1)
+    if norm.kind == "topk":
+        return torch.topk(h, min(norm.k, h.shape[-1]), dim=-1).values.sum(-1)
+    if norm.kind == "lp":
+        return lp_norm(h, norm.p)
+    return (1.0 - norm.mix) * h.sum(-1) + norm.mix * violation_norm(h, Norm("max"))

@@ -1,0 +1,325 @@
+"""The planner: from embeddings (or scores) and labels to the loss terms, one backend per call.
+
+Every loss, function and miner reaches the mathematics through here. :func:`violation_terms`
+resolves ``impl`` once into a :class:`~vse_losses.ops.Backend` and decides which operations
+compute the terms:
+
+- ``dense``: the score matrix S and its masks, then :func:`violation_terms_from_scores`;
+- the paired max violation (labels absent, MH): :meth:`Backend.max_violation_paired`, O(B)
+  memory, the cosine folded into the kernels; a small batch on Triton: one launch;
+- otherwise the positive scores by ``row_dots``, the hardest negatives by ``negative_topk``
+  (MH, top-k and the max part of a mix) and the ℓp part by ``hinge_norm_pairs`` (SH, ℓp and
+  the sum part of a mix), added per term.
+
+With ``distributed=True`` a rank computes the terms of its own queries against every rank's
+batch (:func:`distributed_terms`). Notation: ``x`` (B, D) are the queries of the image→caption
+direction, ``y`` (M, D) the captions, ``S = x yᵀ``; a term per positive pair and direction,
+i2t terms first (``docs/design.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from . import distributed as _dist
+from .norms import Norm, violation_norm
+from .ops import Backend, resolve_backend
+from .pairs import pair_masks, positive_pairs, resolve_labels
+
+__all__ = ["violation_terms", "violation_terms_from_scores", "query_violation_terms", "selected_hinge_sum",
+           "distributed_terms", "nan_guard"]
+
+
+def nan_guard(x: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
+    """0·Σx (+ 0·Σy): a zero that is NaN when an input holds NaN/Inf, and ties both inputs to the
+    graph so that their gradients are zero tensors rather than None when no term depends on them."""
+    g = x.sum(dtype=torch.float32) * 0
+    return g if y is None else g + y.sum(dtype=torch.float32) * 0
+
+
+def violation_terms_from_scores(
+    scores: torch.Tensor,
+    pos_mask: torch.Tensor,
+    neg_mask: torch.Tensor,
+    *,
+    margin: float,
+    norm: Norm,
+    directions: str = "both",
+    pairs: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Dense loss terms from a score matrix and boolean pair masks.
+
+    scores: (B, M) similarities (larger = closer); pos_mask, neg_mask: (B, M) bool.
+    Returns ``(terms, anchors)``: one term per positive pair and direction (i2t terms first),
+    and for each the row index ``a`` of its pair.
+    """
+    S = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    a, p = pos_mask.nonzero(as_tuple=True) if pairs is None else pairs
+    s_ap = S[a, p][:, None]
+    neg = neg_mask.to(S.dtype)
+    terms, anchors = [], []
+    if directions in ("both", "i2t"):
+        terms.append(violation_norm(F.relu(margin - s_ap + S[a]) * neg[a], norm))
+        anchors.append(a)
+    if directions in ("both", "t2i"):
+        terms.append(violation_norm(F.relu(margin - s_ap + S[:, p].t()) * neg[:, p].t(), norm))
+        anchors.append(a)
+    return torch.cat(terms), torch.cat(anchors)
+
+
+def violation_terms(
+    x: torch.Tensor,
+    y: Optional[torch.Tensor] = None,
+    *,
+    labels: Optional[torch.Tensor] = None,
+    ref_labels: Optional[torch.Tensor] = None,
+    margin: float = 0.2,
+    norm: Norm = Norm("max"),
+    directions: str = "both",
+    impl: str = "auto",
+    query_rows: Optional[Tuple[int, int]] = None,
+    query_cols: Optional[Tuple[int, int]] = None,
+    cosine: bool = False,
+    guard: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Loss terms of embeddings whose similarity is the dot product ``x yᵀ`` (with ``cosine``,
+    of the l2-normalised rows: the paired max violation then folds the norms into its kernels
+    instead of normalising copies of x and y; everything else normalises first).
+
+    x: (B, D); y: (M, D) or None (one modality: ``y = x``, labels required).
+    labels: (B,) or None (paired: row a with column a); ref_labels: (M,) or None (= labels).
+    Returns ``(terms, anchors)`` as :func:`violation_terms_from_scores`, computed by ``impl``;
+    terms are float32 (float64 for float64 inputs).
+
+    query_rows, query_cols: ``(start, stop)`` to compute only the i2t terms of the pairs whose
+    row ``a`` is in ``[start, stop)`` and the t2i terms of those whose column ``p`` is in the
+    column range, each still against every negative (the terms of one rank with
+    ``distributed=True``; cost O((rows + cols)·(B + M)·D)). Then the anchors are the terms'
+    query indices within their range: ``a − start`` for i2t terms, ``p − start`` for t2i terms.
+
+    guard: add :func:`nan_guard` of x and y to every term (NaN/Inf in an input → NaN terms).
+    """
+    backend = resolve_backend(impl, x, x.shape[0] * (x if y is None else y).shape[0])
+    local = query_rows is None and query_cols is None
+    paired = labels is None and ref_labels is None and y is not None  # pair j is (j, j)
+    if (backend.max_violation_small is not None and paired and local and directions == "both"
+            and norm.kind == "max" and x.shape[0] <= 128 and x.dtype == y.dtype and x.shape[1] > 0):
+        # the paired MH of a small batch, bound by launches rather than arithmetic: one kernel
+        # forward (terms, anchors and the guard), one backward, nothing else
+        return backend.max_violation_small(x, y, margin, cosine, guard=guard)
+    terms, anchors = _terms(x, y, labels, ref_labels, margin, norm, directions, backend, query_rows, query_cols, cosine)
+    return (terms + nan_guard(x, y), anchors) if guard else (terms, anchors)
+
+
+def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend, query_rows, query_cols, cosine):
+    """:func:`violation_terms` without the guard or the small-batch kernel."""
+    self_ref = y is None
+    B, M = x.shape[0], (x if y is None else y).shape[0]
+    # paired form without labels: pair j is (j, j), known without enumerating it (no sort, no
+    # search, nothing of data-dependent size, so no device synchronisation)
+    paired = labels is None and not self_ref
+    local = query_rows is None and query_cols is None
+    # the paired max violation has its own O(B)-memory autograd Function (ops/max_violation_paired.py)
+    fused_max = paired and local and not backend.dense and norm.selection_k == 1
+    fused_mh = fused_max and norm.kind == "max"  # MH itself, not the max part of a mix
+    if cosine and not fused_mh:
+        x = F.normalize(x, dim=1)
+        y = None if self_ref else F.normalize(y, dim=1)
+        cosine = False
+    y = x if y is None else y
+    labels, ref_labels = resolve_labels(labels, ref_labels, B, M, self_ref, x.device)
+    a, p = (labels, ref_labels) if paired else positive_pairs(labels, ref_labels, self_ref)
+    if fused_mh:
+        i2t, t2i = backend.max_violation_paired(x, y, margin, cosine)
+        kept = [t for t, d in ((i2t, "i2t"), (t2i, "t2i")) if directions in ("both", d)]
+        return torch.cat(kept), torch.cat([a] * len(kept))
+    if not local:
+        return query_violation_terms(
+            x, y, labels, ref_labels, self_ref, (a, p), query_rows or (0, B), query_cols or (0, M),
+            margin=margin, norm=norm, directions=directions, backend=backend,
+        )
+    if backend.dense:
+        wide = torch.promote_types(x.dtype, torch.float32)
+        S = x.to(wide) @ y.to(wide).t()
+        pos, neg = pair_masks(labels, ref_labels, self_ref)
+        return violation_terms_from_scores(S, pos, neg, margin=margin, norm=norm, directions=directions, pairs=(a, p))
+
+    s_ap = backend.row_dots(x, y) if paired else backend.row_dots(x, y, a, p)
+    selection = None
+    if fused_max:  # the mix: its max-violation part
+        i2t, t2i = backend.max_violation_paired(x, y, margin, False)
+        selection = {"i2t": i2t, "t2i": t2i}
+    elif norm.selection_k:
+        # the hardest negatives of a row do not depend on which positive of the row is the pair
+        with torch.no_grad():
+            row_val, row_idx, col_val, col_idx = backend.negative_topk(
+                x, y, labels, ref_labels, self_ref, norm.selection_k, paired=paired
+            )
+        selection = {"i2t": (row_val, row_idx), "t2i": (col_val, col_idx)}
+    hinge = None
+    if norm.hinge_p:
+        # one pass over the score tiles gives both directions' ℓp norms
+        T1, T2 = backend.hinge_norm_pairs(
+            x, y, s_ap - margin, a, p, labels, ref_labels, self_ref, norm.hinge_p,
+            directions != "t2i", directions != "i2t", paired,
+        )
+        hinge = {"i2t": T1, "t2i": T2}
+    terms, anchors = [], []
+    for direction in ("i2t", "t2i"):
+        if directions not in ("both", direction):
+            continue
+        # i2t: the queries are the rows x[a] against the keys y; t2i: the columns y[p] against x
+        q_side, k_side = (x, y) if direction == "i2t" else (y, x)
+        q_idx = a if direction == "i2t" else p
+        parts = []
+        if fused_max:
+            parts.append(selection[direction] * norm.selection_weight)
+        elif selection is not None:
+            vals, idx = selection[direction]
+            if not paired:  # the pairs' rows (paired: pair n is row n)
+                vals, idx = vals[q_idx], idx[q_idx]
+            # paired: every other column of a row (row of a column) is a negative
+            complete = paired and norm.selection_k <= k_side.shape[0] - 1
+            selected = selected_hinge_sum(q_side, k_side, vals, idx, s_ap, margin, complete,
+                                          q_rows=None if paired else q_idx, backend=backend)
+            parts.append(selected if norm.selection_weight == 1 else selected * norm.selection_weight)
+        if hinge is not None:
+            parts.append(hinge[direction] if norm.hinge_weight == 1 else hinge[direction] * norm.hinge_weight)
+        terms.append(sum(parts[1:], parts[0]) if parts else torch.zeros_like(s_ap))
+        anchors.append(a)
+    return torch.cat(terms), torch.cat(anchors)
+
+
+def query_violation_terms(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    labels: torch.Tensor,
+    ref_labels: torch.Tensor,
+    self_ref: bool,
+    pairs: Tuple[torch.Tensor, torch.Tensor],
+    rows: Tuple[int, int],
+    cols: Tuple[int, int],
+    *,
+    margin: float,
+    norm: Norm,
+    directions: str,
+    backend: Optional[Backend] = None,
+    scores: Optional[Callable] = None,
+    impl: Optional[str] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The terms of the queries in ``rows`` (i2t) and ``cols`` (t2i) against every key.
+
+    Each direction works on its block of queries only: i2t on ``x[rows]`` against ``y``, t2i
+    on ``y[cols]`` against ``x`` (the transposed problem), so nothing outside the two blocks of
+    ``S`` is computed. ``pairs`` are all positive pairs ``(a, p)``; ``scores(u, v)`` (dense
+    only, default ``u vᵀ``) gives the similarities of rows of x to rows of y. ``backend`` (or
+    ``impl``, resolved here) computes them. Returns the terms and each term's query index within
+    its range. A sample's pair with itself (one modality) has equal labels, so the label test
+    alone excludes it from the negatives.
+    """
+    if backend is None:
+        backend = resolve_backend(impl or "auto", x, x.shape[0] * y.shape[0])
+    a, p = pairs
+    wide = torch.promote_types(x.dtype, torch.float32)
+    terms, anchors = [], []
+    for direction in ("i2t", "t2i"):
+        if directions not in ("both", direction):
+            continue
+        # i2t: queries x[a] against the keys y; t2i: queries y[p] against the keys x
+        (lo, hi), q_side, k_side = (rows, x, y) if direction == "i2t" else (cols, y, x)
+        q_lab, k_lab = (labels, ref_labels) if direction == "i2t" else (ref_labels, labels)
+        q_all, k_all = (a, p) if direction == "i2t" else (p, a)
+        keep = (q_all >= lo) & (q_all < hi)
+        q_idx, k_idx = q_all[keep], k_all[keep]
+        if backend.dense:
+            score = scores or (lambda u, v: u.to(wide) @ v.to(wide).t())
+            S = score(x[lo:hi], y) if direction == "i2t" else score(x, y[lo:hi]).t()
+            neg = (q_lab[lo:hi, None] != k_lab[None, :]).to(S.dtype)
+            qi = q_idx - lo
+            term = violation_norm(F.relu(margin - S[qi, k_idx][:, None] + S[qi]) * neg[qi], norm)
+        else:
+            s_ap = backend.row_dots(q_side, k_side, q_idx, k_idx)
+            term = torch.zeros_like(s_ap)
+            if norm.selection_k:
+                with torch.no_grad():
+                    vals, idx, _, _ = backend.negative_topk(
+                        q_side[lo:hi], k_side, q_lab[lo:hi], k_lab, False, norm.selection_k
+                    )
+                selected = selected_hinge_sum(q_side, k_side, vals[q_idx - lo], idx[q_idx - lo], s_ap, margin,
+                                              q_rows=q_idx, backend=backend)
+                term = term + selected * norm.selection_weight
+            if norm.hinge_p:
+                hn = backend.hinge_norm_rows(
+                    q_side[q_idx], k_side, s_ap - margin, q_lab[q_idx], k_lab, torch.full_like(q_idx, -1),
+                    norm.hinge_p,
+                )
+                term = term + hn * norm.hinge_weight
+        terms.append(term)
+        anchors.append(q_idx - lo)
+    return torch.cat(terms), torch.cat(anchors)
+
+
+def selected_hinge_sum(
+    q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, s_ap: torch.Tensor, margin: float,
+    complete: bool = False, q_rows: Optional[torch.Tensor] = None, backend: Optional[Backend] = None,
+) -> torch.Tensor:
+    """Σ_j [α − s_ap + q_n·keys[idx_nj]]_+ over the selected hardest negatives of each pair n.
+
+    q: queries, row ``q_rows[n]`` for pair n (q_rows None: row n); idx, vals: (P, k) the pair's
+    hardest negatives (found without gradient; vals = −inf where there are fewer than k);
+    s_ap: (P,). The hinge is monotone, so the k largest hinges are the hinges of the k largest
+    scores. The selected scores are recomputed by the backend's ``row_dots``, so the backward is
+    a scatter over the saved indices, O(P·k·D), with no copy of the rows kept. ``complete``:
+    every pair is known to have k negatives (no −inf in vals). ``backend``: default chunked.
+    """
+    if backend is None:
+        backend = resolve_backend("chunked", q, 0)
+    P, k = idx.shape
+    qi = q_rows
+    if k > 1:
+        qi = (torch.arange(P, device=idx.device) if q_rows is None else q_rows)[:, None].expand(P, k).reshape(-1)
+    sel = backend.row_dots(q, keys, qi, idx.reshape(-1)).view(P, k)  # (P, k): q_n · keys[idx_nj]
+    if not complete:
+        sel = torch.where(vals == float("-inf"), torch.full_like(sel, float("-inf")), sel)
+    h = F.relu(margin - s_ap[:, None] + sel)
+    return h.squeeze(-1) if h.shape[-1] == 1 else h.sum(-1)
+
+
+def distributed_terms(
+    x: torch.Tensor,
+    y: Optional[torch.Tensor],
+    labels: Optional[torch.Tensor],
+    ref_labels: Optional[torch.Tensor],
+    *,
+    margin: float,
+    norm: Norm,
+    directions: str,
+    impl: str,
+    scores: Optional[Callable] = None,
+):
+    """This rank's terms against every rank's batch: ``(terms, anchors, batch)``.
+
+    x, y: this rank's embeddings (y None: one modality), already normalised where the similarity
+    needs it; they are gathered with gradient (:func:`vse_losses.distributed.gather_batch`).
+    ``scores(u, v)``: a similarity other than the dot product (then dense). The anchors are the
+    local query indices (the x row for i2t terms, the y row for t2i terms); ``batch`` is the
+    gathered :class:`~vse_losses.distributed.GlobalBatch` (its ``guard()`` ties every rank's
+    loss to the gather).
+    """
+    g = _dist.gather_batch(x, y, labels, ref_labels)
+    if scores is None:
+        terms, anchors = violation_terms(
+            g.x, g.y, labels=g.labels, ref_labels=g.ref_labels, margin=margin, norm=norm,
+            directions=directions, impl=impl, query_rows=g.rows, query_cols=g.cols,
+        )
+    else:
+        self_ref = g.y is None
+        terms, anchors = query_violation_terms(
+            g.x, g.x if self_ref else g.y, g.labels, g.ref_labels, self_ref,
+            positive_pairs(g.labels, g.ref_labels, self_ref), g.rows, g.cols,
+            margin=margin, norm=norm, directions=directions, impl="dense", scores=scores,
+        )
+    return terms, anchors, g
