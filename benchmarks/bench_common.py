@@ -1,8 +1,8 @@
 """What the benchmarks and ``gpu_check.py`` share: the rows (losses × impls and anchors), their
 inputs, and how peak memory is measured.
 
-Every row is a closure ``run()`` doing one forward+backward (the product anchor: its forward only,
-as in ``shared/anchors/measure_anchors.py``), with the input gradients reset first, so that the
+Every row is a closure ``run()`` doing one forward+backward (the product anchor: its forward only;
+the anchors are defined in ``docs/design.md``), with the input gradients reset first, so that the
 peak memory of a row includes the gradients of both inputs.
 
 Peak memory (``peak_memory_mib``): the largest amount of memory the row's call holds beyond what was
@@ -48,10 +48,10 @@ LOSSES: Dict[str, Tuple[str, dict]] = {
     "Mix0.5": ("MixedViolationLoss", {"mix": 0.5}),
 }
 
-# anchors (the same definitions as shared/anchors/measure_anchors.py)
+# anchors (defined in docs/design.md, "Benchmark anchors")
 ANCHORS = {
-    "dense-formula-MH": "the usual dense formula, max of hinges (measure_anchors.py naive_mh)",
-    "dense-formula-SH": "the usual dense formula, sum of hinges (measure_anchors.py naive_sh)",
+    "dense-formula-MH": "the usual dense formula, max of hinges (naive, max_violation=True)",
+    "dense-formula-SH": "the usual dense formula, sum of hinges (naive, max_violation=False)",
     "compiled-dense-MH": "torch.compile(dynamic=True) of the dense MH formula",
     "PML-BatchHard-Triplet": "PML BatchHardMiner + TripletMarginLoss, cross-modal via ref_emb, one direction",
     "product": "the B×D @ D×B product alone, forward (tiled into a reused buffer where B×B does not fit)",
@@ -118,7 +118,8 @@ def make_inputs(B: int, D: int, dtype: torch.dtype, device: torch.device, seed: 
 
 
 def naive(im: torch.Tensor, s: torch.Tensor, max_violation: bool) -> torch.Tensor:
-    """The dense formula, verbatim from shared/anchors/measure_anchors.py (summed over the batch)."""
+    """The dense formula a user would write (the original VSE++ criterion: score matrix, diagonal, two
+    hinge cost matrices, eye mask, max or sum), summed over the batch."""
     scores = im @ s.t()
     diagonal = scores.diag().view(-1, 1)
     d1 = diagonal.expand_as(scores)

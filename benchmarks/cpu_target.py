@@ -1,9 +1,9 @@
-"""The issue's CPU target, measured so that a shared machine disturbs it as little as possible.
+"""The CPU memory/time target of the chunked MH, measured so that a shared machine disturbs it as little as possible.
 
     python benchmarks/cpu_target.py                 # MH, B=8192, D=256, fp32: chunked vs dense
     python benchmarks/cpu_target.py --profile       # + where chunked spends its time
 
-Target (issue 3): on 2 CPU cores, MH forward+backward with ``impl="chunked"`` takes at most 1/8 of
+Target: on 2 CPU cores, MH forward+backward with ``impl="chunked"`` takes at most 1/8 of
 the peak memory and at most 0.5× the time of ``impl="dense"``.
 
 The rows (``MH/dense``, ``MH/chunked`` and the dense-formula anchor) are called in rotation, one
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         a = names[2]
         pr = [u / v for u, v in zip(times[fast], times[a])]
         print(f"{fast} / {a}: time {statistics.median(pr):.3f}×, peak memory {peak[fast] / peak[a]:.4f}×")
-    print(f"target (issue 3): memory ≤ 1/8: {'PASS' if m_ratio <= 1 / 8 else 'MISS'}; "
+    print(f"target: memory ≤ 1/8: {'PASS' if m_ratio <= 1 / 8 else 'MISS'}; "
           f"time ≤ 0.5×: {'PASS' if t_ratio <= 0.5 else 'MISS'}")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

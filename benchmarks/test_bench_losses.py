@@ -8,7 +8,7 @@ Rows (``extra_info["row"]``):
 - ``<loss>/<impl>``: a vse_losses class (SH, MH, TopK5, Lp2, Mix0.5; margin 0.2, default
   ``MeanReducer``, cosine) called in the paired form ``loss(img, cap)``, impl dense, chunked and,
   with CUDA and triton, triton;
-- the anchors of ``shared/anchors/measure_anchors.py`` (``bench_common.ANCHORS``): the dense formula
+- the anchors of ``docs/design.md`` (``bench_common.ANCHORS``): the dense formula
   (MH and SH), its ``torch.compile``, PML BatchHardMiner + TripletMarginLoss, and the product
   ``x @ y.T`` alone (forward).
 

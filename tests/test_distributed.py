@@ -1,4 +1,4 @@
-"""distributed=True (DESIGN.md §5): gloo processes on the CPU against one process on the
+"""distributed=True (docs/distributed.md): gloo processes on the CPU against one process on the
 concatenated batch.
 
 One ``torch.multiprocessing`` start of 3 processes (a gloo group of 3, then of 2) runs every case of

@@ -1,4 +1,4 @@
-"""Every bad input of DESIGN §2 raises ValueError naming the problem and the fix."""
+"""Every bad input raises ValueError naming the problem and the fix (docs/design.md, "Errors")."""
 
 import math
 

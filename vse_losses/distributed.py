@@ -1,4 +1,4 @@
-"""Global negatives across the ranks of a ``torch.distributed`` process group (DESIGN.md §5).
+"""Global negatives across the ranks of a ``torch.distributed`` process group (docs/distributed.md).
 
 With ``distributed=True`` every rank
 

@@ -25,7 +25,7 @@ from ..functional import (
 
 
 class BaseViolationLoss(BaseMetricLossFunction):
-    """One loss term per positive pair and direction, a norm of its violation vector (DESIGN §1).
+    """One loss term per positive pair and direction, a norm of its violation vector (docs/design.md).
 
     Args:
         margin: α ≥ 0 of the hinge (0.2 in the paper).
