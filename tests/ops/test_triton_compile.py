@@ -7,8 +7,8 @@ which never compiles them. The compile mirrors triton's run-time specialization 
 pointers; sizes and strides divisible by 16 at the even shapes): without it the compiler neither
 vectorizes nor pipelines the loads, and register counts are not those of the GPU run.
 
-The compiler runs in a child process without TRITON_INTERPRET: in this one the kernel tests have
-switched triton to its interpreter. To check another triton than the installed one (the GPU
+The compiler runs in a child process (benchmarks/compile_kernels.py) without TRITON_INTERPRET: in
+this one the kernel tests have switched triton to its interpreter. To check another triton than the installed one (the GPU
 machine's, say), install it aside and name it:
 
     pip install --no-deps --target /tmp/t36 triton==3.6.0
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-SCRIPT = os.path.join(HERE, "compile_sm90.py")
+SCRIPT = os.path.join(ROOT, "benchmarks", "compile_kernels.py")
 
 HINGE = [(kernel, dtype, p_mode, even) for kernel in ("hinge_forward", "hinge_pairs_forward", "hinge_weights")
          for dtype in ("bf16", "fp32") for p_mode in (1, 2, 0) for even in (True, False)]

@@ -1,8 +1,10 @@
-"""Compile the Triton kernels for sm_90 with their default tiles and report ptxas's register and
-spill counts, as JSON on the last line of stdout (run by test_triton_compile.py; exit 3: the
-check cannot run with this triton).
+"""Compile the Triton kernels ahead of time for sm_90 (H100) with their default GPU tiles and report,
+per variant, ptxas's register and spill counts, the shared memory, and the wgmma / cp.async
+instructions in the PTX, as JSON on the last line of stdout. No GPU needed: triton's bundled ptxas
+does the work. tests/ops/test_triton_compile.py runs it on every variant; exit status 3: the check
+cannot run with this triton.
 
-    python tests/ops/compile_sm90.py '[["hinge_forward", "bf16", 1, true], ...]'
+    PYTHONPATH=. python benchmarks/compile_kernels.py '[["hinge_forward", "bf16", 1, true], ...]'
 
 A fifth element, a dict, replaces some of the variant's default tiles (for tile sweeps).
 """
