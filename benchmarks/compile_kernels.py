@@ -125,8 +125,7 @@ def main(variants):
             self_ref, scaled = mode in (1, 3), mode in (2, 3)  # mode: 0 … 3
             cfg = dict(nm._default_config(dtypes[dtype], False, even, self_ref, scaled, aligned), **tiles)
             r = compile_one(nm._negative_max_kernel, dtype, cfg,
-                            dict(SELF_REF=self_ref, SCALED=scaled, EVEN_M=even, TWO_PHASE=cfg.get("TWO_PHASE", False),
-                                 **flags))
+                            dict(SELF_REF=self_ref, SCALED=scaled, EVEN_M=even, **flags))
         results["-".join(str(x) for x in variant[:4]) + ("-" + json.dumps(tiles, sort_keys=True) if tiles else "")] = r
     print(json.dumps(results))
     return 0

@@ -342,12 +342,9 @@ def pivot_markdown(records: List[dict], sizes: List[int]) -> str:
 # GPU session can pick.
 # 4 warps, 3 stages: two programs fit one SM (96 KiB shared memory, 128 threads x 255 registers
 # each), so that one program's epilogue (the masked row/column argmax) overlaps the other's products.
-# TWO_PHASE: the epilogue's argmax as the maxima, then the lowest index holding them (about 10 %
-# fewer instructions in the kernel, 205 registers instead of 255 with triton 3.6).
 SWEEP_NEGMAX = [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
                 dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3),
-                dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=4),
-                dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4, TWO_PHASE=True)]
+                dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=4)]
 SWEEP_HINGE = [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4),
                dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=4)]
 
@@ -355,8 +352,7 @@ SWEEP_HINGE = [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stage
 def tiles_label(cfg: Optional[dict]) -> str:
     if cfg is None:
         return "default"
-    label = "{BLOCK_M}x{BLOCK_N}x{BLOCK_K} w{num_warps} s{num_stages}".format(**cfg)
-    return label + (" two-phase" if cfg.get("TWO_PHASE") else "")
+    return "{BLOCK_M}x{BLOCK_N}x{BLOCK_K} w{num_warps} s{num_stages}".format(**cfg)
 
 
 def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadline: float) -> List[dict]:

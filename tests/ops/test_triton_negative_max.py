@@ -227,22 +227,3 @@ def test_empty():
     rv, ri, cv, ci = negative_max_triton(x, y, torch.zeros(0, dtype=torch.long, device=DEVICE),
                                          torch.arange(3, device=DEVICE), False)
     assert rv.shape == (0,) and torch.isneginf(cv).all() and (ci == 0).all()
-
-
-@pytest.mark.parametrize("self_ref", [False, True])
-@pytest.mark.parametrize("B,M,D,n_labels", [(45, 29, 33, None), (100, 67, 40, 4), (33, 21, 8, 3)])
-def test_two_phase_argmax_gives_the_same_result(self_ref, B, M, D, n_labels):
-    # the experimental epilogue (maxima, then the lowest index holding them) against the fused
-    # (value, index) reduction, bitwise: values, indices, ties (all-equal rows), -inf rows
-    M = B if self_ref else M
-    x, y, xl, yl = make_inputs(B, M, D, torch.float32, n_labels, self_ref=self_ref, seed=B + M)
-    if n_labels == 3:  # every score equal: ties everywhere
-        x = torch.ones_like(x)
-        y = x if self_ref else torch.ones_like(y)
-    scales = (torch.rand(B, device=DEVICE) + 0.5, torch.rand(M, device=DEVICE) + 0.5)
-    for sc in (None, scales):
-        ref = negative_max_triton(x, y, xl, yl, self_ref, scales=sc)
-        got = negative_max_triton(x, y, xl, yl, self_ref, scales=sc, config=dict(TWO_PHASE=True), groups=(2, 3))
-        for a, b in zip(ref, got):
-            assert torch.equal(a, b)
-    check(x, y, xl, yl, self_ref, tol=1e-4, config=dict(TWO_PHASE=True))

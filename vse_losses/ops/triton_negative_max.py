@@ -49,7 +49,7 @@ def _negative_max_kernel(
     SELF_REF: tl.constexpr, SCALED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, TWO_PHASE: tl.constexpr = False,
+    INPUT_PRECISION: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
     pid_q = tl.program_id(1)
@@ -94,22 +94,13 @@ def _negative_max_kernel(
                     neg = neg & (rows[:, None] != cols[None, :])
             s = tl.where(neg, acc, float("-inf"))
             # ---- row reduction (running over column tiles; strict '>' keeps the lower j)
-            if TWO_PHASE:  # the maxima alone, then the lowest index holding each (an experiment:
-                # fewer instructions than the (value, index) reduction; gpu_check's sweep times it)
-                t_max = tl.max(s, axis=1)
-                t_loc = tl.min(tl.where(s == t_max[:, None], offs_n[None, :], BLOCK_N), axis=1)
-            else:
-                t_max, t_loc = tl.max(s, axis=1, return_indices=True, return_indices_tie_break_left=True)
+            t_max, t_loc = tl.max(s, axis=1, return_indices=True, return_indices_tie_break_left=True)
             t_arg = ct * BLOCK_N + t_loc
             upd = t_max > run_v
             run_v = tl.where(upd, t_max, run_v)
             run_i = tl.where(upd, t_arg, run_i)
             # ---- column reduction for this row block, merged into this program's partial
-            if TWO_PHASE:
-                c_max = tl.max(s, axis=0)
-                c_loc = tl.min(tl.where(s == c_max[None, :], offs_m[:, None], BLOCK_M), axis=0)
-            else:
-                c_max, c_loc = tl.max(s, axis=0, return_indices=True, return_indices_tie_break_left=True)
+            c_max, c_loc = tl.max(s, axis=0, return_indices=True, return_indices_tie_break_left=True)
             c_arg = rb * BLOCK_M + c_loc
             c_ptr = pid_p * M + cols
             tl.debug_barrier()  # make the previous row block's stores visible to all threads
@@ -264,7 +255,7 @@ def negative_max_triton(
         SELF_REF=bool(self_ref), SCALED=scales is not None,
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
         EVEN_M=(B % BM == 0), EVEN_N=(M % BN == 0), EVEN_K=(D % BK == 0),
-        INPUT_PRECISION=precision, TWO_PHASE=bool(cfg.get("TWO_PHASE", False)),
+        INPUT_PRECISION=precision,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     row_val, row_idx = _reduce_partials(row_pv, row_pi)
