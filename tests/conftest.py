@@ -1,11 +1,12 @@
 import os
-import sys
 
 import pytest
 import torch
 
-# the test modules import their shared helpers (cases.py, reference.py) from this folder
-sys.path.insert(0, os.path.dirname(__file__))
+# Without CUDA the Triton kernels run in triton's CPU interpreter. Set once, before any test
+# module imports the library: the kernels are jitted at first use, in the mode set then.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -14,20 +14,18 @@ import os
 
 import torch
 
-if not torch.cuda.is_available():  # the triton impl runs in triton's CPU interpreter (set before first use)
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
-from distributed_cases import case_ids, worker  # noqa: E402
-from pytorch_metric_learning import reducers  # noqa: E402
+import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from tests.support.distributed_cases import case_ids, worker
+from pytorch_metric_learning import reducers
 
-import vse_losses  # noqa: E402
-from vse_losses import MaxViolationLoss, SumHingeLoss  # noqa: E402
-from vse_losses import functional as VF  # noqa: E402
-from vse_losses.functional import Norm, violation_terms  # noqa: E402
-from vse_losses.ops import triton_runs  # noqa: E402
+import vse_losses
+from vse_losses import MaxViolationLoss, SumHingeLoss
+from vse_losses import functional as VF
+from vse_losses.functional import Norm, violation_terms
+from vse_losses.ops import triton_runs
 
 WORLDS = (3, 2)  # one spawn of 3 processes: the world of 3 first, then ranks 0 and 1 alone
 TOL = {"float64": 1e-9, "float32": 2e-5}

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from cases import FAST_IMPLS, LOSS_CASES
+from tests.support.cases import FAST_IMPLS, LOSS_CASES
 
 import vse_losses
 

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from cases import FAST_IMPLS, LOSS_CASES
+from tests.support.cases import FAST_IMPLS, LOSS_CASES
 from pytorch_metric_learning.reducers import MeanReducer, SumReducer
-from reference import cosine, loop_terms, original_vsepp_loss
+from tests.support.reference import cosine, loop_terms, original_vsepp_loss
 
 import vse_losses
 from vse_losses import functional as VF

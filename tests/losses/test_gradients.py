@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from cases import FAST_IMPLS, LOSS_CASES
+from tests.support.cases import FAST_IMPLS, LOSS_CASES
 from pytorch_metric_learning.reducers import SumReducer
-from reference import cosine, loop_terms
+from tests.support.reference import cosine, loop_terms
 
 import vse_losses
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import reducers
-from cases import LOSS_CASES
+from tests.support.cases import LOSS_CASES
 
 import vse_losses
 from vse_losses import functional as VF

@@ -3,7 +3,7 @@ values and gradients as the labelled call with ``labels = arange(B)``, and no op
 output size depends on the data (on CUDA each one is a device synchronisation)."""
 import pytest
 import torch
-from cases import FAST_IMPLS, LOSS_CASES
+from tests.support.cases import FAST_IMPLS, LOSS_CASES
 from torch.profiler import ProfilerActivity, profile
 
 import vse_losses

@@ -1,14 +1,14 @@
-"""The losses and miners as pytorch-metric-learning parts: reducers, distances, memory, tuples."""
+"""The losses as pytorch-metric-learning parts: reducers, distances, memory, tuples."""
 
 import pytest
 import torch
-from cases import FAST_IMPLS, LOSS_CASES
+from tests.support.cases import FAST_IMPLS, LOSS_CASES
 from pytorch_metric_learning import distances, losses, reducers
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
-from reference import cosine, loop_terms
+from tests.support.reference import cosine, loop_terms, norm_of
 
 import vse_losses
-from vse_losses import HardestNegativeMiner, MaxViolationLoss, SumHingeLoss, TopKNegativeMiner
+from vse_losses import MaxViolationLoss, SumHingeLoss
 
 F64 = dict(dtype=torch.float64)
 
@@ -79,7 +79,6 @@ def test_pair_indices_tuple_restricts_pairs(name, kwargs, norm):
     pos = labels[:, None] == labels[None, :]
     expected = 0
     for a, pp in pos.nonzero().tolist():
-        from reference import norm_of
         h_row = [torch.clamp(0.2 - S[a, pp] + S[a, j], min=0) for j in range(6) if neg[a, j]]
         h_col = [torch.clamp(0.2 - S[a, pp] + S[i, pp], min=0) for i in range(6) if neg[i, pp]]
         expected = expected + norm_of(h_row, **norm) + norm_of(h_col, **norm)
@@ -122,7 +121,6 @@ def test_cross_batch_memory(name, kwargs, norm):
         own = ((torch.arange(step * 5, step * 5 + 5)) % mem)
         S = cosine(x, mem_x)
         expected = 0
-        from reference import norm_of
         for a in range(5):
             for p in range(len(mem_x)):
                 if labels[a] != mem_l[p] or p == own[a]:
@@ -133,35 +131,6 @@ def test_cross_batch_memory(name, kwargs, norm):
                          if labels[i] != mem_l[p] and p != own[i]]
                 expected = expected + norm_of(h_row, **norm) + norm_of(h_col, **norm)
         torch.testing.assert_close(got, torch.as_tensor(expected, **F64), rtol=1e-8, atol=1e-12)
-
-
-@pytest.mark.parametrize("impl", FAST_IMPLS)
-def test_hardest_miner_feeding_pml_triplet_loss_is_max_violation(impl):
-    x, y = torch.randn(9, 5, **F64), torch.randn(9, 5, **F64)
-    labels = torch.tensor([0, 0, 1, 2, 3, 3, 4, 5, 6])
-    miner = HardestNegativeMiner(impl=impl)
-    triplet = losses.TripletMarginLoss(margin=0.2, distance=distances.CosineSimilarity(), reducer=reducers.SumReducer())
-    i2t = triplet(x, labels, miner(x, labels, y, labels), ref_emb=y, ref_labels=labels)
-    t2i = triplet(y, labels, miner(y, labels, x, labels), ref_emb=x, ref_labels=labels)
-    expected = MaxViolationLoss(reducer=reducers.SumReducer())(x, labels, ref_emb=y, ref_labels=labels)
-    torch.testing.assert_close(i2t + t2i, expected, rtol=1e-8, atol=1e-12)
-
-
-@pytest.mark.parametrize("impl", FAST_IMPLS)
-def test_topk_miner_with_sum_hinge_is_top_k_loss(impl):
-    x, y = torch.randn(9, 5, **F64), torch.randn(9, 5, **F64)
-    miner = TopKNegativeMiner(k=3, impl=impl)
-    triplets = miner(x, None, y)
-    assert len(triplets[0]) == 9 * 3
-    a, p, n = triplets
-    assert torch.equal(a, p) and not (a == n).any()
-    mined = SumHingeLoss(reducer=reducers.SumReducer(), directions="i2t")(x, None, triplets, ref_emb=y)
-    expected = vse_losses.TopKViolationLoss(k=3, reducer=reducers.SumReducer(), directions="i2t")(x, y)
-    torch.testing.assert_close(mined, expected, rtol=1e-8, atol=1e-12)
-    # the same miner through a non-dot distance finds the same negatives on normalised inputs
-    xn, yn = torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(y, dim=1)
-    lp_miner = TopKNegativeMiner(k=3, distance=distances.LpDistance())
-    assert set(zip(*(t.tolist() for t in lp_miner(xn, None, yn)))) == set(zip(*(t.tolist() for t in triplets)))
 
 
 def test_collect_stats_diagnostics():

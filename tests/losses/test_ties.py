@@ -7,17 +7,14 @@ one machine's blocking. The winner is observed through the gradient, which MH se
 chosen negative only; the reference picks it by an explicit loop over float64 scores.
 """
 
-import os
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
+import pytest
 
-from vse_losses import functional as VF  # noqa: E402
-from vse_losses.ops import triton_available  # noqa: E402
+from vse_losses import functional as VF
+from vse_losses.ops import triton_available
 
 IMPLS = ["dense", "chunked"] + (["triton"] if triton_available() else [])
 MARGIN = 0.5

@@ -1,16 +1,13 @@
-"""impl="triton" gives the same losses and gradients as dense (CPU: triton's interpreter, small sizes)."""
+"""impl="triton" gives the losses and gradients of dense (CPU: triton's interpreter, small sizes):
+in float32 to float32 rounding; in float16 by the tolerance rule, no further from float64 than
+torch's own dense computation on the same float16 inputs."""
 
-import os
-
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-from cases import LOSS_CASES, loss_and_grads  # noqa: E402
-
-from vse_losses.ops import triton_available  # noqa: E402
+from tests.support.cases import LOSS_CASES, loss_and_grads
+from tests.support.tolerance import assert_as_close_as_torch, half_rtol
+from vse_losses.ops import triton_available
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton not importable")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -25,9 +22,14 @@ def test_triton_matches_dense(name, kwargs, norm, labelled, dtype):
     y0 = torch.randn(M, D, device=DEVICE).to(dtype)
     labels = torch.randint(0, 9, (B,), device=DEVICE) if labelled else None
     ref_labels = torch.randint(0, 9, (M,), device=DEVICE) if labelled else None
-    results = {impl: loss_and_grads(name, kwargs, impl, x0, y0, labels, ref_labels) for impl in ("dense", "triton")}
-    # fp16: the triton backward rounds its weights to fp16 before the products (as fp16 autograd
-    # would), dense keeps them in fp32: gradients differ by a few fp16 ulps of their sums
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
-    for got, ref in zip(results["triton"], results["dense"]):
-        torch.testing.assert_close(got.float(), ref.float(), **tol)
+    triton = loss_and_grads(name, kwargs, "triton", x0, y0, labels, ref_labels)
+    dense = loss_and_grads(name, kwargs, "dense", x0, y0, labels, ref_labels)
+    if dtype == torch.float32:
+        for got, ref in zip(triton, dense):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+        return
+    # float16: the triton backward rounds its weights to float16 before the products (as float16
+    # autograd would); judged against float64 of the same rounded inputs, beside dense's float16
+    exact = loss_and_grads(name, kwargs, "dense", x0.double(), y0.double(), labels, ref_labels)
+    for what, got, e, ref in zip(("loss", "grad x", "grad y"), triton, exact, dense):
+        assert_as_close_as_torch(got, e, ref, atol=1e-5, rtol=half_rtol(dtype), what=what)

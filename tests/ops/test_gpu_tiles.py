@@ -11,7 +11,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-from cases import LOSS_CASES, loss_and_grads  # noqa: E402
+from tests.support.cases import LOSS_CASES, loss_and_grads  # noqa: E402
 
 from vse_losses.ops import triton_available  # noqa: E402
 

@@ -2,7 +2,7 @@
 the explicit formula: one chunk and several, ties, zero rows, B = 1 and 2, gradcheck."""
 import pytest
 import torch
-from reference import paired_max_violation as reference
+from tests.support.reference import paired_max_violation as reference
 
 from vse_losses.ops import CHUNKED
 from vse_losses.ops import chunked_max_violation_backward as side

@@ -9,7 +9,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-from reference import paired_max_violation as reference  # noqa: E402
+from tests.support.reference import paired_max_violation as reference  # noqa: E402
 
 from vse_losses.ops import max_violation_paired as mvp  # noqa: E402
 from vse_losses.ops import _triton_backend, triton_available  # noqa: E402

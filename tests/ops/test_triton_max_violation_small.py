@@ -8,7 +8,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-from reference import paired_max_violation  # noqa: E402
+from tests.support.reference import paired_max_violation  # noqa: E402
 
 from vse_losses.ops import triton_available  # noqa: E402
 
