@@ -36,28 +36,28 @@ def reference_grads(x, y, labels, ref_labels):
     B, M = x.shape[0], y.shape[0]
     S = x @ y.t()
     gx, gy = torch.zeros_like(x), torch.zeros_like(y)
+    def hardest(negs, score):  # the lowest index among those with the largest score
+        best = max(score(n) for n in negs)
+        return min(n for n in negs if score(n) == best)
+
     for a in range(B):
         for p in range(M):
             if labels[a] != ref_labels[p]:
                 continue
             # i2t: negatives n of row a (columns)
             negs = [n for n in range(M) if labels[a] != ref_labels[n]]
-            if negs:
-                best = max(S[a, n].item() for n in negs)
-                n = min(n for n in negs if S[a, n].item() == best)
-                if MARGIN - S[a, p] + S[a, n] > 0:
-                    gx[a] += y[n] - y[p]
-                    gy[n] += x[a]
-                    gy[p] -= x[a]
+            n = hardest(negs, lambda n: S[a, n].item()) if negs else None
+            if n is not None and MARGIN - S[a, p] + S[a, n] > 0:
+                gx[a] += y[n] - y[p]
+                gy[n] += x[a]
+                gy[p] -= x[a]
             # t2i: negatives n of column p (rows)
             negs = [n for n in range(B) if labels[n] != ref_labels[p]]
-            if negs:
-                best = max(S[n, p].item() for n in negs)
-                n = min(n for n in negs if S[n, p].item() == best)
-                if MARGIN - S[a, p] + S[n, p] > 0:
-                    gy[p] += x[n] - x[a]
-                    gx[n] += y[p]
-                    gx[a] -= y[p]
+            n = hardest(negs, lambda n: S[n, p].item()) if negs else None
+            if n is not None and MARGIN - S[a, p] + S[n, p] > 0:
+                gy[p] += x[n] - x[a]
+                gx[n] += y[p]
+                gx[a] -= y[p]
     return gx, gy
 
 
