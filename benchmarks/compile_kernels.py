@@ -51,7 +51,7 @@ def main(variants):
         jitted = tc.jitted(fn)  # with the helpers it calls bound, as at run time
         names = jitted.arg_names
         const = dict(constexprs)
-        const.update({k: v for k, v in dict(INPUT_PRECISION="ieee", **cfg).items() if k in names})
+        const.update({k: v for k, v in cfg.items() if k in names})
         sig = {}
         for n in names:
             if n in const:
@@ -98,7 +98,7 @@ def main(variants):
         even, aligned = shape is True, shape in (True, "rows")
         flags = dict(EVEN_K=aligned, EVEN_N=even)
         if kind == "hinge_forward":
-            cfg = dict(hn._fwd_config(dtypes[dtype], False, mode, even), **tiles)
+            cfg = dict(hn._fwd_config(dtypes[dtype], False, even), **tiles)
             r = compile_one(hn._hinge_norm_fwd_kernel, dtype, cfg, dict(P_MODE=mode, EVEN_M=even, **flags))
         elif kind == "hinge_pairs_forward":
             cfg = dict(hp._pairs_config(dtypes[dtype], False, mode, even), **tiles)
@@ -118,12 +118,11 @@ def main(variants):
             r = compile_one(rd._row_dots_kernel, dtype, dict(cfg, num_stages=3), const)
         elif kind == "hinge_weights":
             cfg = dict(hn._weight_config(dtypes[dtype], False, mode, even), **tiles)
-            r = compile_one(hn._hinge_weight_kernel, dtype, cfg,
-                            dict(P_MODE=mode, ROW_TERM=True, COL_TERM=True, COL_SUM=True, SELF_Q=True, SELF_K=True, EVEN_R=even,
-                                 **flags))
+            const = dict(P_MODE=mode, ROW_TERM=True, COL_TERM=True, SELF_Q=True, SELF_K=True, EVEN_R=even, **flags)
+            r = compile_one(hn._hinge_weight_kernel, dtype, cfg, const)
         else:
             self_ref, scaled = mode in (1, 3), mode in (2, 3)  # mode: 0 … 3
-            cfg = dict(nm._default_config(dtypes[dtype], False, even, self_ref, scaled, aligned), **tiles)
+            cfg = dict(nm._default_config(dtypes[dtype], False, even, aligned), **tiles)
             r = compile_one(nm._negative_max_kernel, dtype, cfg,
                             dict(SELF_REF=self_ref, SCALED=scaled, EVEN_M=even, **flags))
         results["-".join(str(x) for x in variant[:4]) + ("-" + json.dumps(tiles, sort_keys=True) if tiles else "")] = r

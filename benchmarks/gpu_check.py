@@ -376,12 +376,12 @@ def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadli
     jobs = [("product B×B", None, lambda cfg: x @ y.t())]
     # the hardest-negative search as MaxViolationLoss runs it: cosine folded in as row/column scales
     scales = (1.0 / x.float().norm(dim=1), 1.0 / y.float().norm(dim=1))
-    jobs += [("negative_max cosine", c, lambda cfg: negative_max_triton(x, y, lab, lab, False, config=cfg,
-                                                                      scales=scales))
+    jobs += [("negative_max cosine", c, lambda cfg: negative_max_triton(x, y, lab, lab, False, scales=scales,
+                                                                      _config=cfg))
              for c in [None] + SWEEP_NEGMAX]
-    jobs += [("hinge forward p=2", c, lambda cfg: hn._forward(x, y, t, lab, lab, none, 2.0, "ieee", cfg))
+    jobs += [("hinge forward p=2", c, lambda cfg: hn._forward(x, y, t, lab, lab, none, 2.0, config=cfg))
              for c in [None] + SWEEP_HINGE]
-    jobs += [("pairs forward p=2", None, lambda cfg: _pairs_forward(x, y, t, lab, lab, False, 2.0, "ieee"))]
+    jobs += [("pairs forward p=2", None, lambda cfg: _pairs_forward(x, y, t, lab, lab, False, 2.0))]
     # one side of the paired MH backward (memory-bound: compare with reading x and y once)
     from vse_losses.ops.triton_max_violation_backward import mh_side_triton
 
@@ -392,7 +392,7 @@ def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadli
                                                                         hard, wv, wv, hard.flip(0), wv, True))]
     jobs += [(f"product {R}×B", None, lambda cfg: x[:R] @ y.t())]
     jobs += [(f"weights {R}×B p=2", c, lambda cfg: hn._weights(x, y, 0, R, (t, T, g), (t, T, g), lab, lab, None, None,
-                                                              2.0, "ieee", w_dtype, cfg))
+                                                              2.0, w_dtype, config=cfg))
              for c in [None] + SWEEP_HINGE]
     out, base = [], {}
     for name, cfg, fn in jobs:

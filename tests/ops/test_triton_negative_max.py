@@ -123,8 +123,8 @@ def test_self_ref_rectangular_tiles(tiles):
     x = torch.nn.functional.normalize(x, dim=1)
     lab = torch.arange(B, device=DEVICE)
     cfg = dict(BLOCK_M=tiles[0], BLOCK_N=tiles[1])
-    check(x, x, lab, lab + 1000, True, tol=1e-4, config=cfg)
-    check(x, x, lab % 7, lab % 7, True, tol=1e-4, config=cfg, groups=(2, 2))
+    check(x, x, lab, lab + 1000, True, tol=1e-4, _config=cfg)
+    check(x, x, lab % 7, lab % 7, True, tol=1e-4, _config=cfg, _groups=(2, 2))
 
 
 def test_self_ref_distinct_labels_excludes_diagonal():
@@ -145,8 +145,8 @@ def test_self_ref_distinct_labels_excludes_diagonal():
 def test_work_split_does_not_change_result(groups):
     B, M, D = 70, 90, 24
     x, y, xl, yl = make_inputs(B, M, D, torch.float32, 5, seed=3)
-    ref = negative_max_triton(x, y, xl, yl, False, groups=(1, 1))
-    got = check(x, y, xl, yl, False, tol=1e-4, groups=groups)
+    ref = negative_max_triton(x, y, xl, yl, False, _groups=(1, 1))
+    got = check(x, y, xl, yl, False, tol=1e-4, _groups=groups)
     for a, b in zip(ref, got):
         assert torch.equal(a, b)
 
@@ -167,7 +167,7 @@ def test_ties_lowest_index():
     xl = torch.arange(45, device=DEVICE)
     yl = torch.arange(50, device=DEVICE) + 100
     for groups in [(1, 1), (3, 3), None]:
-        rv, ri, _, ci = negative_max_triton(x, y, xl, yl, False, groups=groups)
+        rv, ri, _, ci = negative_max_triton(x, y, xl, yl, False, _groups=groups)
         _, eri, _, eci, _, _ = dense_reference(x, y, xl, yl, False)
         # the reference resolves ties exactly on float64 scores of identical rows
         s32 = x @ y.T  # exact integers: bitwise equal for identical rows

@@ -38,7 +38,6 @@ from .triton_common import (  # triton, tl: None without triton
     TRITON_AVAILABLE, even_shape, is_interpreting, jitted, kernel_helper, score_tile, tl, triton,
 )
 from .lp_norm import lp_norm
-from .triton_negative_max import _check_precision
 
 
 __all__ = ["TRITON_AVAILABLE", "HingeNormRowsTriton", "hinge_norm_rows_triton"]
@@ -55,7 +54,6 @@ def _hinge_norm_fwd_kernel(
     P_MODE: tl.constexpr,              # 1: p == 1, 2: p == 2, 0: any other p
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -72,8 +70,7 @@ def _hinge_norm_fwd_kernel(
         cols = n0 + offs_n
         col_ok = cols < M
         k_cols = k_ptr + cols.to(tl.int64)[None, :] * stride_k
-        acc = score_tile(q_rows, k_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K,
-                         EVEN_M, EVEN_N, EVEN_K, INPUT_PRECISION)
+        acc = score_tile(q_rows, k_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_M, EVEN_N, EVEN_K)
         kl = tl.load(kl_ptr + cols, mask=col_ok, other=0)
         valid = (ql[:, None] != kl[None, :]) & (cols[None, :] != qs[:, None])
         if not EVEN_M:
@@ -132,11 +129,10 @@ def _hinge_weight_kernel(
     r0, R, M, D,
     stride_q, stride_k, stride_w, stride_rs, stride_cs,
     pm1,
-    P_MODE: tl.constexpr, ROW_TERM: tl.constexpr, COL_TERM: tl.constexpr, COL_SUM: tl.constexpr,
+    P_MODE: tl.constexpr, ROW_TERM: tl.constexpr, COL_TERM: tl.constexpr,
     SELF_Q: tl.constexpr, SELF_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_R: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
 ):
     """One (BLOCK_M, BLOCK_N) tile of the weights of the rows r0 .. r0 + R of q against all keys:
 
@@ -144,7 +140,7 @@ def _hinge_weight_kernel(
 
     on the valid (i, j), 0 elsewhere; w(h; T, g) = g (h / T)^(p-1) for h > 0 and T > 0, else 0.
     rs[pid_n, i - r0] = this tile's row sum of the ROW_TERM part (fp32; summed over pid_n later);
-    with COL_SUM, cs[pid_m, j] = this tile's column sum of the COL_TERM part (summed over pid_m later).
+    cs[pid_m, j] = this tile's column sum of the COL_TERM part (summed over pid_m later).
     (i, j) is valid iff lq_i != lk_j, j != sq_i (SELF_Q) and i != sk_j (SELF_K).
     """
     pid_m = tl.program_id(0)
@@ -156,8 +152,7 @@ def _hinge_weight_kernel(
     col_ok = cols < M
     q_rows = q_ptr + rows.to(tl.int64)[:, None] * stride_q
     k_cols = k_ptr + cols.to(tl.int64)[None, :] * stride_k
-    acc = score_tile(q_rows, k_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K,
-                     EVEN_R, EVEN_N, EVEN_K, INPUT_PRECISION)
+    acc = score_tile(q_rows, k_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_R, EVEN_N, EVEN_K)
     lq = tl.load(lq_ptr + rows, mask=row_ok, other=0)
     lk = tl.load(lk_ptr + cols, mask=col_ok, other=0)
     valid = (lq[:, None] != lk[None, :]) & row_ok[:, None] & col_ok[None, :]
@@ -178,8 +173,7 @@ def _hinge_weight_kernel(
         w_col = hinge_weights(acc, valid, tl.load(tk_ptr + cols, mask=col_ok, other=0.0)[None, :],
                               tl.load(Tk_ptr + cols, mask=col_ok, other=0.0)[None, :],
                               tl.load(gk_ptr + cols, mask=col_ok, other=0.0)[None, :], pm1, P_MODE)
-        if COL_SUM:
-            tl.store(cs_ptr + pid_m * stride_cs + cols, tl.sum(w_col, axis=0), mask=col_ok)
+        tl.store(cs_ptr + pid_m * stride_cs + cols, tl.sum(w_col, axis=0), mask=col_ok)
         w += w_col
     w_ptrs = w_ptr + loc.to(tl.int64)[:, None] * stride_w + cols[None, :]
     tl.store(w_ptrs, w.to(w_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
@@ -194,7 +188,7 @@ def _hinge_weight_kernel(
 W_CHUNK_ELEMENTS = 1 << 27
 
 
-def _fwd_config(dtype: torch.dtype, interpret: bool, p_mode: int, even: bool = True) -> dict:
+def _fwd_config(dtype: torch.dtype, interpret: bool, even: bool) -> dict:
     """Tiles of the forward kernel. ``even``: N and M multiples of 128 and D of 64. Chosen so
     that every variant compiles for sm_90 without register spills, as triton specializes it at
     run time (tests/ops/test_triton_compile.py, triton 3.6 and 3.8)."""
@@ -240,10 +234,12 @@ def _prep(q, keys, t, q_labels, k_labels, q_self):
             t.to(device=dev, dtype=torch.float32).contiguous(),
             q_labels.to(device=dev, dtype=torch.int64).contiguous(),
             k_labels.to(device=dev, dtype=torch.int64).contiguous(),
-            q_self.to(device=dev, dtype=torch.int64).contiguous(), dtype)
+            q_self.to(device=dev, dtype=torch.int64).contiguous())
 
 
-def _forward(q, keys, t, ql, kl, qs, p, precision, config=None):
+def _forward(q, keys, t, ql, kl, qs, p, *, config: Optional[dict] = None):
+    """T (N,) float32 by the forward kernel (inputs as ``_prep`` returns them). ``config``: tile
+    overrides, for gpu_check's tile sweep."""
     N, D = q.shape
     M = keys.shape[0]
     out = torch.zeros((N,), device=q.device, dtype=torch.float32)
@@ -252,7 +248,7 @@ def _forward(q, keys, t, ql, kl, qs, p, precision, config=None):
         if N and M and D == 0:
             return _dense_small(q, keys, t, ql, kl, qs, p)
         return out
-    cfg = dict(_fwd_config(q.dtype, is_interpreting(), _p_mode(p), even_shape(N, M, D)))
+    cfg = dict(_fwd_config(q.dtype, is_interpreting(), even_shape(N, M, D)))
     if config:
         cfg.update({k: v for k, v in config.items() if k in cfg})
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
@@ -263,20 +259,19 @@ def _forward(q, keys, t, ql, kl, qs, p, precision, config=None):
         P_MODE=_p_mode(p),
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
         EVEN_M=(N % BM == 0), EVEN_N=(M % BN == 0), EVEN_K=(D % BK == 0),
-        INPUT_PRECISION=precision,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
 
 
-def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, precision, w_dtype, config=None,
-             col_sums=False):
+def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, w_dtype, *, config: Optional[dict] = None):
     """The weights of rows r0 .. r0 + R of q against every key (see ``_hinge_weight_kernel``).
 
     row_term / col_term: ``(t, T, g)`` fp32 vectors over the rows of q / over the keys, or None;
-    qs / ks: self indices over the rows of q / over the keys, or None.
-    Returns ``W`` (R, M) in ``w_dtype``, the row sums of its row term (R,) fp32 (or None) and,
-    with ``col_sums``, the column sums of its column term over these rows (M,) fp32 (or None).
+    qs / ks: self indices over the rows of q / over the keys, or None; ``config``: tile overrides,
+    for gpu_check's tile sweep. Returns ``W`` (R, M) in ``w_dtype``, the row sums of its row term
+    (R,) fp32 and the column sums of its column term over these rows (M,) fp32 (None for a term
+    not given).
     """
     M, D = keys.shape
     cfg = dict(_weight_config(q.dtype, is_interpreting(), _p_mode(p), even_shape(R, M, D)))
@@ -286,8 +281,7 @@ def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, precision, w
     n_n = triton.cdiv(M, BN)
     W = torch.empty((R, M), device=q.device, dtype=w_dtype)
     rs = torch.empty((n_n, R), device=q.device, dtype=torch.float32) if row_term else W
-    col_sums = bool(col_sums and col_term)
-    cs = torch.empty((triton.cdiv(R, BM), M), device=q.device, dtype=torch.float32) if col_sums else W
+    cs = torch.empty((triton.cdiv(R, BM), M), device=q.device, dtype=torch.float32) if col_term else W
     unused = ql  # any tensor, for pointers a constexpr branch never reads
     tq, Tq, gq = row_term or (unused,) * 3
     tk, Tk, gk = col_term or (unused,) * 3
@@ -298,14 +292,13 @@ def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, precision, w
         r0, R, M, D,
         q.stride(0), keys.stride(0), W.stride(0), rs.stride(0), cs.stride(0),
         float(p) - 1.0,
-        P_MODE=_p_mode(p), ROW_TERM=row_term is not None, COL_TERM=col_term is not None, COL_SUM=col_sums,
+        P_MODE=_p_mode(p), ROW_TERM=row_term is not None, COL_TERM=col_term is not None,
         SELF_Q=qs is not None, SELF_K=ks is not None,
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
         EVEN_R=(R % BM == 0), EVEN_N=(M % BN == 0), EVEN_K=(D % BK == 0),
-        INPUT_PRECISION=precision,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
-    return W, (rs.sum(0) if row_term else None), (cs.sum(0) if col_sums else None)
+    return W, (rs.sum(0) if row_term else None), (cs.sum(0) if col_term else None)
 
 
 def _grad_scale(*gs):
@@ -319,8 +312,7 @@ def _grad_scale(*gs):
     return torch.where(m > 0, m, torch.ones_like(m))
 
 
-def _weighted_products(q, keys, row_term, col_term, ql, kl, qs, p, precision, need_q=True, need_k=True,
-                       config=None):
+def _weighted_products(q, keys, row_term, col_term, ql, kl, qs, p, need_q=True, need_k=True):
     """One pass over chunks of rows of W, the weights of q's rows against every key (see
     ``_weights``): ``W keys`` (each chunk's rows complete), ``Wᵀ q`` (accumulated), the row sums
     of W's row term and the column sums of its column term — float32, as the terms' g give them.
@@ -338,8 +330,7 @@ def _weighted_products(q, keys, row_term, col_term, ql, kl, qs, p, precision, ne
     step = _chunk_rows(N, M, _weight_config(q.dtype, is_interpreting())["BLOCK_M"])
     for r0 in range(0, N, step):
         R = min(step, N - r0)
-        W, rsum, csum = _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, None, p, precision,
-                                 mm.operand_dtype, config, col_sums=True)
+        W, rsum, csum = _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, None, p, mm.operand_dtype)
         if need_q:
             gq[r0:r0 + R] = mm(W, keys_op)
         if need_k:
@@ -362,21 +353,18 @@ def _dense_small(q, keys, t, ql, kl, qs, p):
 class HingeNormRowsTriton(torch.autograd.Function):
     """T = (sum_j h_ij^p)^(1/p) per row; see the module docstring.
 
-    forward(q, keys, t, q_labels, k_labels, q_self, p, fp32_precision="ieee", config=None)
+    forward(q, keys, t, q_labels, k_labels, q_self, p)
     """
 
     @staticmethod
-    def forward(ctx, q, keys, t, q_labels, k_labels, q_self, p, fp32_precision="ieee", config=None):
+    def forward(ctx, q, keys, t, q_labels, k_labels, q_self, p):
         p = float(p)
         if not (p >= 1.0) or math.isinf(p):
             raise ValueError(f"p must be a finite number >= 1, got {p}")
-        qc, kc, tc, ql, kl, qs, dtype = _prep(q, keys, t, q_labels, k_labels, q_self)
-        precision = _check_precision(fp32_precision) if dtype == torch.float32 else "ieee"
-        T = _forward(qc, kc, tc, ql, kl, qs, p, precision, config)
+        qc, kc, tc, ql, kl, qs = _prep(q, keys, t, q_labels, k_labels, q_self)
+        T = _forward(qc, kc, tc, ql, kl, qs, p)
         ctx.save_for_backward(qc, kc, tc, ql, kl, qs, T)
         ctx.p = p
-        ctx.precision = precision
-        ctx.config = config
         ctx.dtypes = (q.dtype, keys.dtype, t.dtype)
         return T
 
@@ -397,8 +385,7 @@ class HingeNormRowsTriton(torch.autograd.Function):
             # grad_q = W keys, grad_keys = Wᵀ q, grad_t = −W 1, W scaled by 1/scale until the end
             scale = _grad_scale(g)
             term = (tc, T, (g.to(torch.float32) / scale).contiguous())
-            gq, gk, rows, _ = _weighted_products(qc, kc, term, None, ql, kl, qs, ctx.p, ctx.precision, need_q,
-                                                 need_k, (ctx.config or {}).get("bwd"))
+            gq, gk, rows, _ = _weighted_products(qc, kc, term, None, ql, kl, qs, ctx.p, need_q, need_k)
             grad_q = None if gq is None else gq.mul_(scale)
             grad_k = None if gk is None else gk.mul_(scale)
             grad_t = rows.mul_(-scale) if need_t else None
@@ -408,7 +395,7 @@ class HingeNormRowsTriton(torch.autograd.Function):
             grad_k = grad_k.to(k_dtype)
         if grad_t is not None:
             grad_t = grad_t.to(t_dtype)
-        return grad_q, grad_k, grad_t, None, None, None, None, None, None
+        return grad_q, grad_k, grad_t, None, None, None, None
 
 
 def hinge_norm_rows_triton(
@@ -419,21 +406,16 @@ def hinge_norm_rows_triton(
     k_labels: torch.Tensor,
     q_self: torch.Tensor,
     p: float,
-    *,
-    fp32_precision: str = "ieee",
-    config: Optional[dict] = None,
 ) -> torch.Tensor:
     """Per-row ``(sum_j h_ij^p)^(1/p)`` with ``h_ij = [q_i . k_j - t_i]_+`` over valid pairs.
 
     Args:
-        q: (N, D) queries; keys: (M, D); fp32 / fp16 / bf16 (promoted to a common dtype).
+        q: (N, D) queries; keys: (M, D); fp32 / fp16 / bf16 (promoted to a common dtype; fp32
+            products in full fp32, see :func:`~vse_losses.ops.triton_common.score_tile`).
         t: (N,) thresholds (fp32; differentiable).
         q_labels: (N,), k_labels: (M,) integer labels; pairs with equal labels are excluded.
         q_self: (N,) int64, a key index excluded for each row, or -1 for none.
         p: finite float >= 1 (1: sum of hinges).
-        fp32_precision: tl.dot mode for fp32 inputs ("ieee" default, "tf32x3", "tf32").
-        config: tile overrides (keys BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for the
-            forward kernel; a nested dict under "bwd" for the backward's weight kernel.
 
     Returns:
         T (N,) fp32; differentiable w.r.t. q, keys and t (grads in their dtypes).
@@ -445,4 +427,4 @@ def hinge_norm_rows_triton(
     for name, v, n in (("t", t, N), ("q_labels", q_labels, N), ("k_labels", k_labels, M), ("q_self", q_self, N)):
         if v.shape != (n,):
             raise ValueError(f"{name} must have shape ({n},), got {tuple(v.shape)}")
-    return HingeNormRowsTriton.apply(q, keys, t, q_labels, k_labels, q_self, p, fp32_precision, config)
+    return HingeNormRowsTriton.apply(q, keys, t, q_labels, k_labels, q_self, p)

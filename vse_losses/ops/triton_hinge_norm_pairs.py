@@ -45,7 +45,6 @@ def _pairs_fwd_kernel(
     SELF_REF: tl.constexpr, P_MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
 ):
     """Both directions' hinge ℓp statistics of the paired batch from one pass over the score tiles.
 
@@ -75,8 +74,7 @@ def _pairs_fwd_kernel(
             cols = ct * BLOCK_N + offs_n
             col_ok = cols < B
             y_cols = y_ptr + cols.to(tl.int64)[None, :] * stride_y
-            acc = score_tile(x_rows, y_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K,
-                             EVEN_M, EVEN_N, EVEN_K, INPUT_PRECISION)
+            acc = score_tile(x_rows, y_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_M, EVEN_N, EVEN_K)
             yl = tl.load(yl_ptr + cols, mask=col_ok, other=0)
             t_c = tl.load(t_ptr + cols, mask=col_ok, other=0.0)
             valid = (xl[:, None] != yl[None, :]) & row_ok[:, None] & col_ok[None, :]
@@ -141,7 +139,7 @@ def _merge(m: torch.Tensor, s: torch.Tensor, p: float) -> torch.Tensor:
     return lp_finish(*lp_merge(m, s, p), p)
 
 
-def _pairs_forward(x, y, t, lx, ly, self_ref, p, precision):
+def _pairs_forward(x, y, t, lx, ly, self_ref, p):
     """(T¹, T²) of the paired batch from one pass over the score tiles (x, y contiguous, one dtype)."""
     B, D = x.shape
     cfg = _pairs_config(x.dtype, is_interpreting(), _p_mode(p), even_shape(B, B, D))
@@ -159,7 +157,6 @@ def _pairs_forward(x, y, t, lx, ly, self_ref, p, precision):
         SELF_REF=bool(self_ref), P_MODE=_p_mode(p),
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
         EVEN_M=(B % BM == 0), EVEN_N=(B % BN == 0), EVEN_K=(D % BK == 0),
-        INPUT_PRECISION=precision,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return _merge(rm, rs, p), _merge(cm, cs, p)
@@ -172,17 +169,16 @@ class HingeNormPairsTriton(torch.autograd.Function):
     def forward(ctx, x, y, t, labels, ref_labels, self_ref, p, do_i2t, do_t2i):
         B = x.shape[0]
         own = torch.arange(B, device=x.device) if self_ref else torch.full((B,), -1, device=x.device)
-        xc, yc, tc, lx, ly, own, dtype = _prep(x, y, t, labels, ref_labels, own)
-        precision = "ieee"
+        xc, yc, tc, lx, ly, own = _prep(x, y, t, labels, ref_labels, own)
         zeros = torch.zeros(B, device=x.device, dtype=torch.float32)
         if B and xc.shape[1]:
-            T1, T2 = _pairs_forward(xc, yc, tc, lx, ly, self_ref, p, precision)
+            T1, T2 = _pairs_forward(xc, yc, tc, lx, ly, self_ref, p)
         else:  # no pair, or D = 0 (no score to take), which the per-direction forward handles
-            T1, T2 = _forward(xc, yc, tc, lx, ly, own, p, precision), _forward(yc, xc, tc, ly, lx, own, p, precision)
+            T1, T2 = _forward(xc, yc, tc, lx, ly, own, p), _forward(yc, xc, tc, ly, lx, own, p)
         T1 = T1 if do_i2t else zeros
         T2 = T2 if do_t2i else zeros
         ctx.save_for_backward(xc, yc, tc, lx, ly, own, T1, T2)
-        ctx.self_ref, ctx.p, ctx.precision = self_ref, p, precision
+        ctx.self_ref, ctx.p = self_ref, p
         ctx.do = (do_i2t, do_t2i)
         ctx.dtypes = (x.dtype, y.dtype, t.dtype)
         return T1, T2
@@ -202,8 +198,7 @@ class HingeNormPairsTriton(torch.autograd.Function):
             # ∂x = W y, ∂y = Wᵀ x, ∂t = −(i2t row sums + t2i column sums), W scaled by 1/scale
             i2t = None if g1 is None else (tc, T1, (g1.to(torch.float32) / scale).contiguous())
             t2i = None if g2 is None else (tc, T2, (g2.to(torch.float32) / scale).contiguous())
-            gx, gy, rows, cols = _weighted_products(xc, yc, i2t, t2i, lx, ly, own if ctx.self_ref else None, p,
-                                                    ctx.precision)
+            gx, gy, rows, cols = _weighted_products(xc, yc, i2t, t2i, lx, ly, own if ctx.self_ref else None, p)
             for part in (rows, cols):
                 if part is not None:
                     gt -= part

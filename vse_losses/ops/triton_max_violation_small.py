@@ -32,7 +32,6 @@ def _small_mh_kernel(
     B, D, stride_x, stride_y, stride_g, margin,
     COSINE: tl.constexpr, BACKWARD: tl.constexpr, GUARD: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs = tl.arange(0, BLOCK_B)
@@ -49,7 +48,7 @@ def _small_mh_kernel(
         m = ok[:, None] & (kk[None, :] < D)
         a = tl.load(x_rows + kk[None, :], mask=m, other=0.0)
         b = tl.load(y_rows + kk[None, :], mask=m, other=0.0)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision="ieee")
         if COSINE:
             af = a.to(tl.float32)
             bf = b.to(tl.float32)
@@ -136,7 +135,7 @@ def _launch(x, y, margin, cosine, g=None, guard=False):
         B, D, x.stride(0), y.stride(0), 0 if g is None else g.stride(0), float(margin),
         COSINE=bool(cosine), BACKWARD=g is not None, GUARD=bool(guard),
         BLOCK_B=cfg["BLOCK_B"], BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"],
-        INPUT_PRECISION="ieee", num_warps=cfg["num_warps"],
+        num_warps=cfg["num_warps"],
     )
     return (out, anchors) if g is None else (gx, gy)
 

@@ -49,7 +49,6 @@ def _negative_max_kernel(
     SELF_REF: tl.constexpr, SCALED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
     pid_q = tl.program_id(1)
@@ -76,8 +75,7 @@ def _negative_max_kernel(
             cols = ct * BLOCK_N + offs_n
             col_ok = cols < M
             y_cols = y_ptr + cols.to(tl.int64)[None, :] * stride_y
-            acc = score_tile(x_rows, y_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K,
-                             EVEN_M, EVEN_N, EVEN_K, INPUT_PRECISION)
+            acc = score_tile(x_rows, y_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_M, EVEN_N, EVEN_K)
             if SCALED:  # cosine of raw embeddings: s_ij = rx_i ry_j x_i·y_j
                 ry = tl.load(ry_ptr + cols, mask=col_ok, other=1.0)
                 acc = (acc * rx[:, None]) * ry[None, :]
@@ -117,8 +115,7 @@ def _negative_max_kernel(
 # ----------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------
-def _default_config(dtype: torch.dtype, interpret: bool, even: bool = True, self_ref: bool = False,
-                    scaled: bool = False, aligned: bool = False) -> dict:
+def _default_config(dtype: torch.dtype, interpret: bool, even: bool, aligned: bool) -> dict:
     """Tiles. ``even``: B and M multiples of 128 and D of 64; ``aligned``: D a multiple of 64 (the
     rows' loads aligned, B or M ragged). Chosen so that every variant compiles for sm_90 without
     register spills, as triton specializes it at run time (tests/ops/test_triton_compile.py,
@@ -135,12 +132,6 @@ def _default_config(dtype: torch.dtype, interpret: bool, even: bool = True, self
         return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=4)
     # unaligned rows load element by element: the masks and addresses cost registers
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=4)
-
-
-def _check_precision(p: str) -> str:
-    if p not in ("ieee", "tf32", "tf32x3"):
-        raise ValueError(f"fp32_precision must be 'ieee', 'tf32' or 'tf32x3', got {p!r}")
-    return p
 
 
 def _reduce_partials(val: torch.Tensor, idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -168,25 +159,22 @@ def negative_max_triton(
     y_labels: torch.Tensor,
     self_ref: bool = False,
     *,
-    fp32_precision: str = "ieee",
-    groups: Optional[Tuple[int, int]] = None,
-    config: Optional[dict] = None,
     scales: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    _groups: Optional[Tuple[int, int]] = None,
+    _config: Optional[dict] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row and column max/argmax of ``x @ y.T`` over negative pairs, fused in one pass.
 
     Args:
-        x: (B, D) queries, y: (M, D) keys; fp32 / fp16 / bf16 (promoted to a common dtype).
+        x: (B, D) queries, y: (M, D) keys; fp32 / fp16 / bf16 (promoted to a common dtype; fp32
+            products in full fp32, see :func:`~vse_losses.ops.triton_common.score_tile`).
         x_labels: (B,) integer labels, y_labels: (M,) integer labels.
         self_ref: x and y are the same embeddings: the pair (i, i) is never a negative.
-        fp32_precision: how tl.dot multiplies fp32 inputs: "ieee" (default, exact fp32
-            FMA, matches torch's default fp32 matmul; no tensor cores), "tf32x3" (tensor cores,
-            about fp32 accuracy) or "tf32" (fastest, ~1e-3 relative error). 16-bit inputs
-            always use tensor cores with fp32 accumulation.
-        groups: (P, Q) override of the work split (tests); default chosen from the SM count.
-        config: override of BLOCK_M / BLOCK_N / BLOCK_K / num_warps / num_stages.
         scales: ``(c_x (B,), c_y (M,))``: the scores are ``c_i c_j x_i·y_j`` (fp32 scales applied
             to the fp32 tile; the cosine of raw embeddings with c = 1/‖·‖).
+        _groups, _config: test hooks (tests and gpu_check's tile sweep), not for the losses:
+            ``(P, Q)`` in place of the work split chosen from the SM count; overrides of the tiles
+            (BLOCK_M / BLOCK_N / BLOCK_K / num_warps / num_stages).
 
     Returns:
         row_val (B,) fp32, row_idx (B,) int64, col_val (M,) fp32, col_idx (M,) int64.
@@ -219,17 +207,16 @@ def negative_max_triton(
     yl = y_labels.to(device=dev, dtype=torch.int64).contiguous()
 
     interpret = is_interpreting()
-    cfg = dict(_default_config(dtype, interpret, even_shape(B, M, D), bool(self_ref), scales is not None,
-                               aligned=D % 64 == 0))
-    if config:
-        cfg.update(config)
+    cfg = dict(_default_config(dtype, interpret, even_shape(B, M, D), D % 64 == 0))
+    if _config:
+        cfg.update(_config)
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     nrb = -(-B // BM)
     nct = -(-M // BN)
-    if groups is None:
+    if _groups is None:
         P, Q = choose_groups(nrb, nct, B, M, num_sms(dev))
     else:
-        P, Q = max(1, min(int(groups[0]), nrb)), max(1, min(int(groups[1]), nct))
+        P, Q = max(1, min(int(_groups[0]), nrb)), max(1, min(int(_groups[1]), nct))
     rb_per = -(-nrb // P)
     ct_per = -(-nct // Q)
     P = -(-nrb // rb_per)  # no empty programs
@@ -239,8 +226,6 @@ def negative_max_triton(
     row_pi = torch.empty((Q, B), device=dev, dtype=torch.int32)
     col_pv = torch.full((P, M), float("-inf"), device=dev, dtype=torch.float32)
     col_pi = torch.zeros((P, M), device=dev, dtype=torch.int32)
-
-    precision = _check_precision(fp32_precision) if dtype == torch.float32 else "ieee"
 
     if scales is None:
         rx = ry = row_pv  # never read (SCALED is False)
@@ -255,7 +240,6 @@ def negative_max_triton(
         SELF_REF=bool(self_ref), SCALED=scales is not None,
         BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
         EVEN_M=(B % BM == 0), EVEN_N=(M % BN == 0), EVEN_K=(D % BK == 0),
-        INPUT_PRECISION=precision,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     row_val, row_idx = _reduce_partials(row_pv, row_pi)
