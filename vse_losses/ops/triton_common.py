@@ -42,7 +42,8 @@ except Exception:  # ImportError, or a broken triton install
     TRITON_AVAILABLE = False
 
 __all__ = ["MIN_TRITON", "TRITON_AVAILABLE", "TRITON_VERSION", "triton", "tl", "triton_requirement", "is_interpreting",
-           "kernel_helper", "score_tile", "jitted", "even_shape", "num_sms", "choose_groups"]
+           "kernel_helper", "score_tile", "recip_pos", "pow_masked", "pow_pos", "lp_merge_tile", "jitted", "even_shape",
+           "num_sms", "choose_groups"]
 
 
 def triton_requirement() -> str:
@@ -83,6 +84,51 @@ def score_tile(x_rows, y_cols, row_ok, col_ok, D,
             b = tl.load(y_cols + kk[:, None], mask=col_ok[None, :] & (kk[:, None] < D), other=0.0)
         acc = tl.dot(a, b, acc, input_precision="ieee")
     return acc
+
+
+@kernel_helper
+def recip_pos(v):
+    """``1 / v`` where ``v > 0``, else 0 (v ≤ 0 or NaN): the scale of a maximum that may be 0."""
+    pos = v > 0.0
+    return tl.where(pos, 1.0 / tl.where(pos, v, 1.0), 0.0)
+
+
+@kernel_helper
+def pow_masked(r, p, mask):
+    """``r^p = 2^(p log2 r)`` where ``mask``, else 0; log2 reads 1 elsewhere, so that r ≤ 0 there
+    costs nothing. Under the mask r = 0 gives 0 (p > 0) and a NaN r stays NaN."""
+    return tl.where(mask, tl.exp2(p * tl.log2(tl.where(mask, r, 1.0))), 0.0)
+
+
+@kernel_helper
+def pow_pos(r, p):
+    """``r^p`` for ``r > 0``, else 0 (r ≤ 0 or NaN); p > 0."""
+    return pow_masked(r, p, r > 0.0)
+
+
+@kernel_helper
+def lp_merge_tile(m, s, h, p, P_MODE: tl.constexpr, AXIS: tl.constexpr):
+    """Running ℓp statistics ``(m, s)`` of hinges (m the largest so far, ``s = Σ (h / m)^p``, as
+    in :mod:`~vse_losses.ops.lp_norm`) with a tile of hinges ``h ≥ 0`` merged in, reduced along
+    AXIS (1: per row, 0: per column): the old sum is rescaled by ``(m / m')^p`` when the maximum
+    grows to m'. P_MODE 1 (p = 1): ``s`` is Σ h and m stays as it is; 2: p = 2 (squares); 0: any
+    other p. → ``(m', s')``."""
+    if P_MODE == 1:
+        new_m = m
+        new_s = s + tl.sum(h, axis=AXIS)
+    else:
+        new_m = tl.maximum(m, tl.max(h, axis=AXIS))
+        inv = recip_pos(new_m)
+        r = h * tl.expand_dims(inv, AXIS)  # in [0, 1]
+        r_old = m * inv
+        if P_MODE == 2:
+            pw = r * r
+            scale = r_old * r_old
+        else:
+            pw = pow_pos(r, p)
+            scale = pow_pos(r_old, p)
+        new_s = s * scale + tl.sum(pw, axis=AXIS)
+    return new_m, new_s
 
 
 _JITTED = {}

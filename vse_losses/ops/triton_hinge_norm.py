@@ -35,7 +35,8 @@ import torch
 
 from .tiling import Matmul
 from .triton_common import (  # triton, tl: None without triton
-    TRITON_AVAILABLE, even_shape, is_interpreting, jitted, kernel_helper, score_tile, tl, triton,
+    TRITON_AVAILABLE, even_shape, is_interpreting, jitted, kernel_helper, lp_merge_tile, pow_masked, pow_pos, recip_pos,
+    score_tile, tl, triton,
 )
 from .lp_norm import lp_norm
 
@@ -78,28 +79,14 @@ def _hinge_norm_fwd_kernel(
         if not EVEN_N:
             valid = valid & col_ok[None, :]
         h = tl.where(valid, tl.maximum(acc - t[:, None], 0.0), 0.0)
-        if P_MODE == 1:
-            run_s += tl.sum(h, axis=1)
-        else:
-            new_m = tl.maximum(run_m, tl.max(h, axis=1))
-            inv = tl.where(new_m > 0.0, 1.0 / tl.where(new_m > 0.0, new_m, 1.0), 0.0)
-            r = h * inv[:, None]                      # in [0, 1]
-            r_old = run_m * inv
-            if P_MODE == 2:
-                pw = r * r
-                scale = r_old * r_old
-            else:
-                pw = tl.where(r > 0.0, tl.exp2(p * tl.log2(tl.where(r > 0.0, r, 1.0))), 0.0)
-                scale = tl.where(r_old > 0.0, tl.exp2(p * tl.log2(tl.where(r_old > 0.0, r_old, 1.0))), 0.0)
-            run_s = run_s * scale + tl.sum(pw, axis=1)
-            run_m = new_m
+        run_m, run_s = lp_merge_tile(run_m, run_s, h, p, P_MODE, 1)
     if P_MODE == 1:
         out = run_s
     elif P_MODE == 2:
         out = run_m * tl.sqrt(run_s)
     else:
         # run_s >= 1 wherever run_m > 0
-        out = tl.where(run_m > 0.0, run_m * tl.exp2(inv_p * tl.log2(tl.maximum(run_s, 1.0))), 0.0)
+        out = tl.where(run_m > 0.0, run_m * pow_pos(tl.maximum(run_s, 1.0), inv_p), 0.0)
     tl.store(out_ptr + rows, out, mask=row_ok)
 
 
@@ -108,9 +95,8 @@ def hinge_weights(s, valid, t, T, g, pm1, P_MODE: tl.constexpr):
     """w(s − t; T, g) = g ((s − t) / T)^(p−1) on the valid entries where s − t > 0, else 0; t, T, g
     per row (BLOCK_M, 1) or per column (1, BLOCK_N). T == 0: no hinge was active in the forward,
     and a recomputed score that rounds the other way must not turn into a weight (1 / T)."""
-    pos = T > 0.0
-    invT = tl.where(pos, 1.0 / tl.where(pos, T, 1.0), 0.0)
-    g = tl.where(pos, g, 0.0)
+    invT = recip_pos(T)
+    g = tl.where(T > 0.0, g, 0.0)
     h = s - t
     act = valid & (h > 0.0)
     if P_MODE == 1:
@@ -118,7 +104,8 @@ def hinge_weights(s, valid, t, T, g, pm1, P_MODE: tl.constexpr):
     elif P_MODE == 2:
         w = tl.where(act, h * (g * invT), 0.0)
     else:
-        w = tl.where(act, g * tl.exp2(pm1 * tl.log2(tl.where(act, h * invT, 1.0))), 0.0)
+        # masked by act, not by r > 0: an infinite hinge (inf / inf) gives NaN, as in the torch path
+        w = tl.where(act, g * pow_masked(h * invT, pm1, act), 0.0)
     return w
 
 

@@ -30,7 +30,7 @@ from .triton_hinge_norm import (
     _forward, _grad_scale, _p_mode, _prep, _weighted_products, hinge_norm_rows_triton, is_interpreting,
 )
 from .triton_common import (  # triton, tl: None without triton
-    choose_groups, num_sms, even_shape, jitted, score_tile, tl, triton,
+    choose_groups, num_sms, even_shape, jitted, lp_merge_tile, score_tile, tl, triton,
 )
 
 
@@ -85,32 +85,14 @@ def _pairs_fwd_kernel(
             c_ptr = pid_p * B + cols
             tl.debug_barrier()  # the previous row block's stores to the column partial are visible
             old_s = tl.load(cs_ptr + c_ptr, mask=col_ok, other=0.0)
-            if P_MODE == 1:
-                run_s += tl.sum(h, axis=1)
+            # rows: the running statistics in registers; columns: merged into the stored partial
+            if P_MODE == 1:  # sums alone, no maxima
+                run_m, run_s = lp_merge_tile(run_m, run_s, h, p, P_MODE, 1)
                 tl.store(cs_ptr + c_ptr, old_s + tl.sum(hc, axis=0), mask=col_ok)
             else:
-                # rows: rescale the running sum when the running max grows
-                new_m = tl.maximum(run_m, tl.max(h, axis=1))
-                inv = tl.where(new_m > 0.0, 1.0 / tl.where(new_m > 0.0, new_m, 1.0), 0.0)
-                r = h * inv[:, None]
-                r_old = run_m * inv
-                # columns: the same against the stored partial
                 old_m = tl.load(cm_ptr + c_ptr, mask=col_ok, other=0.0)
-                c_m = tl.maximum(old_m, tl.max(hc, axis=0))
-                c_inv = tl.where(c_m > 0.0, 1.0 / tl.where(c_m > 0.0, c_m, 1.0), 0.0)
-                rc = hc * c_inv[None, :]
-                rc_old = old_m * c_inv
-                if P_MODE == 2:
-                    run_s = run_s * (r_old * r_old) + tl.sum(r * r, axis=1)
-                    c_s = old_s * (rc_old * rc_old) + tl.sum(rc * rc, axis=0)
-                else:
-                    pw = tl.where(r > 0.0, tl.exp2(p * tl.log2(tl.where(r > 0.0, r, 1.0))), 0.0)
-                    sc = tl.where(r_old > 0.0, tl.exp2(p * tl.log2(tl.where(r_old > 0.0, r_old, 1.0))), 0.0)
-                    run_s = run_s * sc + tl.sum(pw, axis=1)
-                    pwc = tl.where(rc > 0.0, tl.exp2(p * tl.log2(tl.where(rc > 0.0, rc, 1.0))), 0.0)
-                    scc = tl.where(rc_old > 0.0, tl.exp2(p * tl.log2(tl.where(rc_old > 0.0, rc_old, 1.0))), 0.0)
-                    c_s = old_s * scc + tl.sum(pwc, axis=0)
-                run_m = new_m
+                run_m, run_s = lp_merge_tile(run_m, run_s, h, p, P_MODE, 1)
+                c_m, c_s = lp_merge_tile(old_m, old_s, hc, p, P_MODE, 0)
                 tl.store(cm_ptr + c_ptr, c_m, mask=col_ok)
                 tl.store(cs_ptr + c_ptr, c_s, mask=col_ok)
         r_ptr = pid_q * B + rows
