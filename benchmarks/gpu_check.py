@@ -20,8 +20,9 @@
    size as B², exceeds ``--per-call-cap-s`` or what is left of ``--budget-s``. Where B×B does not
    fit in a quarter of the GPU the product is computed in row tiles into one buffer (the same flops).
    "peak" is the memory of one call beyond the inputs (both input gradients included); "extra" is
-   peak minus the gradients (the issue's "beyond the inputs and their gradients").
-3. The issue's GPU targets, as PASS/MISS lines.
+   peak minus the gradients: the memory beyond the inputs and their gradients.
+3. The GPU targets (``TARGETS``: time as a multiple of the product, extra memory, milliseconds),
+   as PASS/MISS lines.
 4. A tile sweep: the fused Triton kernels alone at B=65,536 with their default tiles and the
    alternatives that also compile without spills, as ratios to the product of the same shape, so
    that one GPU session can choose the defaults (``--no-sweep`` leaves it out; about 40 s). Where an
@@ -334,12 +335,12 @@ def pivot_markdown(records: List[dict], sizes: List[int]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# 3. Targets
+# 4. Tile sweep
 # --------------------------------------------------------------------------------------------
 
 # Alternatives to the default tiles, each compiling for sm_90 (triton 3.6, as specialized at run
-# time) without spills (see tests/ops/test_triton_compile.py): the sweep times them so that one
-# GPU session can pick.
+# time) without spills (benchmarks/compile_kernels.py with the tiles as a variant's fifth element):
+# the sweep times them so that one GPU session can pick.
 # 4 warps, 3 stages: two programs fit one SM (96 KiB shared memory, 128 threads x 255 registers
 # each), so that one program's epilogue (the masked row/column argmax) overlaps the other's products.
 SWEEP_NEGMAX = [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
@@ -449,6 +450,8 @@ def retime_mh(dev: torch.device, B: int, D: int, dtype: torch.dtype, sweep: List
 
 
 # --------------------------------------------------------------------------------------------
+# 3. Targets
+# --------------------------------------------------------------------------------------------
 
 TARGETS = [
     # (row, B, max × product, max extra MiB, max ms)
@@ -556,7 +559,7 @@ def main(argv=None) -> int:
         log("\n" + md)
         tl = target_lines(records) if dev.type == "cuda" else []
         if tl:
-            log("\nTargets (issue 3, H100, D=1024, bf16):")
+            log("\nTargets (H100, D=1024, bf16):")
             for line in tl:
                 log(line)
         if args.md:

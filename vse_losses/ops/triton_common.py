@@ -1,5 +1,6 @@
 """The Triton plumbing every ``triton_*`` kernel module shares: the version gate, lazy jitting,
-the score tile, and the work split of the fused searches.
+the kernel helpers (the score tile; guarded powers and reciprocals; the running ℓp statistics of
+the hinge-norm kernels), and the work split of the fused searches.
 
 This module imports without triton (``TRITON_AVAILABLE`` is then ``False``; ``triton`` and
 ``tl`` are ``None``). Kernels are plain functions handed to ``triton.jit`` at first use

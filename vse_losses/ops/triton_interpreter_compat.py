@@ -4,9 +4,9 @@ In the interpreter every scalar inside a kernel is a one-element NumPy array, an
 run-time bounds (``for rb in range(rb_start, rb_end)``, as in every kernel here) turns them into
 Python ints through ``tl.tensor.__index__``, which triton ≤ 3.6 implements as ``int(array)``.
 NumPy 2.4 made ``int()`` of an array with ``ndim > 0`` a ``TypeError`` (deprecated since 1.25),
-so with triton 3.6 (torch 2.11's) and NumPy 2.4 no kernel here runs in the interpreter
-(triton issue #9171; later triton releases convert the squeezed array). Compiled kernels are
-unaffected.
+so with triton 3.6 (torch 2.11's) and NumPy 2.4 no kernel here runs in the interpreter (reported
+upstream: https://github.com/triton-lang/triton/issues/9171; later triton releases convert the
+squeezed array). Compiled kernels are unaffected.
 
 :func:`patch_interpreter_index` makes the interpreter convert ``array.squeeze()`` instead, the
 conversion later triton releases use, which is the same value wherever the old one worked. It

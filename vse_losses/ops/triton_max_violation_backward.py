@@ -10,11 +10,12 @@ where ô is the other side scaled, ŝ this side scaled, w / h / m the weights, h
 hardest scores of this side's own terms, u / v / n those of the other side's terms ("senders":
 term j sends u_j ô_j to its hardest row v_j), and d = −(w¹ + w²).
 
-The torch version (``_side``) makes about twenty passes over chunks of float32 rows; this kernel
-reads each input row a few times and writes each gradient row once, in the inputs' dtype. The
-senders are sorted by the row they send to (``order``, ``offsets``: CSR), so row i reads its own
-segment: no atomics, a fixed summation order (deterministic). One program per row and block of
-columns; a row that receives from many senders (a collapsed batch) loops over them in blocks.
+The torch version (:func:`~vse_losses.ops.chunked_max_violation_backward.mh_side_chunked`) makes
+about twenty passes over chunks of float32 rows; this kernel reads each input row a few times and
+writes each gradient row once, in the inputs' dtype. The senders are sorted by the row they send
+to (``order``, ``offsets``: CSR), so row i reads its own segment: no atomics, a fixed summation
+order (deterministic). One program per row and block of columns; a row that receives from many
+senders (a collapsed batch) loops over them in blocks.
 """
 
 from __future__ import annotations
