@@ -7,6 +7,8 @@
 from . import functional
 from .losses import (
     BaseViolationLoss,
+    InfoNCELoss,
+    LogSumExpViolationLoss,
     LpViolationLoss,
     MaxViolationLoss,
     MixedViolationLoss,
@@ -29,6 +31,8 @@ __all__ = [
     "TopKViolationLoss",
     "LpViolationLoss",
     "MixedViolationLoss",
+    "LogSumExpViolationLoss",
+    "InfoNCELoss",
     "SHToMHWarmup",
     "HardestNegativeMiner",
     "TopKNegativeMiner",

@@ -45,6 +45,25 @@ def check_mix(mix: float) -> float:
     return float(mix)
 
 
+def check_temperature(temperature):
+    """τ > 0: a finite number, or a 0-dim floating-point tensor (which may require grad, as CLIP's
+    learned temperature does). Returned as a float, or as the tensor itself."""
+    if torch.is_tensor(temperature):
+        if temperature.ndim != 0 or not temperature.is_floating_point():
+            raise ValueError(
+                f"temperature must be a number or a 0-dim floating-point tensor, got a {temperature.dtype} tensor "
+                f"of shape {tuple(temperature.shape)}; use t.reshape(()) for a one-element tensor"
+            )
+        value = float(temperature.detach())
+    elif isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        value = float(temperature)
+    else:
+        raise ValueError(f"temperature must be a number > 0 or a 0-dim tensor, got {temperature!r}; CLIP starts at 0.07")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"temperature must be finite and > 0, got {value}; CLIP starts at 0.07")
+    return temperature if torch.is_tensor(temperature) else value
+
+
 def check_choice(name: str, value: str, choices: tuple) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")

@@ -7,10 +7,10 @@ no registry, so the names are appended to that list once, at import. Our losses 
 
 from __future__ import annotations
 
-LOSS_NAMES = ("SumHingeLoss", "MaxViolationLoss", "TopKViolationLoss", "LpViolationLoss", "MixedViolationLoss")
-
-
 def register_with_cross_batch_memory() -> None:
+    from .losses import __all__ as names
+
+    loss_names = [n for n in names if n != "BaseViolationLoss"]
     try:
         from pytorch_metric_learning.losses import CrossBatchMemory
     except ImportError:  # a PML without CrossBatchMemory: nothing to register
@@ -20,7 +20,7 @@ def register_with_cross_batch_memory() -> None:
         return
 
     def supported_losses():
-        return list(original()) + [n for n in LOSS_NAMES if n not in original()]
+        return list(original()) + [n for n in loss_names if n not in original()]
 
     supported_losses._vse_losses = True
     CrossBatchMemory.supported_losses = staticmethod(supported_losses)

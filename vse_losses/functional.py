@@ -10,7 +10,9 @@ violation vectors are
 and each direction gives one loss term, a norm of its violation vector (:class:`Norm`):
 ``sum_hinge_loss`` ‖h‖₁ (the paper's eq. 5), ``max_violation_loss`` ‖h‖∞ (eq. 6),
 ``top_k_violation_loss`` the k largest, ``lp_violation_loss`` ‖h‖_p, ``mixed_violation_loss``
-(1−λ)‖h‖₁ + λ‖h‖∞. ``docs/design.md`` has the whole picture.
+(1−λ)‖h‖₁ + λ‖h‖∞; on the temperature axis ``log_sum_exp_violation_loss`` τ·log(1 + Σ exp(v/τ))
+of the raw violations v and ``info_nce_loss`` (CLIP's loss). ``docs/design.md`` has the whole
+picture.
 
 Arguments common to every loss function:
 
@@ -42,7 +44,7 @@ import torch.nn.functional as F
 
 from . import _checks
 from . import distributed as _dist
-from .norms import Norm, lp_norm, violation_norm
+from .norms import Norm, lp_norm, smooth_max, violation_norm
 from .pairs import pair_masks, positive_pairs, resolve_labels
 from .planner import (
     distributed_terms,
@@ -66,6 +68,8 @@ __all__ = [
     "top_k_violation_loss",
     "lp_violation_loss",
     "mixed_violation_loss",
+    "log_sum_exp_violation_loss",
+    "info_nce_loss",
 ]
 # also importable from here, as before the planner existed: resolve_labels, lp_norm, nan_guard,
 # selected_hinge_sum, distributed_terms
@@ -163,3 +167,24 @@ def mixed_violation_loss(img=None, cap=None, *, mix: float, scores=None, labels=
     The other arguments: see the module docstring."""
     return _loss(Norm("mix", mix=mix), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl,
                  similarity, distributed)
+
+
+def log_sum_exp_violation_loss(img=None, cap=None, *, temperature, scores=None, labels=None, ref_labels=None,
+                               margin=0.2, directions="both", reduction="mean", impl="auto", similarity="cosine",
+                               distributed=False) -> torch.Tensor:
+    """Smoothed max violation: each term is τ·log(1 + Σ_n exp((α − s(a,p) + s_n)/τ)); τ → 0 is MH.
+    ``temperature``: τ > 0, a number or a 0-dim tensor (may require grad); the other arguments:
+    see the module docstring."""
+    return _loss(Norm("lse", temperature=_checks.check_temperature(temperature)), img, cap, scores, labels,
+                 ref_labels, margin, directions, reduction, impl, similarity, distributed)
+
+
+def info_nce_loss(img=None, cap=None, *, temperature, scores=None, labels=None, ref_labels=None, margin=0.0,
+                  directions="both", reduction="mean", impl="auto", similarity="cosine",
+                  distributed=False) -> torch.Tensor:
+    """InfoNCE (CLIP's loss): each term is log(1 + Σ_n exp((s_n − s(a,p))/τ)), −log of the positive's
+    softmax; the paired call with ``reduction="mean"`` is ½(CE(S/τ, arange) + CE(Sᵀ/τ, arange)).
+    ``temperature``: τ > 0, a number or a 0-dim tensor (may require grad); the other arguments:
+    see the module docstring (``margin`` defaults to 0: InfoNCE itself)."""
+    return _loss(Norm("infonce", temperature=_checks.check_temperature(temperature)), img, cap, scores, labels,
+                 ref_labels, margin, directions, reduction, impl, similarity, distributed)

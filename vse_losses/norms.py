@@ -10,18 +10,27 @@ the losses differ only in its norm (``docs/design.md``):
     mix   (1−λ)‖h‖₁ + λ‖h‖∞            MixedViolationLoss, the SH→MH warm-up
 
 Padding ``h`` with zeros changes none of these norms, which is why masked-out entries are simply 0.
+
+The temperature axis smooths the maximum of the raw violations ``v_n = α − s(a,p) + s_n``
+(unhinged: the positive itself stands for the 0 of the hinge):
+
+    lse      τ·log(1 + Σ exp(v_n/τ))    LogSumExpViolationLoss: τ → 0 is MH
+    infonce  log(1 + Σ exp(v_n/τ)), α = 0   InfoNCELoss: CLIP's loss, −log of the positive's softmax
+
+Masked-out entries of ``v`` are −∞ there (exp(−∞) = 0).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Union
 
 import torch
 
 from . import _checks
 from .ops.lp_norm import lp_norm
 
-__all__ = ["Norm", "violation_norm", "lp_norm"]
+__all__ = ["Norm", "violation_norm", "smooth_max", "lp_norm"]
 
 
 @dataclass(frozen=True)
@@ -37,9 +46,12 @@ class Norm:
     k: int = 1
     p: float = 1.0
     mix: float = 0.0
+    temperature: Union[float, torch.Tensor] = 1.0
 
     def __post_init__(self) -> None:
-        kind = _checks.check_choice("norm", self.kind, ("sum", "max", "topk", "lp", "mix"))
+        kind = _checks.check_choice("norm", self.kind, ("sum", "max", "topk", "lp", "mix", "lse", "infonce"))
+        if kind in ("lse", "infonce"):
+            _checks.check_temperature(self.temperature)
         if kind == "topk" and _checks.check_k(self.k) == 1:
             kind = "max"
         if kind == "lp":
@@ -49,6 +61,11 @@ class Norm:
             mix = _checks.check_mix(self.mix)
             kind = "sum" if mix == 0.0 else "max" if mix == 1.0 else "mix"
         object.__setattr__(self, "kind", kind)
+
+    @property
+    def smooth(self) -> bool:
+        """A temperature-smoothed maximum of the raw violations (``lse``, ``infonce``)."""
+        return self.kind in ("lse", "infonce")
 
     @property
     def selection_k(self) -> int:
@@ -84,4 +101,16 @@ def violation_norm(h: torch.Tensor, norm: Norm) -> torch.Tensor:
         return torch.topk(h, min(norm.k, h.shape[-1]), dim=-1).values.sum(-1)
     if norm.kind == "lp":
         return lp_norm(h, norm.p)
-    return (1.0 - norm.mix) * h.sum(-1) + norm.mix * violation_norm(h, Norm("max"))
+    if norm.kind == "mix":
+        return (1.0 - norm.mix) * h.sum(-1) + norm.mix * violation_norm(h, Norm("max"))
+    raise ValueError(f"{norm.kind} is a smooth maximum of raw violations: use smooth_max")
+
+
+def smooth_max(v: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """The ``lse``/``infonce`` term of each row of the raw violations ``v`` (..., n), −∞ where an
+    entry is not a negative → (...): ``log(1 + Σ exp(v/τ))``, times τ for ``lse``."""
+    tau = norm.temperature
+    ok = v > float("-inf")  # −∞ entries stay out of the division: their τ-gradient would be NaN
+    z = torch.where(ok, torch.where(ok, v, torch.zeros_like(v)) / tau, v)
+    lse = torch.logsumexp(torch.cat([torch.zeros_like(z[..., :1]), z], -1), -1)  # the 1 + …: exp(0)
+    return lse * tau if norm.kind == "lse" else lse

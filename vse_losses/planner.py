@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed as _dist
-from .norms import Norm, violation_norm
+from .norms import Norm, smooth_max, violation_norm
 from .ops import Backend, resolve_backend
 from .pairs import pair_masks, positive_pairs, resolve_labels
 
@@ -59,6 +59,16 @@ def violation_terms_from_scores(
     S = scores.to(torch.promote_types(scores.dtype, torch.float32))
     a, p = pos_mask.nonzero(as_tuple=True) if pairs is None else pairs
     s_ap = S[a, p][:, None]
+    if norm.smooth:  # raw violations, −∞ where not a negative
+        inf = torch.full((), float("-inf"), dtype=S.dtype, device=S.device)
+        terms, anchors = [], []
+        if directions in ("both", "i2t"):
+            terms.append(smooth_max(torch.where(neg_mask[a], margin - s_ap + S[a], inf), norm))
+            anchors.append(a)
+        if directions in ("both", "t2i"):
+            terms.append(smooth_max(torch.where(neg_mask[:, p].t(), margin - s_ap + S[:, p].t(), inf), norm))
+            anchors.append(a)
+        return torch.cat(terms), torch.cat(anchors)
     neg = neg_mask.to(S.dtype)
     terms, anchors = [], []
     if directions in ("both", "i2t"):
@@ -148,6 +158,11 @@ def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend,
         return violation_terms_from_scores(S, pos, neg, margin=margin, norm=norm, directions=directions, pairs=(a, p))
 
     s_ap = backend.row_dots(x, y) if paired else backend.row_dots(x, y, a, p)
+    if norm.smooth:  # one online log-sum-exp over the score tiles gives both directions
+        L1, L2 = backend.lse_pairs(x, y, s_ap - margin, norm.temperature, a, p, labels, ref_labels, self_ref,
+                                   directions != "t2i", directions != "i2t", paired)
+        kept = [_smooth_term(L, norm) for L, d in ((L1, "i2t"), (L2, "t2i")) if directions in ("both", d)]
+        return torch.cat(kept), torch.cat([a] * len(kept))
     selection = None
     if fused_max:  # the mix: its max-violation part
         i2t, t2i = backend.max_violation_paired(x, y, margin, False)
@@ -239,7 +254,19 @@ def query_violation_terms(
             S = score(x[lo:hi], y) if direction == "i2t" else score(x, y[lo:hi]).t()
             neg = (q_lab[lo:hi, None] != k_lab[None, :]).to(S.dtype)
             qi = q_idx - lo
-            term = violation_norm(F.relu(margin - S[qi, k_idx][:, None] + S[qi]) * neg[qi], norm)
+            if norm.smooth:
+                v = torch.where(neg[qi] > 0, margin - S[qi, k_idx][:, None] + S[qi], float("-inf"))
+                term = smooth_max(v, norm)
+            else:
+                term = violation_norm(F.relu(margin - S[qi, k_idx][:, None] + S[qi]) * neg[qi], norm)
+        elif norm.smooth:
+            # the query block as the rows of its own problem, its pairs sorted by query (t2i: by column)
+            order = torch.argsort(q_idx, stable=True)
+            qo, ko = q_idx[order], k_idx[order]
+            s_ap = backend.row_dots(q_side, k_side, qo, ko)
+            L, _ = backend.lse_pairs(q_side[lo:hi], k_side, s_ap - margin, norm.temperature, qo - lo, ko,
+                                     q_lab[lo:hi], k_lab, False, True, False, False)
+            term = torch.empty_like(L).index_copy_(0, order, _smooth_term(L, norm))
         else:
             s_ap = backend.row_dots(q_side, k_side, q_idx, k_idx)
             term = torch.zeros_like(s_ap)
@@ -260,6 +287,11 @@ def query_violation_terms(
         terms.append(term)
         anchors.append(q_idx - lo)
     return torch.cat(terms), torch.cat(anchors)
+
+
+def _smooth_term(L: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """τ·L for ``lse``, L itself for ``infonce`` (L = log(1 + Σ exp(v/τ)))."""
+    return L * norm.temperature if norm.kind == "lse" else L
 
 
 def selected_hinge_sum(

@@ -25,7 +25,7 @@ def value_and_grads(fn, x0, y0):
 def test_low_precision_as_close_as_torch(name, kwargs, norm, impl, dtype):
     x64, y64 = torch.randn(32, 16, dtype=torch.float64), torch.randn(32, 16, dtype=torch.float64)
     x, y = x64.to(dtype), y64.to(dtype)
-    loss_fn = getattr(vse_losses, name)(impl=impl, margin=0.5, **kwargs)
+    loss_fn = getattr(vse_losses, name)(**{**kwargs, "impl": impl, "margin": 0.5})
     got = value_and_grads(loss_fn, x, y)
     assert got[0].dtype == torch.float32 and got[1].dtype == dtype and got[2].dtype == dtype
     # float64 of the rounded inputs: what remains is the computation's error, not the rounding's

@@ -13,7 +13,7 @@ F64 = dict(dtype=torch.float64)
 
 
 def make_loss(name, kwargs, **extra):
-    return getattr(vse_losses, name)(**kwargs, **extra)
+    return getattr(vse_losses, name)(**{**kwargs, **extra})
 
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)
@@ -91,11 +91,13 @@ def test_functional_on_scores_and_embeddings(name, kwargs, norm):
         "TopKViolationLoss": VF.top_k_violation_loss,
         "LpViolationLoss": VF.lp_violation_loss,
         "MixedViolationLoss": VF.mixed_violation_loss,
+        "LogSumExpViolationLoss": VF.log_sum_exp_violation_loss,
+        "InfoNCELoss": VF.info_nce_loss,
     }[name]
     S = torch.randn(6, 8, **F64) * 0.3  # any similarity, e.g. from cross attention
     labels, ref_labels = torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([0, 0, 1, 2, 3, 4, 5, 5])
     expected = loop_terms(S, labels, ref_labels, margin=0.1, **norm)
-    got = fn(scores=S, labels=labels, ref_labels=ref_labels, margin=0.1, reduction="none", **kwargs)
+    got = fn(scores=S, labels=labels, ref_labels=ref_labels, reduction="none", **{**kwargs, "margin": 0.1})
     torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-12)
     x, y = torch.randn(5, 4, **F64), torch.randn(5, 4, **F64)
     for impl in FAST_IMPLS:

@@ -10,7 +10,7 @@ import vse_losses
 
 
 def make_loss(name, kwargs, **extra):
-    return getattr(vse_losses, name)(**kwargs, **extra)
+    return getattr(vse_losses, name)(**{**kwargs, **extra})
 
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)

@@ -14,7 +14,7 @@ F64 = dict(dtype=torch.float64)
 
 
 def make_loss(name, kwargs, **extra):
-    return getattr(vse_losses, name)(**kwargs, **extra)
+    return getattr(vse_losses, name)(**{**kwargs, **extra})
 
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)
@@ -78,9 +78,9 @@ def test_pair_indices_tuple_restricts_pairs(name, kwargs, norm):
     neg[a2[keep], n[keep]] = True
     pos = labels[:, None] == labels[None, :]
     expected = 0
-    for a, pp in pos.nonzero().tolist():
-        h_row = [torch.clamp(0.2 - S[a, pp] + S[a, j], min=0) for j in range(6) if neg[a, j]]
-        h_col = [torch.clamp(0.2 - S[a, pp] + S[i, pp], min=0) for i in range(6) if neg[i, pp]]
+    for a, pp in pos.nonzero().tolist():  # raw violations: norm_of hinges them for the hinge norms
+        h_row = [0.2 - S[a, pp] + S[a, j] for j in range(6) if neg[a, j]]
+        h_col = [0.2 - S[a, pp] + S[i, pp] for i in range(6) if neg[i, pp]]
         expected = expected + norm_of(h_row, **norm) + norm_of(h_col, **norm)
     got = make_loss(name, kwargs, reducer=reducers.SumReducer())(x, labels, (a1, p, a2[keep], n[keep]), ref_emb=y)
     torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-12)
@@ -125,9 +125,9 @@ def test_cross_batch_memory(name, kwargs, norm):
             for p in range(len(mem_x)):
                 if labels[a] != mem_l[p] or p == own[a]:
                     continue
-                h_row = [torch.clamp(0.2 - S[a, p] + S[a, j], min=0) for j in range(len(mem_x))
+                h_row = [0.2 - S[a, p] + S[a, j] for j in range(len(mem_x))
                          if mem_l[j] != labels[a] and j != own[a]]
-                h_col = [torch.clamp(0.2 - S[a, p] + S[i, p], min=0) for i in range(5)
+                h_col = [0.2 - S[a, p] + S[i, p] for i in range(5)
                          if labels[i] != mem_l[p] and p != own[i]]
                 expected = expected + norm_of(h_row, **norm) + norm_of(h_col, **norm)
         torch.testing.assert_close(got, torch.as_tensor(expected, **F64), rtol=1e-8, atol=1e-12)

@@ -28,8 +28,9 @@ def test_triton_matches_dense(name, kwargs, norm, labelled, dtype):
         for got, ref in zip(triton, dense):
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
         return
-    # float16: the triton backward rounds its weights to float16 before the products (as float16
-    # autograd would); judged against float64 of the same rounded inputs, beside dense's float16
+    # float16: judged against float64 of the same rounded inputs, beside dense's float16; the
+    # triton backward rounds its weights to float16 before the products (as float16 autograd
+    # would), a second rounding beside that of the gradient itself
     exact = loss_and_grads(name, kwargs, "dense", x0.double(), y0.double(), labels, ref_labels)
     for what, got, e, ref in zip(("loss", "grad x", "grad y"), triton, exact, dense):
-        assert_as_close_as_torch(got, e, ref, atol=1e-5, rtol=half_rtol(dtype), what=what)
+        assert_as_close_as_torch(got, e, ref, atol=1e-5, rtol=2 * half_rtol(dtype), what=what)

@@ -7,6 +7,9 @@ LOSS_CASES = [
     ("TopKViolationLoss", {"k": 3}, {"kind": "topk", "k": 3}),
     ("LpViolationLoss", {"p": 2.5}, {"kind": "lp", "p": 2.5}),
     ("MixedViolationLoss", {"mix": 0.3}, {"kind": "mix", "mix": 0.3}),
+    ("LogSumExpViolationLoss", {"temperature": 0.1}, {"kind": "lse", "temperature": 0.1}),
+    # with the library's default margin (0.2) rather than InfoNCE's 0: one reference default for all
+    ("InfoNCELoss", {"temperature": 0.1, "margin": 0.2}, {"kind": "infonce", "temperature": 0.1}),
 ]
 FAST_IMPLS = ["dense", "chunked"]
 
@@ -19,7 +22,7 @@ def loss_and_grads(name, kwargs, impl, x0, y0, labels=None, ref_labels=None):
     import vse_losses
 
     x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
-    loss_fn = getattr(vse_losses, name)(impl=impl, margin=0.5, reducer=SumReducer(), **kwargs)
+    loss_fn = getattr(vse_losses, name)(**{**kwargs, "impl": impl, "margin": 0.5, "reducer": SumReducer()})
     loss = loss_fn(x, labels, ref_emb=y, ref_labels=ref_labels) if labels is not None else loss_fn(x, y)
     loss.backward()
     return loss.detach(), x.grad, y.grad

@@ -36,6 +36,8 @@ LOSSES = {
     "TopKViolationLoss": {"k": 3},
     "LpViolationLoss": {"p": 2.5},
     "MixedViolationLoss": {"mix": 0.3},
+    "LogSumExpViolationLoss": {"temperature": 0.1},
+    "InfoNCELoss": {"temperature": 0.1},
 }
 REDUCERS = {"mean": reducers.MeanReducer, "sum": reducers.SumReducer, "avgnz": reducers.AvgNonZeroReducer}
 # rows per rank: unequal on purpose (one rank of world 3 holds a single pair)
@@ -52,7 +54,7 @@ def case_ids(world: int) -> list:
             for form in ("paired", "dup"):
                 for impl in ("dense", "chunked"):
                     ids.append(f"{name}/{red}/{form}/{impl}")
-    for name in ("SumHingeLoss", "MaxViolationLoss", "LpViolationLoss"):
+    for name in ("SumHingeLoss", "MaxViolationLoss", "LpViolationLoss", "InfoNCELoss"):
         for impl in ("dense", "chunked"):
             ids.append(f"{name}/mean/xmodal/{impl}")
             ids.append(f"{name}/sum/selfref/{impl}")
@@ -66,6 +68,7 @@ def case_ids(world: int) -> list:
         "max_violation_loss/sum/paired/dense/functional",
         "sum_hinge_loss/mean/xmodal/chunked/functional",
         "lp_violation_loss/mean/paired/chunked/functional",
+        "info_nce_loss/mean/dup/chunked/functional",
         "MaxViolationLoss/mean/paired/chunked/wrapper",
         "SumHingeLoss/sum/dup/dense/wrapper",
         "MaxViolationLoss/mean/dup/dense/wrapper-efficient",
@@ -134,6 +137,8 @@ def call_functional(name, form, img_emb, cap_emb, labels, cap_labels, red, impl,
     kw = dict(reduction=red, impl=impl, distributed=distributed)
     if name == "lp_violation_loss":
         kw["p"] = 2.5
+    if name == "info_nce_loss":
+        kw["temperature"] = 0.1
     if form == "paired":
         return fn(img_emb, cap_emb, **kw)
     if form == "dup":

@@ -8,11 +8,15 @@ import math
 import torch
 
 
-def norm_of(h: list, kind: str, k: int = 1, p: float = 1.0, mix: float = 0.0) -> torch.Tensor:
-    """The norm of one violation vector given as a list of 0-d float64 tensors."""
+def norm_of(h: list, kind: str, k: int = 1, p: float = 1.0, mix: float = 0.0, temperature=1.0) -> torch.Tensor:
+    """The term of one violation vector given as a list of 0-d float64 tensors: the raw violations
+    α − s(a,p) + s_n (hinged here for the hinge norms; hinged input is left as it is)."""
     if not h:
         return torch.zeros((), dtype=torch.float64)
-    v = torch.stack(h)
+    if kind in ("lse", "infonce"):  # log(1 + Σ exp(v/τ)), the 1 being the positive
+        lse = torch.log(1 + sum(torch.exp(v / temperature) for v in h))
+        return lse * temperature if kind == "lse" else lse
+    v = torch.clamp(torch.stack(h), min=0)
     if kind == "sum":
         return v.sum()
     if kind == "max":
@@ -44,12 +48,12 @@ def loop_terms(S, labels=None, ref_labels=None, self_ref=False, margin=0.2, dire
     terms = []
     if directions in ("both", "i2t"):
         for a, p in pairs:
-            h = [torch.clamp(margin - S[a, p] + S[a, n], min=0) for n in range(M)
+            h = [margin - S[a, p] + S[a, n] for n in range(M)
                  if labels[a] != ref_labels[n] and not (self_ref and n == a)]
             terms.append(norm_of(h, **norm))
     if directions in ("both", "t2i"):
         for a, p in pairs:
-            h = [torch.clamp(margin - S[a, p] + S[n, p], min=0) for n in range(B)
+            h = [margin - S[a, p] + S[n, p] for n in range(B)
                  if labels[n] != ref_labels[p] and not (self_ref and n == p)]
             terms.append(norm_of(h, **norm))
     return torch.stack(terms) if terms else torch.zeros(0, dtype=torch.float64)

@@ -15,13 +15,18 @@ import torch.nn.functional as F
 
 
 def dense_paired_terms(x: torch.Tensor, y: torch.Tensor, margin: float, kind: str, k: int = 1, p: float = 1.0,
-                       mix: float = 0.0) -> torch.Tensor:
+                       mix: float = 0.0, temperature: float = 1.0) -> torch.Tensor:
     """The terms of a paired batch as a user would compute them in torch, in the inputs' dtype
     (cosine scores, diagonal, hinge matrices with the diagonal zeroed, the norm of each row and
     column): the measuring stick of what the dtype itself costs."""
     S = F.normalize(x, dim=1) @ F.normalize(y, dim=1).t()
     d = S.diagonal()[:, None]
     eye = torch.eye(S.shape[0], dtype=torch.bool, device=S.device)
+    if kind in ("lse", "infonce"):  # the positive's 0 on the diagonal: log Σ exp over the row
+        v_i2t = (margin - d + S).masked_fill(eye, 0) / temperature
+        v_t2i = (margin - d + S.t()).masked_fill(eye, 0) / temperature
+        scale = temperature if kind == "lse" else 1.0
+        return torch.cat([torch.logsumexp(v_i2t, 1), torch.logsumexp(v_t2i, 1)]) * scale
     h_i2t = (margin - d + S).clamp(min=0).masked_fill(eye, 0)
     h_t2i = (margin - d + S.t()).clamp(min=0).masked_fill(eye, 0)  # row p: column p of S
 

@@ -1,4 +1,6 @@
 from .base_violation_loss import BaseViolationLoss
+from .info_nce_loss import InfoNCELoss
+from .log_sum_exp_violation_loss import LogSumExpViolationLoss
 from .lp_violation_loss import LpViolationLoss
 from .max_violation_loss import MaxViolationLoss
 from .mixed_violation_loss import MixedViolationLoss
@@ -12,4 +14,6 @@ __all__ = [
     "TopKViolationLoss",
     "LpViolationLoss",
     "MixedViolationLoss",
+    "LogSumExpViolationLoss",
+    "InfoNCELoss",
 ]

@@ -18,6 +18,7 @@ from ..functional import (
     nan_guard,
     pair_masks,
     resolve_labels,
+    smooth_max,
     violation_norm,
     violation_terms,
     violation_terms_from_scores,
@@ -208,7 +209,8 @@ class BaseViolationLoss(BaseMetricLossFunction):
         a, p, n = (i.to(S.device).long() for i in indices_tuple)
         if a.numel() == 0:
             return S.new_zeros(0), a
-        h = F.relu(self.margin - S[a, p] + S[a, n])
+        v = self.margin - S[a, p] + S[a, n]
+        h = v if norm.smooth else F.relu(v)
         key = a * S.shape[1] + p
         uniq, group = torch.unique(key, return_inverse=True)
         order = torch.argsort(group, stable=True)
@@ -216,6 +218,7 @@ class BaseViolationLoss(BaseMetricLossFunction):
         starts = torch.cumsum(counts, 0) - counts
         slot = torch.empty_like(group)
         slot[order] = torch.arange(group.numel(), device=S.device) - starts[group[order]]
-        H = h.new_zeros(uniq.numel(), int(counts.max()))
-        H = H.index_put((group, slot), h)  # zero padding changes no norm of h ≥ 0
-        return violation_norm(H, norm), uniq // S.shape[1]
+        # padding: 0 changes no norm of h ≥ 0; −∞ adds nothing to a log-sum-exp
+        H = h.new_full((uniq.numel(), int(counts.max())), float("-inf") if norm.smooth else 0.0)
+        H = H.index_put((group, slot), h)
+        return (smooth_max(H, norm) if norm.smooth else violation_norm(H, norm)), uniq // S.shape[1]

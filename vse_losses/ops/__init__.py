@@ -9,7 +9,9 @@ looks at the string. A backend holds the operations the planner (``vse_losses.pl
   t_i]_+^p)^{1/p}``, with a backward that recomputes score tiles;
 - ``row_dots`` — ``q[qi_n] · k[ki_n]`` without copies of the rows;
 - ``max_violation_paired`` — the paired MH terms in O(B) memory, the cosine folded in;
-- ``max_violation_small`` — the paired MH of a small batch in one launch (Triton only).
+- ``max_violation_small`` — the paired MH of a small batch in one launch (Triton only);
+- ``lse_pairs`` — both directions' ``log(1 + Σ exp((S − t)/τ))`` of every positive pair, an online
+  log-sum-exp over score tiles (the temperature axis: LogSumExpViolationLoss, InfoNCELoss).
 
 Each operation exists as ``chunked`` (torch, tiles of rows, any device; modules ``chunked_*``)
 and ``triton`` (the score tile fused with the reductions; modules ``triton_*``, plumbing in
@@ -27,6 +29,7 @@ import torch
 
 from .chunked_hinge_norm import hinge_norm_rows_chunked
 from .chunked_hinge_norm_pairs import hinge_norm_pairs_chunked
+from .chunked_lse_pairs import lse_pairs_chunked
 from .chunked_max_violation_backward import mh_side_chunked
 from .chunked_negative_topk import negative_topk_chunked
 from .chunked_row_dots import RowDots, row_dots_forward_chunked
@@ -51,6 +54,7 @@ class Backend:
     hinge_norm_pairs: Optional[Callable] = None
     mh_side: Optional[Callable] = None
     max_violation_small: Optional[Callable] = None  # (x, y, margin, cosine, guard) for B ≤ its MAX_B
+    lse_pairs: Optional[Callable] = None
 
     @property
     def dense(self) -> bool:
@@ -74,7 +78,7 @@ class Backend:
 
 DENSE = Backend("dense")
 CHUNKED = Backend("chunked", row_dots_forward=row_dots_forward_chunked, hinge_norm_rows=hinge_norm_rows_chunked,
-                  hinge_norm_pairs=hinge_norm_pairs_chunked, mh_side=mh_side_chunked)
+                  hinge_norm_pairs=hinge_norm_pairs_chunked, mh_side=mh_side_chunked, lse_pairs=lse_pairs_chunked)
 
 
 @functools.lru_cache(maxsize=None)
@@ -89,7 +93,8 @@ def _triton_backend() -> Backend:
 
     return Backend("triton", row_dots_forward=row_dots_forward_triton, negative_max=negative_max_triton,
                    hinge_norm_rows=hinge_norm_rows_triton, hinge_norm_pairs=hinge_norm_pairs_triton,
-                   mh_side=mh_side_triton, max_violation_small=max_violation_small)
+                   mh_side=mh_side_triton, max_violation_small=max_violation_small,
+                   lse_pairs=lse_pairs_chunked)  # no fused kernel yet: the torch tiles on the GPU
 
 
 def triton_available() -> bool:

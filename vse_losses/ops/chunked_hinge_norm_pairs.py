@@ -18,9 +18,7 @@ from __future__ import annotations
 import torch
 
 from .lp_norm import lp_finish, lp_merge, lp_norm, lp_stats, lp_weights
-from .tiling import Matmul, SameLabel, diagonal_pairs, mask_non_negatives_, tile_rows
-
-NEG_INF = float("-inf")
+from .tiling import PairTiles
 
 
 def _weights(h: torch.Tensor, T: torch.Tensor, g: torch.Tensor, p: float) -> torch.Tensor:
@@ -28,41 +26,10 @@ def _weights(h: torch.Tensor, T: torch.Tensor, g: torch.Tensor, p: float) -> tor
     return lp_weights(h, T, p).mul_(g)
 
 
-class _Tiles:
-    """The masked score tiles, recomputed identically in forward and backward."""
-
-    def __init__(self, x, y, a, p_idx, labels, ref_labels, self_ref, paired=False):
-        self.x, self.a, self.labels, self.self_ref = x, a, labels, self_ref
-        self.mm = Matmul(x.dtype, x.device)
-        self.wide, self.y = self.mm.wide, self.mm.operand(y)
-        self.same = SameLabel(ref_labels, paired)
-        B, M, P = x.shape[0], y.shape[0], a.shape[0]
-        self.tile = tile_rows(B, M + P, x.device)
-        # the unlabelled case: pair j is (j, j), so the pairs' rows (and columns) are the tile itself
-        self.diagonal = diagonal_pairs(a, p_idx, B, M, paired)
-
-    def __iter__(self):
-        B = self.x.shape[0]
-        for r0 in range(0, B, self.tile):
-            r1 = min(B, r0 + self.tile)
-            S = self.mm(self.x[r0:r1], self.y.t())
-            own = torch.arange(r0, r1, device=S.device) if self.self_ref else None
-            mask_non_negatives_(S, self.same, self.labels[r0:r1], own, NEG_INF)
-            if self.diagonal:  # pair j is (j, j): the tile's pairs are its rows (no device sync)
-                j0, j1 = r0, r1
-            else:
-                j0, j1 = (int(v) for v in torch.searchsorted(self.a, torch.tensor([r0, r1], device=self.a.device)))
-            yield r0, r1, j0, j1, S
-
-    def rows_of_pairs(self, S, r0, j0, j1):
-        """(j1 − j0, M): the tile's rows of the pairs j0..j1 (whose a lies in the tile)."""
-        return S if self.diagonal else S[self.a[j0:j1] - r0]
-
-
 class HingeNormPairsChunked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, t, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i, paired):
-        tiles = _Tiles(x, y, a, p_idx, labels, ref_labels, self_ref, paired)
+        tiles = PairTiles(x, y, a, p_idx, labels, ref_labels, self_ref, paired)
         tw = t.to(tiles.wide)
         P = a.shape[0]
         T1 = torch.zeros(P, dtype=tiles.wide, device=x.device)
@@ -88,7 +55,7 @@ class HingeNormPairsChunked(torch.autograd.Function):
     def backward(ctx, g1, g2):
         x, y, t, a, p_idx, labels, ref_labels, T1, T2 = ctx.saved_tensors
         p = ctx.p
-        tiles = _Tiles(x, y, a, p_idx, labels, ref_labels, ctx.self_ref, ctx.paired)
+        tiles = PairTiles(x, y, a, p_idx, labels, ref_labels, ctx.self_ref, ctx.paired)
         wide, tw = tiles.wide, t.to(tiles.wide)
         gx = torch.empty(x.shape, dtype=wide, device=x.device)
         gy = torch.zeros(y.shape, dtype=wide, device=x.device)

@@ -117,3 +117,35 @@ class Matmul:
             acc += self(a, b)
         else:
             acc.addmm_(self.operand(a), self.operand(b))
+
+
+class PairTiles:
+    """The row tiles of ``S = x yᵀ`` with the non-negatives at −∞, and the positive pairs whose row
+    each tile holds: recomputed identically in forward and backward by the pair operations."""
+
+    def __init__(self, x, y, a, p_idx, labels, ref_labels, self_ref, paired=False):
+        self.x, self.a, self.labels, self.self_ref = x, a, labels, self_ref
+        self.mm = Matmul(x.dtype, x.device)
+        self.wide, self.y = self.mm.wide, self.mm.operand(y)
+        self.same = SameLabel(ref_labels, paired)
+        B, M, P = x.shape[0], y.shape[0], a.shape[0]
+        self.tile = tile_rows(B, M + P, x.device)
+        # the unlabelled case: pair j is (j, j), so the pairs' rows (and columns) are the tile itself
+        self.diagonal = diagonal_pairs(a, p_idx, B, M, paired)
+
+    def __iter__(self):
+        B = self.x.shape[0]
+        for r0 in range(0, B, self.tile):
+            r1 = min(B, r0 + self.tile)
+            S = self.mm(self.x[r0:r1], self.y.t())
+            own = torch.arange(r0, r1, device=S.device) if self.self_ref else None
+            mask_non_negatives_(S, self.same, self.labels[r0:r1], own, float("-inf"))
+            if self.diagonal:  # pair j is (j, j): the tile's pairs are its rows (no device sync)
+                j0, j1 = r0, r1
+            else:
+                j0, j1 = (int(v) for v in torch.searchsorted(self.a, torch.tensor([r0, r1], device=self.a.device)))
+            yield r0, r1, j0, j1, S
+
+    def rows_of_pairs(self, S, r0, j0, j1):
+        """(j1 − j0, M): the tile's rows of the pairs j0..j1 (whose a lies in the tile)."""
+        return S if self.diagonal else S[self.a[j0:j1] - r0]

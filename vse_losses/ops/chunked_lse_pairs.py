@@ -1,0 +1,113 @@
+"""Both directions' smoothed maxima of every positive pair, in one pass over row tiles of ``S = x yᵀ``
+(torch): an online log-sum-exp, as flash-attention's softmax.
+
+For a positive pair ``(a_j, p_j)`` with threshold ``t_j`` (= s(a_j, p_j) − α) and temperature τ:
+
+    i2t:  L¹_j = log(1 + Σ_n exp((S[a_j, n] − t_j)/τ))   over the negatives n of row a_j,
+    t2i:  L²_j = log(1 + Σ_n exp((S[n, p_j] − t_j)/τ))   over the negatives n of column p_j.
+
+The 1 is the positive itself (exp(0)); with α = 0 and t_j = s(a_j, p_j), L is −log of the
+positive's softmax among itself and its negatives (InfoNCE, CLIP). A row tile holds whole rows,
+so L¹ of its pairs is complete; L² is accumulated over the tiles as a running maximum ``m`` and a
+rescaled sum ``s = Σ exp(z − m)`` (started at the positive's ``m = 0, s = 1``), ``L = m + log s``.
+
+Backward: the tiles are recomputed against the saved L. With ``z = (S − t)/τ`` and the softmax
+weights ``w = exp(z − L)``,
+
+    ∂L/∂S_n = w_n/τ,   ∂L/∂t = −Σ_n w_n/τ,   ∂L/∂τ = −Σ_n w_n z_n/τ,
+
+scattered into rows (i2t) and columns (t2i) of one ``dS`` per tile, then ``∂x = dS y`` and
+``∂y = dSᵀ x``: one product forward, three backward, nothing B×M alive beyond a tile.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .tiling import PairTiles
+
+
+def _z(H: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor:
+    """(S − t)/τ of a tile (−∞ stays −∞)."""
+    return (H - t).div_(tau)
+
+
+def _weighted(z: torch.Tensor, L: torch.Tensor, g: torch.Tensor, tau: float):
+    """``(w·g/τ, w·z·g/τ)`` of a tile, 0 where z = −∞ (no negative)."""
+    w = torch.exp(z - L).mul_(g / tau)
+    wz = torch.where(w > 0, w * z, torch.zeros((), dtype=w.dtype, device=w.device))
+    return w, wz
+
+
+class LsePairsChunked(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, t, tau, a, p_idx, labels, ref_labels, self_ref, do_i2t, do_t2i, paired):
+        tiles = PairTiles(x, y, a, p_idx, labels, ref_labels, self_ref, paired)
+        tw, tv = t.to(tiles.wide), float(tau)
+        P = a.shape[0]
+        L1 = torch.zeros(P, dtype=tiles.wide, device=x.device)
+        m2 = torch.zeros(P, dtype=tiles.wide, device=x.device)  # the positive: exp(0 − 0) = 1
+        s2 = torch.ones(P, dtype=tiles.wide, device=x.device)
+        for r0, r1, j0, j1, S in tiles:
+            if do_i2t and j1 > j0:
+                z = _z(tiles.rows_of_pairs(S, r0, j0, j1), tw[j0:j1, None], tv)
+                L1[j0:j1] = torch.logsumexp(torch.cat([torch.zeros_like(z[:, :1]), z], 1), 1)
+            if do_t2i:
+                z = _z(S if tiles.diagonal else S[:, p_idx], tw[None, :], tv)
+                m_new = torch.maximum(m2, z.amax(0))
+                s2 = s2 * torch.exp(m2 - m_new) + torch.exp(z - m_new).sum(0)
+                m2 = m_new
+        L2 = m2 + torch.log(s2)
+        ctx.save_for_backward(x, y, t, a, p_idx, labels, ref_labels, L1, L2)
+        ctx.tau, ctx.self_ref, ctx.do_i2t, ctx.do_t2i, ctx.paired = tv, self_ref, do_i2t, do_t2i, paired
+        ctx.tau_dtype = tau.dtype if torch.is_tensor(tau) else None
+        return L1, L2
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g1, g2):
+        x, y, t, a, p_idx, labels, ref_labels, L1, L2 = ctx.saved_tensors
+        tau = ctx.tau
+        tiles = PairTiles(x, y, a, p_idx, labels, ref_labels, ctx.self_ref, ctx.paired)
+        wide, tw = tiles.wide, t.to(tiles.wide)
+        gx = torch.empty(x.shape, dtype=wide, device=x.device)
+        gy = torch.zeros(y.shape, dtype=wide, device=x.device)
+        gt = torch.zeros(t.shape, dtype=wide, device=x.device)
+        gtau = torch.zeros((), dtype=wide, device=x.device)
+        do_i2t = ctx.do_i2t and g1 is not None
+        do_t2i = ctx.do_t2i and g2 is not None
+        for r0, r1, j0, j1, S in tiles:
+            dS = torch.zeros_like(S)
+            if do_i2t and j1 > j0:
+                z = _z(tiles.rows_of_pairs(S, r0, j0, j1), tw[j0:j1, None], tau)
+                W, WZ = _weighted(z, L1[j0:j1, None], g1[j0:j1, None].to(wide), tau)
+                if tiles.diagonal:
+                    dS += W
+                else:
+                    dS.index_add_(0, a[j0:j1] - r0, W)
+                gt[j0:j1] -= W.sum(1)
+                gtau -= WZ.sum()
+            if do_t2i:
+                z = _z(S if tiles.diagonal else S[:, p_idx], tw[None, :], tau)
+                W, WZ = _weighted(z, L2[None, :], g2[None, :].to(wide), tau)
+                if tiles.diagonal:
+                    dS += W
+                else:
+                    dS.index_add_(1, p_idx, W)
+                gt -= W.sum(0)
+                gtau -= WZ.sum()
+            gx[r0:r1] = tiles.mm(dS, tiles.y)
+            tiles.mm.add_product(gy, dS.t(), x[r0:r1])
+        gtau = gtau.to(ctx.tau_dtype) if ctx.tau_dtype is not None and ctx.needs_input_grad[3] else None
+        return (gx.to(x.dtype), gy.to(y.dtype), gt.to(t.dtype), gtau, None, None, None, None, None, None, None,
+                None)
+
+
+def lse_pairs_chunked(x, y, t, tau, a, p_idx, labels, ref_labels, self_ref: bool, do_i2t: bool = True,
+                      do_t2i: bool = True, paired: bool = False):
+    """``(L¹, L²)``, each (P,) float32 (float64 for float64 inputs; zeros for a direction not
+    asked for); see the module docstring. x: (B, D), y: (M, D), t: (P,) thresholds, τ a float or a
+    0-dim tensor (differentiable), ``(a, p_idx)`` the positive pairs (rows ascending); negatives
+    as in :func:`~vse_losses.ops.negative_topk`. ``paired``: pair j is (j, j), labels ``arange``."""
+    return LsePairsChunked.apply(x, y, t, tau, a, p_idx, labels, ref_labels, bool(self_ref), bool(do_i2t),
+                                 bool(do_t2i), bool(paired))
