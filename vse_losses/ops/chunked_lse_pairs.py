@@ -28,15 +28,20 @@ from .tiling import PairTiles
 
 
 def _z(H: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor:
-    """(S − t)/τ of a tile (−∞ stays −∞)."""
-    return (H - t).div_(tau)
+    """A new tile (S − t)/τ (−∞ stays −∞)."""
+    return torch.sub(H, t).div_(tau)
 
 
-def _weighted(z: torch.Tensor, L: torch.Tensor, g: torch.Tensor, tau: float):
-    """``(w·g/τ, w·z·g/τ)`` of a tile, 0 where z = −∞ (no negative)."""
-    w = torch.exp(z - L).mul_(g / tau)
-    wz = torch.where(w > 0, w * z, torch.zeros((), dtype=w.dtype, device=w.device))
-    return w, wz
+def _weights(H, t, L, tau, g, dim, need_tau):
+    """The tile's ``g/τ · w``, ``w = exp(z − L)`` (0 where z = −∞), and, when the temperature needs
+    its gradient, ``Σ g/τ · w z`` (as ``Σ w log w + L Σ w``: no −∞·0). ``dim``: the tile's axis
+    of one pair (1: rows, i2t; 0: columns, t2i)."""
+    W = _z(H, t, tau).sub_(L).exp_()
+    scale = g / tau
+    wz = None
+    if need_tau:
+        wz = ((torch.special.xlogy(W, W).sum(dim) + L.squeeze(dim) * W.sum(dim)) * scale.squeeze(dim)).sum()
+    return W.mul_(scale), wz
 
 
 class LsePairsChunked(torch.autograd.Function):
@@ -51,11 +56,13 @@ class LsePairsChunked(torch.autograd.Function):
         for r0, r1, j0, j1, S in tiles:
             if do_i2t and j1 > j0:
                 z = _z(tiles.rows_of_pairs(S, r0, j0, j1), tw[j0:j1, None], tv)
-                L1[j0:j1] = torch.logsumexp(torch.cat([torch.zeros_like(z[:, :1]), z], 1), 1)
+                m = z.amax(1).clamp_(min=0.0)  # the positive's 0 is in the maximum
+                total = z.sub_(m[:, None]).exp_().sum(1).add_(torch.exp(-m))
+                L1[j0:j1] = m + total.log_()
             if do_t2i:
                 z = _z(S if tiles.diagonal else S[:, p_idx], tw[None, :], tv)
                 m_new = torch.maximum(m2, z.amax(0))
-                s2 = s2 * torch.exp(m2 - m_new) + torch.exp(z - m_new).sum(0)
+                s2 = s2 * torch.exp(m2 - m_new) + z.sub_(m_new).exp_().sum(0)
                 m2 = m_new
         L2 = m2 + torch.log(s2)
         ctx.save_for_backward(x, y, t, a, p_idx, labels, ref_labels, L1, L2)
@@ -68,6 +75,7 @@ class LsePairsChunked(torch.autograd.Function):
     def backward(ctx, g1, g2):
         x, y, t, a, p_idx, labels, ref_labels, L1, L2 = ctx.saved_tensors
         tau = ctx.tau
+        need_tau = ctx.tau_dtype is not None and ctx.needs_input_grad[3]
         tiles = PairTiles(x, y, a, p_idx, labels, ref_labels, ctx.self_ref, ctx.paired)
         wide, tw = tiles.wide, t.to(tiles.wide)
         gx = torch.empty(x.shape, dtype=wide, device=x.device)
@@ -77,28 +85,33 @@ class LsePairsChunked(torch.autograd.Function):
         do_i2t = ctx.do_i2t and g1 is not None
         do_t2i = ctx.do_t2i and g2 is not None
         for r0, r1, j0, j1, S in tiles:
-            dS = torch.zeros_like(S)
+            dS = None
             if do_i2t and j1 > j0:
-                z = _z(tiles.rows_of_pairs(S, r0, j0, j1), tw[j0:j1, None], tau)
-                W, WZ = _weighted(z, L1[j0:j1, None], g1[j0:j1, None].to(wide), tau)
+                W, wz = _weights(tiles.rows_of_pairs(S, r0, j0, j1), tw[j0:j1, None], L1[j0:j1, None], tau,
+                                 g1[j0:j1, None].to(wide), 1, need_tau)
                 if tiles.diagonal:
-                    dS += W
+                    dS = W
                 else:
-                    dS.index_add_(0, a[j0:j1] - r0, W)
+                    dS = torch.zeros_like(S).index_add_(0, a[j0:j1] - r0, W)
                 gt[j0:j1] -= W.sum(1)
-                gtau -= WZ.sum()
+                gtau = gtau - wz if need_tau else gtau
             if do_t2i:
-                z = _z(S if tiles.diagonal else S[:, p_idx], tw[None, :], tau)
-                W, WZ = _weighted(z, L2[None, :], g2[None, :].to(wide), tau)
+                W, wz = _weights(S if tiles.diagonal else S[:, p_idx], tw[None, :], L2[None, :], tau,
+                                 g2[None, :].to(wide), 0, need_tau)
+                if dS is None:
+                    dS = torch.zeros_like(S)
                 if tiles.diagonal:
                     dS += W
                 else:
                     dS.index_add_(1, p_idx, W)
                 gt -= W.sum(0)
-                gtau -= WZ.sum()
+                gtau = gtau - wz if need_tau else gtau
+            if dS is None:
+                gx[r0:r1] = 0
+                continue
             gx[r0:r1] = tiles.mm(dS, tiles.y)
             tiles.mm.add_product(gy, dS.t(), x[r0:r1])
-        gtau = gtau.to(ctx.tau_dtype) if ctx.tau_dtype is not None and ctx.needs_input_grad[3] else None
+        gtau = gtau.to(ctx.tau_dtype) if need_tau else None
         return (gx.to(x.dtype), gy.to(y.dtype), gt.to(t.dtype), gtau, None, None, None, None, None, None, None,
                 None)
 
