@@ -70,8 +70,13 @@ def _timed(fn, rounds: int) -> list:
 
 def _worker(rank: int, world: int, out_dir: str, configs: list, rounds: int) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'init')}", rank=rank,
-                            world_size=world, timeout=timedelta(seconds=300))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{os.path.join(out_dir, 'init')}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=300),
+    )
     results = []
     try:
         for cfg in configs:
@@ -83,14 +88,14 @@ def _worker(rank: int, world: int, out_dir: str, configs: list, rounds: int) -> 
             dist_loss = getattr(vse_losses, cls)(**kw, impl=impl, distributed=True)
             local_loss = getattr(vse_losses, cls)(**kw, impl=impl)
 
-            def gather():
+            def gather(x=x, y=y):
                 gb = gather_batch(x, y, None, None)
                 (gb.x.sum() + gb.y.sum()).backward()
 
-            def loss():
+            def loss(x=x, y=y, dist_loss=dist_loss):
                 dist_loss(x, y).backward()
 
-            def local():
+            def local(x=x, y=y, local_loss=local_loss):
                 local_loss(x, y).backward()
 
             row = {"gather": _timed(gather, rounds), "loss": _timed(loss, rounds), "local": _timed(local, rounds)}
@@ -120,8 +125,9 @@ def start_method(requested: str | None = None) -> str:
 def measure(world: int, configs: list, rounds: int = 5, start: str | None = None) -> list:
     """Run every config at one world size; one result dict (milliseconds) per config."""
     with tempfile.TemporaryDirectory() as d:
-        mp.start_processes(_worker, args=(world, d, configs, rounds), nprocs=world, join=True,
-                           start_method=start_method(start))
+        mp.start_processes(
+            _worker, args=(world, d, configs, rounds), nprocs=world, join=True, start_method=start_method(start)
+        )
         per_rank = []
         for r in range(world):
             with open(os.path.join(d, f"rank{r}.json")) as f:
@@ -148,9 +154,15 @@ def block_share(world: int, B: int, D: int, loss: str, impl: str, rounds: int = 
 
     torch.set_num_threads(1)
     cls, kw = LOSSES[loss]
-    norm = Norm(**{"SumHingeLoss": {"kind": "sum"}, "MaxViolationLoss": {"kind": "max"},
-                   "TopKViolationLoss": {"kind": "topk", **kw}, "LpViolationLoss": {"kind": "lp", **kw},
-                   "MixedViolationLoss": {"kind": "mix", **kw}}[cls])
+    norm = Norm(
+        **{
+            "SumHingeLoss": {"kind": "sum"},
+            "MaxViolationLoss": {"kind": "max"},
+            "TopKViolationLoss": {"kind": "topk", **kw},
+            "LpViolationLoss": {"kind": "lp", **kw},
+            "MixedViolationLoss": {"kind": "mix", **kw},
+        }[cls]
+    )
     N = world * B
     x = torch.nn.functional.normalize(torch.randn(N, D), dim=1).requires_grad_(True)
     y = torch.nn.functional.normalize(torch.randn(N, D), dim=1).requires_grad_(True)
@@ -174,17 +186,23 @@ def block_share(world: int, B: int, D: int, loss: str, impl: str, rounds: int = 
 
 
 def block_table(rows: list) -> str:
-    lines = ["| W | B_local | N | D | loss | impl | one rank's blocks ms | one process on N ms | ratio | 2/W |",
-             "|" + "---|" * 10]
+    lines = [
+        "| W | B_local | N | D | loss | impl | one rank's blocks ms | one process on N ms | ratio | 2/W |",
+        "|" + "---|" * 10,
+    ]
     for r in rows:
-        lines.append(f"| {r['world']} | {r['B']} | {r['N']} | {r['D']} | {r['loss']} | {r['impl']} "
-                     f"| {r['rank_ms']:.1f} | {r['full_ms']:.1f} | {r['rank_ms'] / r['full_ms']:.2f} | {2 / r['world']:.2f} |")
+        lines.append(
+            f"| {r['world']} | {r['B']} | {r['N']} | {r['D']} | {r['loss']} | {r['impl']} "
+            f"| {r['rank_ms']:.1f} | {r['full_ms']:.1f} | {r['rank_ms'] / r['full_ms']:.2f} | {2 / r['world']:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def table(rows: list) -> str:
-    head = ("| W | B_local | N | D | loss | impl | gather ms | loss ms (distributed) | gather % | local-only ms "
-            "| one process on N ms |")
+    head = (
+        "| W | B_local | N | D | loss | impl | gather ms | loss ms (distributed) | gather % | local-only ms "
+        "| one process on N ms |"
+    )
     lines = [head, "|" + "---|" * 11]
     for r in rows:
         single = f"{r['single_ms']:.1f}" if "single_ms" in r else "—"
@@ -215,11 +233,16 @@ def main(argv=None) -> None:
     rows = []
     for world in (int(s) for s in args.worlds.split(",")):
         rows += measure(world, configs, args.rounds, args.start)
-    print(f"# {date.today().isoformat()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-          f"torch {torch.__version__}, gloo, 1 thread per rank, float32, forward+backward, median of {args.rounds}")
+    print(
+        f"# {date.today().isoformat()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__}, gloo, 1 thread per rank, float32, forward+backward, median of {args.rounds}"
+    )
     print(table(rows))
-    blocks = [block_share(int(w), c["B"], c["D"], c["loss"], c["impl"], args.rounds)
-              for w in args.worlds.split(",") for c in configs]
+    blocks = [
+        block_share(int(w), c["B"], c["D"], c["loss"], c["impl"], args.rounds)
+        for w in args.worlds.split(",")
+        for c in configs
+    ]
     print()
     print("# compute alone: one rank's query blocks vs one process on the whole batch (one thread, no communication)")
     print(block_table(blocks))

@@ -8,6 +8,7 @@ cannot run with this triton.
 
 A fifth element, a dict, replaces some of the variant's default tiles (for tile sweeps).
 """
+
 import json
 import os
 import re
@@ -33,18 +34,34 @@ def main(variants):
         print("positional constexprs of ASTSource need triton >= 3.3")
         return 3
 
+    from vse_losses.ops import triton_common as tc
     from vse_losses.ops import triton_hinge_norm as hn
     from vse_losses.ops import triton_hinge_norm_pairs as hp
     from vse_losses.ops import triton_max_violation_backward as mb
     from vse_losses.ops import triton_max_violation_small as sm
-    from vse_losses.ops import triton_row_dots as rd
-    from vse_losses.ops import triton_common as tc
     from vse_losses.ops import triton_negative_max as nm
+    from vse_losses.ops import triton_row_dots as rd
 
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
-    int64_ptrs = {"xl_ptr", "yl_ptr", "ql_ptr", "kl_ptr", "qs_ptr", "lq_ptr", "lk_ptr", "sq_ptr", "sk_ptr",
-                  "row_idx_ptr", "col_idx_ptr", "anc_ptr", "h_ptr",
-                  "order_ptr", "offsets_ptr", "qi_ptr", "ki_ptr"}
+    int64_ptrs = {
+        "xl_ptr",
+        "yl_ptr",
+        "ql_ptr",
+        "kl_ptr",
+        "qs_ptr",
+        "lq_ptr",
+        "lk_ptr",
+        "sq_ptr",
+        "sk_ptr",
+        "row_idx_ptr",
+        "col_idx_ptr",
+        "anc_ptr",
+        "h_ptr",
+        "order_ptr",
+        "offsets_ptr",
+        "qi_ptr",
+        "ki_ptr",
+    }
     data_ptrs = {"x_ptr", "y_ptr", "q_ptr", "k_ptr", "w_ptr", "gx_ptr", "gy_ptr", "own_ptr", "other_ptr", "grad_ptr"}
 
     def compile_one(fn, dtype, cfg, constexprs):
@@ -75,19 +92,33 @@ def main(variants):
         if constexprs.get("EVEN_M", constexprs.get("EVEN_R", True)):
             aligned += [n for n in names if n in ("B", "M", "N", "R")]
         attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
-        src = ASTSource(fn=jitted, signature=sig, constexprs={(names.index(k),): v for k, v in const.items()},
-                        attrs=attrs)
-        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
-        out = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", "-", "-o", os.devnull], input=kernel.asm["ptx"],
-                             capture_output=True, text=True, check=True)
+        src = ASTSource(
+            fn=jitted, signature=sig, constexprs={(names.index(k),): v for k, v in const.items()}, attrs=attrs
+        )
+        kernel = triton.compile(
+            src,
+            target=GPUTarget("cuda", 90, 32),
+            options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]),
+        )
+        out = subprocess.run(
+            [ptxas, "-v", "--gpu-name", "sm_90a", "-", "-o", os.devnull],
+            input=kernel.asm["ptx"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         report = out.stdout + out.stderr
         spills = sum(int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", report))
         regs = [int(v) for v in re.findall(r"Used (\d+) registers", report)]
         ptx = kernel.asm["ptx"]
-        return dict(spill_bytes=spills, registers=regs[0] if regs else 0, shared=kernel.metadata.shared,
-                    wgmma=len(re.findall(r"wgmma\.mma_async", ptx)), cp_async=len(re.findall(r"cp\.async", ptx)),
-                    report=report)
+        return dict(
+            spill_bytes=spills,
+            registers=regs[0] if regs else 0,
+            shared=kernel.metadata.shared,
+            wgmma=len(re.findall(r"wgmma\.mma_async", ptx)),
+            cp_async=len(re.findall(r"cp\.async", ptx)),
+            report=report,
+        )
 
     results = {}
     for variant in variants:
@@ -105,8 +136,13 @@ def main(variants):
             r = compile_one(hp._pairs_fwd_kernel, dtype, cfg, dict(P_MODE=mode, SELF_REF=True, EVEN_M=even, **flags))
         elif kind == "small_mh":  # mode: 0 … 3 = (cosine, backward); even: B = MAX_B, else B = 16
             cfg = dict(sm._config(sm.MAX_B if even else 16, dtypes[dtype], False), **tiles)
-            const = dict(COSINE=mode in (1, 3), BACKWARD=mode in (2, 3), GUARD=True, BLOCK_B=cfg["BLOCK_B"],
-                         BLOCK_D=cfg["BLOCK_D"])
+            const = dict(
+                COSINE=mode in (1, 3),
+                BACKWARD=mode in (2, 3),
+                GUARD=True,
+                BLOCK_B=cfg["BLOCK_B"],
+                BLOCK_D=cfg["BLOCK_D"],
+            )
             r = compile_one(sm._small_mh_kernel, dtype, dict(cfg, num_stages=3), const)
         elif kind == "mh_side":  # mode: cosine; even: D = 1024, else D = 100
             cfg = dict(mb._config(1024 if even else 100, False), **tiles)
@@ -123,8 +159,9 @@ def main(variants):
         else:
             self_ref, scaled = mode in (1, 3), mode in (2, 3)  # mode: 0 … 3
             cfg = dict(nm._default_config(dtypes[dtype], False, even, aligned), **tiles)
-            r = compile_one(nm._negative_max_kernel, dtype, cfg,
-                            dict(SELF_REF=self_ref, SCALED=scaled, EVEN_M=even, **flags))
+            r = compile_one(
+                nm._negative_max_kernel, dtype, cfg, dict(SELF_REF=self_ref, SCALED=scaled, EVEN_M=even, **flags)
+            )
         results["-".join(str(x) for x in variant[:4]) + ("-" + json.dumps(tiles, sort_keys=True) if tiles else "")] = r
     print(json.dumps(results))
     return 0

@@ -42,7 +42,6 @@ import os
 import sys
 import time
 import traceback
-from typing import Dict, List, Optional
 
 T_START = time.time()
 if "--cpu-smoke" in sys.argv:
@@ -89,7 +88,7 @@ def _errs(a, b):
     return ve, ge
 
 
-def run_checks(dev: torch.device, smoke: bool, impls: List[str]) -> List[dict]:
+def run_checks(dev: torch.device, smoke: bool, impls: list[str]) -> list[dict]:
     D = 16 if smoke else 1024
     g = torch.Generator(device="cpu").manual_seed(1)
     Bp = 37 if smoke else 300
@@ -108,7 +107,10 @@ def run_checks(dev: torch.device, smoke: bool, impls: List[str]) -> List[dict]:
     interp = os.environ.get("TRITON_INTERPRET") == "1"
     results = []
     log(f"\n== checks against impl='dense' (D={D}, impls {impls}) ==")
-    log(f"{'case':<22} {'loss':<7} {'dtype':<9} {'impl':<8} {'value err':>10} {'grad err':>10} {'dense err':>10}  status")
+    log(
+        f"{'case':<22} {'loss':<7} {'dtype':<9} {'impl':<8} "
+        f"{'value err':>10} {'grad err':>10} {'dense err':>10}  status"
+    )
     for cname, (x0, y0, l0, r0) in cases.items():
         x0, y0 = x0.to(dev), y0.to(dev)
         lab = None if l0 is None else l0.to(dev)
@@ -118,11 +120,22 @@ def run_checks(dev: torch.device, smoke: bool, impls: List[str]) -> List[dict]:
                 dname = str(dtype).replace("torch.", "")
                 try:
                     dense = _call(loss, "dense", x0, y0, dtype, lab, rlab)
-                    ref64 = _call(loss, "dense", x0.to(dtype), y0.to(dtype), torch.float64, lab, rlab) \
-                        if dtype != torch.float32 else None
+                    ref64 = (
+                        _call(loss, "dense", x0.to(dtype), y0.to(dtype), torch.float64, lab, rlab)
+                        if dtype != torch.float32
+                        else None
+                    )
                 except Exception as e:  # noqa: BLE001
-                    results.append({"case": cname, "loss": loss, "dtype": dname, "impl": "dense", "status": "ERROR",
-                                    "error": f"{type(e).__name__}: {e}"})
+                    results.append(
+                        {
+                            "case": cname,
+                            "loss": loss,
+                            "dtype": dname,
+                            "impl": "dense",
+                            "status": "ERROR",
+                            "error": f"{type(e).__name__}: {e}",
+                        }
+                    )
                     log(f"{cname:<22} {loss:<7} {dname:<9} {'dense':<8} ERROR {type(e).__name__}: {str(e)[:150]}")
                     continue
                 dense_err = _errs(dense, ref64) if ref64 is not None else (0.0, 0.0)
@@ -150,16 +163,25 @@ def run_checks(dev: torch.device, smoke: bool, impls: List[str]) -> List[dict]:
                     else:
                         ve, ge = _errs(got, ref64)
                         ok = ve <= dense_err[0] + 1e-3 and ge <= dense_err[1] + 1e-2
-                    rec.update(status="PASS" if ok else "FAIL", value_err=ve, grad_err=ge,
-                               dense_value_err=dense_err[0], dense_grad_err=dense_err[1])
+                    rec.update(
+                        status="PASS" if ok else "FAIL",
+                        value_err=ve,
+                        grad_err=ge,
+                        dense_value_err=dense_err[0],
+                        dense_grad_err=dense_err[1],
+                    )
                     results.append(rec)
                     de = f"{dense_err[1]:.2e}" if ref64 is not None else "-"
                     log(f"{cname:<22} {loss:<7} {dname:<9} {impl:<8} {ve:>10.2e} {ge:>10.2e} {de:>10}  {rec['status']}")
     n = {s: sum(r["status"] == s for r in results) for s in ("PASS", "FAIL", "ERROR", "MISSING")}
-    log(f"checks: {n['PASS']} pass, {n['FAIL']} fail, {n['ERROR']} error, {n['MISSING']} missing "
-        f"({elapsed():.0f} s since start)")
-    log("(value err, grad err: relative to dense float32, or to float64 for bfloat16, where 'dense err' is "
-        "dense bfloat16's own gradient error)")
+    log(
+        f"checks: {n['PASS']} pass, {n['FAIL']} fail, {n['ERROR']} error, {n['MISSING']} missing "
+        f"({elapsed():.0f} s since start)"
+    )
+    log(
+        "(value err, grad err: relative to dense float32, or to float64 for bfloat16, where 'dense err' is "
+        "dense bfloat16's own gradient error)"
+    )
     return results
 
 
@@ -169,11 +191,11 @@ def run_checks(dev: torch.device, smoke: bool, impls: List[str]) -> List[dict]:
 
 
 class Row:
-    def __init__(self, name: str, kind: str, spec=None, sizes: Optional[set] = None, min_left_s: float = 1.0):
+    def __init__(self, name: str, kind: str, spec=None, sizes: set | None = None, min_left_s: float = 1.0):
         self.name, self.kind, self.spec, self.sizes = name, kind, spec, sizes
         self.min_left_s = min_left_s  # budget a first call (nothing to predict from) needs
-        self.dead: Optional[str] = None  # why it stopped
-        self.last: Optional[tuple] = None  # (B, seconds per call)
+        self.dead: str | None = None  # why it stopped
+        self.last: tuple | None = None  # (B, seconds per call)
         self.warmed = False
 
     def build(self, x, y, product_max_bytes):
@@ -190,14 +212,19 @@ def _reps(t: float, dev: torch.device) -> int:
     return 10 if t > 0.01 or dev.type == "cpu" else 30
 
 
-def run_table(dev, sizes, D, dtype, deadline, per_call_cap, impls, compile_sizes, with_pml,
-              product_max_bytes: int) -> List[dict]:
+def run_table(
+    dev, sizes, D, dtype, deadline, per_call_cap, impls, compile_sizes, with_pml, product_max_bytes: int
+) -> list[dict]:
     """Two passes over the sizes, so that the budget goes to the target rows first: (1) the product and
     the triton rows, (2) chunked, dense and the anchors. Ratios use the product of pass 1."""
     first = [Row("product", "anchor")]
     first += [Row(f"{loss}/triton", "loss", (loss, "triton")) for loss in TABLE_LOSSES if "triton" in impls]
-    second = [Row(f"{loss}/{impl}", "loss", (loss, impl)) for impl in ("chunked", "dense") if impl in impls
-              for loss in TABLE_LOSSES]
+    second = [
+        Row(f"{loss}/{impl}", "loss", (loss, impl))
+        for impl in ("chunked", "dense")
+        if impl in impls
+        for loss in TABLE_LOSSES
+    ]
     second += [Row("dense-formula-MH", "anchor"), Row("dense-formula-SH", "anchor")]
     if with_pml:
         second.append(Row("PML-BatchHard-Triplet", "anchor"))
@@ -207,8 +234,8 @@ def run_table(dev, sizes, D, dtype, deadline, per_call_cap, impls, compile_sizes
     dname = str(dtype).replace("torch.", "")
     log(f"\n== time and memory: forward+backward, D={D}, {dname}, budget until {deadline - T_START:.0f} s ==")
     log(f"{'B':>9} {'row':<24} {'ms':>11} {'×product':>9} {'peak MiB':>10} {'extra MiB':>10}  note")
-    records: List[dict] = []
-    prod_ms: Dict[int, float] = {}
+    records: list[dict] = []
+    prod_ms: dict[int, float] = {}
     for rows in (first, second):
         for B in sizes:
             if all(r.dead or (r.sizes is not None and B not in r.sizes) for r in rows):
@@ -228,7 +255,7 @@ def run_table(dev, sizes, D, dtype, deadline, per_call_cap, impls, compile_sizes
     return records
 
 
-def measure_row(row: Row, B: int, x, y, dev, deadline, per_call_cap, product_max_bytes, prod_ms) -> Optional[dict]:
+def measure_row(row: Row, B: int, x, y, dev, deadline, per_call_cap, product_max_bytes, prod_ms) -> dict | None:
     rec = {"B": B, "row": row.name}
     if row.dead or (row.sizes is not None and B not in row.sizes):
         return None
@@ -293,12 +320,20 @@ def measure_row(row: Row, B: int, x, y, dev, deadline, per_call_cap, product_max
     extra = peak - (0.0 if row.name == "product" else grad_mib)
     ratio = ms / prod_ms[B] if prod_ms.get(B) else float("nan")
     log(f"{B:>9} {row.name:<24} {ms:>11.3f} {ratio:>9.2f} {peak:>10.1f} {extra:>10.1f}  {note}")
-    return {**rec, "status": "ok", "ms": ms, "times_ms": [t * 1e3 for t in ts], "x_product": ratio,
-            "peak_mib": peak, "extra_mib": extra, "note": note}
+    return {
+        **rec,
+        "status": "ok",
+        "ms": ms,
+        "times_ms": [t * 1e3 for t in ts],
+        "x_product": ratio,
+        "peak_mib": peak,
+        "extra_mib": extra,
+        "note": note,
+    }
 
 
-def pivot_markdown(records: List[dict], sizes: List[int]) -> str:
-    names: List[str] = []
+def pivot_markdown(records: list[dict], sizes: list[int]) -> str:
+    names: list[str] = []
     for r in records:
         if r["row"] not in names:
             names.append(r["row"])
@@ -322,15 +357,26 @@ def pivot_markdown(records: List[dict], sizes: List[int]) -> str:
         m = r["extra_mib"]
         return f"{m / 1024:.2f} GiB" if abs(m) >= 1024 else f"{m:.1f}"
 
-    out = ["Forward+backward, median ms (× the product in the same run; product: forward alone):", "",
-           "| row | " + " | ".join(f"B={B:,}" for B in cols) + " |", "|---|" + "---:|" * len(cols)]
+    out = [
+        "Forward+backward, median ms (× the product in the same run; product: forward alone):",
+        "",
+        "| row | " + " | ".join(f"B={B:,}" for B in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
     out += [f"| {n} | " + " | ".join(cell(by.get((n, B)), ms_cell) for B in cols) + " |" for n in names]
-    out += ["", "Extra memory of one call beyond the inputs and their gradients, MiB "
-            "(product: its output or tile buffer):", "",
-            "| row | " + " | ".join(f"B={B:,}" for B in cols) + " |", "|---|" + "---:|" * len(cols)]
+    out += [
+        "",
+        "Extra memory of one call beyond the inputs and their gradients, MiB (product: its output or tile buffer):",
+        "",
+        "| row | " + " | ".join(f"B={B:,}" for B in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
     out += [f"| {n} | " + " | ".join(cell(by.get((n, B)), mem_cell) for B in cols) + " |" for n in names]
-    out += ["", "OOM: out of memory (the row stops); skip: predicted over the per-call cap or the budget "
-            "(the row stops); —: not run at that size."]
+    out += [
+        "",
+        "OOM: out of memory (the row stops); skip: predicted over the per-call cap or the budget "
+        "(the row stops); —: not run at that size.",
+    ]
     return "\n".join(out)
 
 
@@ -343,20 +389,24 @@ def pivot_markdown(records: List[dict], sizes: List[int]) -> str:
 # the sweep times them so that one GPU session can pick.
 # 4 warps, 3 stages: two programs fit one SM (96 KiB shared memory, 128 threads x 255 registers
 # each), so that one program's epilogue (the masked row/column argmax) overlaps the other's products.
-SWEEP_NEGMAX = [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
-                dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3),
-                dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=4)]
-SWEEP_HINGE = [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4),
-               dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=4)]
+SWEEP_NEGMAX = [
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=4),
+]
+SWEEP_HINGE = [
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=4),
+]
 
 
-def tiles_label(cfg: Optional[dict]) -> str:
+def tiles_label(cfg: dict | None) -> str:
     if cfg is None:
         return "default"
     return "{BLOCK_M}x{BLOCK_N}x{BLOCK_K} w{num_warps} s{num_stages}".format(**cfg)
 
 
-def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadline: float) -> List[dict]:
+def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadline: float) -> list[dict]:
     """The fused kernels alone at one size, default tiles first, each as a ratio to the product of
     the same shape: the hardest-negative kernel (B×B), the per-direction ℓp forward (p=2, B×B),
     the paired batch's one-pass forward of both directions (default tiles), one side of the paired
@@ -377,11 +427,14 @@ def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadli
     jobs = [("product B×B", None, lambda cfg: x @ y.t())]
     # the hardest-negative search as MaxViolationLoss runs it: cosine folded in as row/column scales
     scales = (1.0 / x.float().norm(dim=1), 1.0 / y.float().norm(dim=1))
-    jobs += [("negative_max cosine", c, lambda cfg: negative_max_triton(x, y, lab, lab, False, scales=scales,
-                                                                      _config=cfg))
-             for c in [None] + SWEEP_NEGMAX]
-    jobs += [("hinge forward p=2", c, lambda cfg: hn._forward(x, y, t, lab, lab, none, 2.0, config=cfg))
-             for c in [None] + SWEEP_HINGE]
+    jobs += [
+        ("negative_max cosine", c, lambda cfg: negative_max_triton(x, y, lab, lab, False, scales=scales, _config=cfg))
+        for c in [None] + SWEEP_NEGMAX
+    ]
+    jobs += [
+        ("hinge forward p=2", c, lambda cfg: hn._forward(x, y, t, lab, lab, none, 2.0, config=cfg))
+        for c in [None] + SWEEP_HINGE
+    ]
     jobs += [("pairs forward p=2", None, lambda cfg: _pairs_forward(x, y, t, lab, lab, False, 2.0))]
     # one side of the paired MH backward (memory-bound: compare with reading x and y once)
     from vse_losses.ops.triton_max_violation_backward import mh_side_triton
@@ -389,12 +442,24 @@ def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadli
     gen = torch.Generator(device=dev).manual_seed(0)
     hard = torch.randint(0, B, (B,), device=dev, generator=gen)
     wv = torch.rand(B, device=dev, generator=gen)
-    jobs += [("MH backward, one side", None, lambda cfg: mh_side_triton(x, y, scales[0], scales[1], -2 * wv, wv, wv,
-                                                                        hard, wv, wv, hard.flip(0), wv, True))]
+    jobs += [
+        (
+            "MH backward, one side",
+            None,
+            lambda cfg: mh_side_triton(
+                x, y, scales[0], scales[1], -2 * wv, wv, wv, hard, wv, wv, hard.flip(0), wv, True
+            ),
+        )
+    ]
     jobs += [(f"product {R}×B", None, lambda cfg: x[:R] @ y.t())]
-    jobs += [(f"weights {R}×B p=2", c, lambda cfg: hn._weights(x, y, 0, R, (t, T, g), (t, T, g), lab, lab, None, None,
-                                                              2.0, w_dtype, config=cfg))
-             for c in [None] + SWEEP_HINGE]
+    jobs += [
+        (
+            f"weights {R}×B p=2",
+            c,
+            lambda cfg: hn._weights(x, y, 0, R, (t, T, g), (t, T, g), lab, lab, None, None, 2.0, w_dtype, config=cfg),
+        )
+        for c in [None] + SWEEP_HINGE
+    ]
     out, base = [], {}
     for name, cfg, fn in jobs:
         if time.time() > deadline:
@@ -403,7 +468,7 @@ def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadli
         try:
             fn(cfg)  # compile
             bc.sync(dev)
-            sec, _ = bc.median_time_s(lambda: fn(cfg), dev, 5 if dev.type == "cuda" else 1)
+            sec, _ = bc.median_time_s(lambda fn=fn, cfg=cfg: fn(cfg), dev, 5 if dev.type == "cuda" else 1)
         except Exception as e:  # noqa: BLE001
             log(f"tile sweep: {name} {cfg}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
             continue
@@ -418,7 +483,7 @@ def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadli
     return out
 
 
-def retime_mh(dev: torch.device, B: int, D: int, dtype: torch.dtype, sweep: List[dict], deadline: float) -> List[dict]:
+def retime_mh(dev: torch.device, B: int, D: int, dtype: torch.dtype, sweep: list[dict], deadline: float) -> list[dict]:
     """MaxViolationLoss(impl="triton") forward+backward at B with the default hardest-negative tiles
     and with the sweep's fastest alternative (when it beat the default by over 3 %), side by side
     with the product, so that a session can see what the alternative does to the target."""
@@ -463,22 +528,32 @@ TARGETS = [
 ]
 
 
-def target_lines(records: List[dict]) -> List[str]:
+def target_lines(records: list[dict]) -> list[str]:
     by = {(r["row"], r["B"]): r for r in records}
     lines = []
     for row, B, max_ratio, max_extra, max_ms in TARGETS:
         r = by.get((row, B))
-        want = ", ".join(s for s in (
-            f"≤ {max_ratio}× product" if max_ratio else "",
-            f"≤ {max_extra} MiB extra" if max_extra else "",
-            f"≤ {max_ms} ms" if max_ms else "") if s)
+        want = ", ".join(
+            s
+            for s in (
+                f"≤ {max_ratio}× product" if max_ratio else "",
+                f"≤ {max_extra} MiB extra" if max_extra else "",
+                f"≤ {max_ms} ms" if max_ms else "",
+            )
+            if s
+        )
         if r is None or r["status"] != "ok":
             lines.append(f"- {row} B={B:,} ({want}): not measured ({r['note'] if r else 'not run'})")
             continue
-        ok = (max_ratio is None or r["x_product"] <= max_ratio) and \
-             (max_extra is None or r["extra_mib"] <= max_extra) and (max_ms is None or r["ms"] <= max_ms)
-        lines.append(f"- {row} B={B:,} ({want}): {r['ms']:.3f} ms, {r['x_product']:.2f}× product, "
-                     f"{r['extra_mib']:.0f} MiB extra — {'PASS' if ok else 'MISS'}")
+        ok = (
+            (max_ratio is None or r["x_product"] <= max_ratio)
+            and (max_extra is None or r["extra_mib"] <= max_extra)
+            and (max_ms is None or r["ms"] <= max_ms)
+        )
+        lines.append(
+            f"- {row} B={B:,} ({want}): {r['ms']:.3f} ms, {r['x_product']:.2f}× product, "
+            f"{r['extra_mib']:.0f} MiB extra — {'PASS' if ok else 'MISS'}"
+        )
     return lines
 
 
@@ -493,10 +568,17 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default=None, help="dtype of the table (default bfloat16; smoke float32)")
     ap.add_argument("--budget-s", type=float, help="total seconds for the whole script (default 250; smoke 22)")
     ap.add_argument("--per-call-cap-s", type=float, default=None, help="skip a size whose predicted call exceeds this")
-    ap.add_argument("--compile-sizes", default=None,
-                    help="sizes for the torch.compile anchor (default 16384,65536; smoke: none); 'none' to leave out")
-    ap.add_argument("--product-max-mib", type=float, default=None,
-                    help="largest B×B product computed at once; tiled above (default: a quarter of the GPU; smoke 1)")
+    ap.add_argument(
+        "--compile-sizes",
+        default=None,
+        help="sizes for the torch.compile anchor (default 16384,65536; smoke: none); 'none' to leave out",
+    )
+    ap.add_argument(
+        "--product-max-mib",
+        type=float,
+        default=None,
+        help="largest B×B product computed at once; tiled above (default: a quarter of the GPU; smoke 1)",
+    )
     ap.add_argument("--no-check", action="store_true", help="skip the checks against dense")
     ap.add_argument("--no-table", action="store_true", help="skip the time/memory table")
     ap.add_argument("--no-sweep", action="store_true", help="skip the timing of alternative Triton tiles")
@@ -533,8 +615,11 @@ def main(argv=None) -> int:
     except Exception:  # noqa: BLE001
         tv = "not installed"
     log(f"# gpu_check {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  device: {bc.device_name(dev)}")
-    log(f"# torch {torch.__version__}, triton {tv}, vse_losses {bc.vse_losses.__version__}, "
-        f"triton impl: {'yes' if tri_ok else 'no (' + tri_why + ')'}, PML anchor: {'yes' if pml_ok else 'no (' + pml_why + ')'}")
+    log(
+        f"# torch {torch.__version__}, triton {tv}, vse_losses {bc.vse_losses.__version__}, "
+        f"triton impl: {'yes' if tri_ok else 'no (' + tri_why + ')'}, "
+        f"PML anchor: {'yes' if pml_ok else 'no (' + pml_why + ')'}"
+    )
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # the default; fp32 references stay fp32
     impls = ["chunked"] + (["triton"] if tri_ok else [])
@@ -547,7 +632,7 @@ def main(argv=None) -> int:
 
     native = {"mm_out_dtype": Matmul._native_ok, "addmm_out_dtype_in_place": Matmul._native_add_ok}
     log(f"# fp32-output products of half inputs (tried on CUDA only): {native}")
-    records: List[dict] = []
+    records: list[dict] = []
     if not args.no_table:
         table_impls = ["dense", "chunked"] + (["triton"] if tri_ok and dev.type == "cuda" else [])
         if args.product_max_mib:
@@ -563,15 +648,17 @@ def main(argv=None) -> int:
             for line in tl:
                 log(line)
         if args.md:
-            head = (f"Device: {bc.device_name(dev)}; torch {torch.__version__}, triton {tv}; "
-                    f"{time.strftime('%Y-%m-%d')}; D={D}, {str(dtype).replace('torch.', '')}; "
-                    f"`python benchmarks/gpu_check.py{' --cpu-smoke' if smoke else ''}`.\n\n")
+            head = (
+                f"Device: {bc.device_name(dev)}; torch {torch.__version__}, triton {tv}; "
+                f"{time.strftime('%Y-%m-%d')}; D={D}, {str(dtype).replace('torch.', '')}; "
+                f"`python benchmarks/gpu_check.py{' --cpu-smoke' if smoke else ''}`.\n\n"
+            )
             body = md + ("\n\nTargets:\n\n" + "\n".join(tl) if tl else "") + "\n"
             with open(args.md, "w") as f:
                 f.write(head + body)
             log(f"wrote {args.md}")
-    sweep: List[dict] = []
-    retimed: List[dict] = []
+    sweep: list[dict] = []
+    retimed: list[dict] = []
     interpreted = smoke and os.environ.get("TRITON_INTERPRET") == "1"
     if not args.no_sweep and tri_ok and (dev.type == "cuda" or interpreted):
         sweep_B = 64 if smoke else 65536
@@ -580,16 +667,33 @@ def main(argv=None) -> int:
         retimed = retime_mh(dev, sweep_B, D, dtype, sweep, T_START + budget + (40 if smoke else 60))
         if args.md and sweep:
             rows = "\n".join(f"| {r['kernel']} | {r['tiles']} | {r['ms']:.3f} | {r['x_product']:.2f}× |" for r in sweep)
-            rows += "".join(f"\n| MaxViolationLoss fwd+bwd, hardest-negative tiles | {r['tiles']} | {r['ms']:.3f} | "
-                            f"{r['x_product']:.2f}× |" for r in retimed)
+            rows += "".join(
+                f"\n| MaxViolationLoss fwd+bwd, hardest-negative tiles | {r['tiles']} | {r['ms']:.3f} | "
+                f"{r['x_product']:.2f}× |"
+                for r in retimed
+            )
             with open(args.md, "a") as f:
-                f.write(f"\nTile sweep, B={sweep_B:,}, the kernels alone (ratio to the product of the same shape):\n\n"
-                        "| kernel | tiles | ms | × product |\n|---|---|---:|---:|\n" + rows + "\n")
+                f.write(
+                    f"\nTile sweep, B={sweep_B:,}, the kernels alone (ratio to the product of the same shape):\n\n"
+                    "| kernel | tiles | ms | × product |\n|---|---|---:|---:|\n" + rows + "\n"
+                )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": bc.device_name(dev), "torch": torch.__version__, "triton": tv,
-                       "native_products": native, "checks": checks, "table": records, "tile_sweep": sweep,
-                       "mh_retimed": retimed}, f, indent=1, default=str)
+            json.dump(
+                {
+                    "device": bc.device_name(dev),
+                    "torch": torch.__version__,
+                    "triton": tv,
+                    "native_products": native,
+                    "checks": checks,
+                    "table": records,
+                    "tile_sweep": sweep,
+                    "mh_retimed": retimed,
+                },
+                f,
+                indent=1,
+                default=str,
+            )
     bad = [c for c in checks if c["status"] in ("FAIL", "ERROR")]
     log(f"\ndone in {elapsed():.0f} s; checks {'FAILED: ' + str(len(bad)) if bad else 'ok'}")
     return 1 if bad else 0

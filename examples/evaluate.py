@@ -8,6 +8,7 @@
 
 Prints the table train_coco.py prints (R@1, R@5, R@10, medr, meanr per direction, rsum).
 """
+
 import os
 import sys
 

@@ -9,6 +9,7 @@
 
 The flags keep the original VSE++ code's names and defaults (``--help`` lists them).
 """
+
 import os
 import sys
 

@@ -8,15 +8,23 @@ import torch
 import vse_losses
 from vse_losses import functional as VF
 
-LOSSES = [vse_losses.SumHingeLoss, vse_losses.MaxViolationLoss, vse_losses.TopKViolationLoss,
-          vse_losses.LpViolationLoss, vse_losses.MixedViolationLoss]
+LOSSES = [
+    vse_losses.SumHingeLoss,
+    vse_losses.MaxViolationLoss,
+    vse_losses.TopKViolationLoss,
+    vse_losses.LpViolationLoss,
+    vse_losses.MixedViolationLoss,
+]
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"k": 0}, "k must be >= 1"),
-    ({"k": 2.5}, "k must be an integer"),
-    ({"k": True}, "k must be an integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"k": 0}, "k must be >= 1"),
+        ({"k": 2.5}, "k must be an integer"),
+        ({"k": True}, "k must be an integer"),
+    ],
+)
 def test_bad_k(kwargs, match):
     with pytest.raises(ValueError, match=match):
         vse_losses.TopKViolationLoss(**kwargs)
@@ -37,10 +45,13 @@ def test_bad_margin(cls, margin, match):
         cls(margin=margin)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"directions": "up"}, "directions must be one of"),
-    ({"impl": "cuda"}, "impl must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"directions": "up"}, "directions must be one of"),
+        ({"impl": "cuda"}, "impl must be one of"),
+    ],
+)
 def test_bad_choices(kwargs, match):
     with pytest.raises(ValueError, match=match):
         vse_losses.MaxViolationLoss(**kwargs)
@@ -166,6 +177,8 @@ def test_zero_features():
     with pytest.raises(ValueError, match="no features"):
         VF.max_violation_loss(torch.randn(4, 3), y)
     with pytest.raises(ValueError, match="scores has no features"):
-        VF.max_violation_loss(scores=torch.zeros(4, 0), labels=torch.arange(4), ref_labels=torch.zeros(0, dtype=torch.long))
+        VF.max_violation_loss(
+            scores=torch.zeros(4, 0), labels=torch.arange(4), ref_labels=torch.zeros(0, dtype=torch.long)
+        )
     with pytest.raises(ValueError, match="no features"):
         vse_losses.TopKNegativeMiner(k=2)(x, torch.arange(4))

@@ -12,16 +12,14 @@ import importlib
 import json
 import os
 
-import torch
-
-
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from tests.support.distributed_cases import case_ids, worker
 from pytorch_metric_learning import reducers
 
 import vse_losses
+from tests.support.distributed_cases import case_ids, worker
 from vse_losses import MaxViolationLoss, SumHingeLoss
 from vse_losses import functional as VF
 from vse_losses.functional import Norm, violation_terms
@@ -154,8 +152,10 @@ def world_of_one(tmp_path):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("name,kwargs", [("SumHingeLoss", {}), ("MaxViolationLoss", {}),
-                                         ("TopKViolationLoss", {"k": 2}), ("LpViolationLoss", {"p": 3.0})])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [("SumHingeLoss", {}), ("MaxViolationLoss", {}), ("TopKViolationLoss", {"k": 2}), ("LpViolationLoss", {"p": 3.0})],
+)
 def test_world_size_one_is_plain_behaviour(world_of_one, name, kwargs):
     x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     y = torch.randn(6, 4, dtype=torch.float64)

@@ -20,12 +20,24 @@ LOSSES = {
     "sum": (vse_losses.SumHingeLoss, VF.sum_hinge_loss, {}),
     "max": (vse_losses.MaxViolationLoss, VF.max_violation_loss, {}),
     "topk": (vse_losses.TopKViolationLoss, VF.top_k_violation_loss, {"k": st.sampled_from([0, 1, 2, 3, 6])}),
-    "lp": (vse_losses.LpViolationLoss, VF.lp_violation_loss,
-           {"p": st.sampled_from([1.0, 1.5, 2.0, 7.0, 60.0, math.inf, 0.5])}),
-    "mix": (vse_losses.MixedViolationLoss, VF.mixed_violation_loss, {"mix": st.sampled_from([0.0, 0.4, 0.7, 1.0, 1.5])}),
+    "lp": (
+        vse_losses.LpViolationLoss,
+        VF.lp_violation_loss,
+        {"p": st.sampled_from([1.0, 1.5, 2.0, 7.0, 60.0, math.inf, 0.5])},
+    ),
+    "mix": (
+        vse_losses.MixedViolationLoss,
+        VF.mixed_violation_loss,
+        {"mix": st.sampled_from([0.0, 0.4, 0.7, 1.0, 1.5])},
+    ),
 }
-REDUCERS = [reducers.MeanReducer, reducers.SumReducer, reducers.AvgNonZeroReducer,
-            lambda: reducers.ThresholdReducer(low=0.05), reducers.DoNothingReducer]
+REDUCERS = [
+    reducers.MeanReducer,
+    reducers.SumReducer,
+    reducers.AvgNonZeroReducer,
+    lambda: reducers.ThresholdReducer(low=0.05),
+    reducers.DoNothingReducer,
+]
 
 
 @st.composite
@@ -39,8 +51,26 @@ def tensors(draw, rows, cols, dtype):
 @st.composite
 def labels(draw, n):
     # mostly valid: the bad kinds are one draw in three
-    kind = draw(st.sampled_from(["none", "int64", "int64", "int64", "int32", "int8", "int64", "int64", "none",
-                                 "int64", "bool", "float", "short", "2d"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "none",
+                "int64",
+                "int64",
+                "int64",
+                "int32",
+                "int8",
+                "int64",
+                "int64",
+                "none",
+                "int64",
+                "bool",
+                "float",
+                "short",
+                "2d",
+            ]
+        )
+    )
     if kind == "none":
         return None
     n = n - 1 if kind == "short" and n > 0 else n
@@ -66,13 +96,20 @@ fuzz = settings(max_examples=400, deadline=None, derandomize=True, suppress_heal
 
 
 @fuzz
-@given(data=st.data(), name=st.sampled_from(sorted(LOSSES)), impl=st.sampled_from(["dense", "chunked", "auto"]),
-       B=SIZES, M=SIZES, D=SIZES, same=st.booleans(),
-       dtype=st.sampled_from([torch.float32, torch.float64]),
-       form=st.sampled_from(["paired", "pml", "one_modality"]),
-       directions=st.sampled_from(["both", "i2t", "t2i", "both", "up"]),
-       distance=st.sampled_from(["cosine", "dot", "lp"]),
-       margin=st.sampled_from([0.0, 0.2, 1.5, 0.2, -0.1]))
+@given(
+    data=st.data(),
+    name=st.sampled_from(sorted(LOSSES)),
+    impl=st.sampled_from(["dense", "chunked", "auto"]),
+    B=SIZES,
+    M=SIZES,
+    D=SIZES,
+    same=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    form=st.sampled_from(["paired", "pml", "one_modality"]),
+    directions=st.sampled_from(["both", "i2t", "t2i", "both", "up"]),
+    distance=st.sampled_from(["cosine", "dot", "lp"]),
+    margin=st.sampled_from([0.0, 0.2, 1.5, 0.2, -0.1]),
+)
 def test_loss_classes(data, name, impl, B, M, D, same, dtype, form, directions, distance, margin):
     cls, _, params = LOSSES[name]
     kwargs = {k: data.draw(v) for k, v in params.items()}
@@ -82,8 +119,15 @@ def test_loss_classes(data, name, impl, B, M, D, same, dtype, form, directions, 
     dist = {"cosine": None, "dot": DotProductSimilarity(), "lp": LpDistance()}[distance]
     extra = {} if dist is None else {"distance": dist}
     try:
-        loss_fn = cls(margin=margin, directions=directions, impl=impl, reducer=data.draw(st.sampled_from(REDUCERS))(),
-                      collect_stats=data.draw(st.booleans()), **extra, **kwargs)
+        loss_fn = cls(
+            margin=margin,
+            directions=directions,
+            impl=impl,
+            reducer=data.draw(st.sampled_from(REDUCERS))(),
+            collect_stats=data.draw(st.booleans()),
+            **extra,
+            **kwargs,
+        )
         if form == "paired":
             loss = loss_fn(x, y)
         elif form == "pml":
@@ -98,10 +142,18 @@ def test_loss_classes(data, name, impl, B, M, D, same, dtype, form, directions, 
 
 
 @fuzz
-@given(data=st.data(), name=st.sampled_from(sorted(LOSSES)), impl=st.sampled_from(["dense", "chunked"]),
-       B=SIZES, M=SIZES, D=SIZES, same=st.booleans(),
-       form=st.sampled_from(["embeddings", "one_modality", "scores"]),
-       reduction=st.sampled_from(["mean", "sum", "none"]), similarity=st.sampled_from(["cosine", "dot"]))
+@given(
+    data=st.data(),
+    name=st.sampled_from(sorted(LOSSES)),
+    impl=st.sampled_from(["dense", "chunked"]),
+    B=SIZES,
+    M=SIZES,
+    D=SIZES,
+    same=st.booleans(),
+    form=st.sampled_from(["embeddings", "one_modality", "scores"]),
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+    similarity=st.sampled_from(["cosine", "dot"]),
+)
 def test_functional(data, name, impl, B, M, D, same, form, reduction, similarity):
     _, fn, params = LOSSES[name]
     kwargs = {k: data.draw(v) for k, v in params.items()}
@@ -111,8 +163,9 @@ def test_functional(data, name, impl, B, M, D, same, form, reduction, similarity
     lab, ref_lab = data.draw(labels(B)), data.draw(labels(M))
     try:
         if form == "embeddings":
-            loss = fn(x, y, labels=lab, ref_labels=ref_lab, reduction=reduction, impl=impl, similarity=similarity,
-                      **kwargs)
+            loss = fn(
+                x, y, labels=lab, ref_labels=ref_lab, reduction=reduction, impl=impl, similarity=similarity, **kwargs
+            )
         elif form == "one_modality":
             loss = fn(x, labels=lab, reduction=reduction, impl=impl, similarity=similarity, **kwargs)
         else:
@@ -127,8 +180,16 @@ def test_functional(data, name, impl, B, M, D, same, form, reduction, similarity
 
 
 @fuzz
-@given(data=st.data(), k=st.sampled_from([1, 2, 3, 0]), impl=st.sampled_from(["dense", "chunked", "auto"]),
-       B=SIZES, M=SIZES, D=SIZES, same=st.booleans(), form=st.sampled_from(["paired", "pml", "one"]))
+@given(
+    data=st.data(),
+    k=st.sampled_from([1, 2, 3, 0]),
+    impl=st.sampled_from(["dense", "chunked", "auto"]),
+    B=SIZES,
+    M=SIZES,
+    D=SIZES,
+    same=st.booleans(),
+    form=st.sampled_from(["paired", "pml", "one"]),
+)
 def test_miners(data, k, impl, B, M, D, same, form):
     M = B if same else M
     x = data.draw(tensors(B, D, torch.float32))

@@ -1,10 +1,11 @@
 """VSE++ hard-negative ranking losses as pytorch-metric-learning losses.
 
-    from vse_losses import MaxViolationLoss
-    loss = MaxViolationLoss(margin=0.2)(img_emb, cap_emb)
+from vse_losses import MaxViolationLoss
+loss = MaxViolationLoss(margin=0.2)(img_emb, cap_emb)
 """
 
 from . import functional
+from ._pml_registration import register_with_cross_batch_memory
 from .losses import (
     BaseViolationLoss,
     InfoNCELoss,
@@ -17,7 +18,6 @@ from .losses import (
 )
 from .miners import HardestNegativeMiner, TopKNegativeMiner
 from .schedules import SHToMHWarmup
-from ._pml_registration import register_with_cross_batch_memory
 
 register_with_cross_batch_memory()
 

@@ -6,7 +6,6 @@ Every check raises ``ValueError`` with a message that says what is wrong and wha
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -58,7 +57,9 @@ def check_temperature(temperature):
     elif isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
         value = float(temperature)
     else:
-        raise ValueError(f"temperature must be a number > 0 or a 0-dim tensor, got {temperature!r}; CLIP starts at 0.07")
+        raise ValueError(
+            f"temperature must be a number > 0 or a 0-dim tensor, got {temperature!r}; CLIP starts at 0.07"
+        )
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"temperature must be finite and > 0, got {value}; CLIP starts at 0.07")
     return temperature if torch.is_tensor(temperature) else value
@@ -88,7 +89,7 @@ def check_embeddings(name: str, emb: torch.Tensor) -> None:
         )
 
 
-def check_labels(name: str, labels: Optional[torch.Tensor], n: int, emb_name: str) -> None:
+def check_labels(name: str, labels: torch.Tensor | None, n: int, emb_name: str) -> None:
     if labels is None:
         return
     if not torch.is_tensor(labels):
@@ -102,9 +103,7 @@ def check_labels(name: str, labels: Optional[torch.Tensor], n: int, emb_name: st
             f"{name}.long() (ids of equal value are positives of each other)"
         )
     if labels.shape[0] != n:
-        raise ValueError(
-            f"{name} has {labels.shape[0]} entries but {emb_name} has {n} rows; pass one label per row"
-        )
+        raise ValueError(f"{name} has {labels.shape[0]} entries but {emb_name} has {n} rows; pass one label per row")
 
 
 def check_pair(emb: torch.Tensor, ref_emb: torch.Tensor, names=("embeddings", "ref_emb")) -> None:
@@ -141,8 +140,6 @@ def split_paired_call(labels, ref_emb, caller: str = "loss"):
     ``(labels, ref_emb)`` as they are meant (a 2-D float tensor is embeddings, never labels)."""
     if torch.is_tensor(labels) and labels.ndim == 2 and labels.is_floating_point():
         if ref_emb is not None:
-            raise ValueError(
-                f"paired form {caller}(img_emb, cap_emb) got ref_emb too; pass the captions once"
-            )
+            raise ValueError(f"paired form {caller}(img_emb, cap_emb) got ref_emb too; pass the captions once")
         return None, labels
     return labels, ref_emb

@@ -7,6 +7,7 @@ no registry, so the names are appended to that list once, at import. Our losses 
 
 from __future__ import annotations
 
+
 def register_with_cross_batch_memory() -> None:
     from .losses import __all__ as names
 

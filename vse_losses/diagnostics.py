@@ -15,18 +15,21 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 import torch
 
 from .ops import negative_topk
 from .pairs import positive_pairs, resolve_labels
 
-STATS = ("frac_violating", "pos_sim_mean", "hardest_neg_sim_mean", "frac_hardest_is_duplicate",
-         "num_anchors_without_positive")
+STATS = (
+    "frac_violating",
+    "pos_sim_mean",
+    "hardest_neg_sim_mean",
+    "frac_hardest_is_duplicate",
+    "num_anchors_without_positive",
+)
 
 
-def _stats(terms, pos_scores, hardest, duplicate, row_has_pos, col_has_pos, directions) -> Dict[str, float]:
+def _stats(terms, pos_scores, hardest, duplicate, row_has_pos, col_has_pos, directions) -> dict[str, float]:
     """The definitions above, from what either path measured: the positive pairs' scores, the
     hardest negatives' scores of every row and column (−inf: none), whether the original code's
     hardest item was a duplicate (None: not defined), and which rows and columns have a positive."""
@@ -49,12 +52,12 @@ def _stats(terms, pos_scores, hardest, duplicate, row_has_pos, col_has_pos, dire
 def violation_stats(
     x: torch.Tensor,
     y: torch.Tensor,
-    labels: Optional[torch.Tensor],
-    ref_labels: Optional[torch.Tensor],
+    labels: torch.Tensor | None,
+    ref_labels: torch.Tensor | None,
     self_ref: bool,
     terms: torch.Tensor,
     directions: str = "both",
-) -> Dict[str, float]:
+) -> dict[str, float]:
     """The diagnostics for dot-product embeddings x (B, D), y (M, D) and the terms, without
     anything B×M (the hardest negatives by the chunked search)."""
     B, M = x.shape[0], y.shape[0]
@@ -75,8 +78,9 @@ def violation_stats(
 
 
 @torch.no_grad()
-def score_stats(S: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, terms: torch.Tensor,
-                directions: str = "both") -> Dict[str, float]:
+def score_stats(
+    S: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, terms: torch.Tensor, directions: str = "both"
+) -> dict[str, float]:
     """The diagnostics from a dense (B, M) score matrix and its pair masks (other PML distances,
     mined tuples); ``frac_hardest_is_duplicate`` is NaN there."""
     masked = S.masked_fill(~neg, float("-inf"))

@@ -25,8 +25,8 @@ Every rank must call the loss (and its backward) with the same options, as for a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -90,7 +90,7 @@ class _AllGather(torch.autograd.Function):
         return grad[ctx.rank]
 
 
-def _gather_sizes(values: Sequence[int], device: torch.device) -> List[List[int]]:
+def _gather_sizes(values: Sequence[int], device: torch.device) -> list[list[int]]:
     """All ranks' small integer vectors (one collective) → a list per rank."""
     t = torch.tensor(list(values), dtype=torch.long, device=device)
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
@@ -105,7 +105,7 @@ def _pad_rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros((n - t.shape[0],) + tuple(t.shape[1:]))])
 
 
-def gather_rows(x: torch.Tensor, sizes: Optional[Sequence[int]] = None) -> torch.Tensor:
+def gather_rows(x: torch.Tensor, sizes: Sequence[int] | None = None) -> torch.Tensor:
     """Concatenation of every rank's ``x`` along dim 0, in rank order, differentiable.
 
     ``sizes`` (rows per rank) may differ between ranks; omitted, they are gathered first. The
@@ -136,11 +136,11 @@ class GlobalBatch:
     """
 
     x: torch.Tensor
-    y: Optional[torch.Tensor]
+    y: torch.Tensor | None
     labels: torch.Tensor
     ref_labels: torch.Tensor
-    rows: Tuple[int, int]
-    cols: Tuple[int, int]
+    rows: tuple[int, int]
+    cols: tuple[int, int]
     world: int
     has_labels: bool
 
@@ -153,9 +153,9 @@ class GlobalBatch:
 
 def gather_batch(
     x: torch.Tensor,
-    y: Optional[torch.Tensor],
-    labels: Optional[torch.Tensor],
-    ref_labels: Optional[torch.Tensor],
+    y: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    ref_labels: torch.Tensor | None,
 ) -> GlobalBatch:
     """Gather both modalities (with gradient) and labels of every rank of the default group.
 
@@ -217,7 +217,7 @@ def gather_batch(
 # --------------------------------------------------------------------------------------------
 
 
-def reduce_terms(terms: torch.Tensor, rule: Tuple, world: int) -> torch.Tensor:
+def reduce_terms(terms: torch.Tensor, rule: tuple, world: int) -> torch.Tensor:
     """This rank's share of the global reduction of the terms, scaled so that the ranks' losses
     sum to ``world`` × the single-process loss (DDP then averages the gradients by ``world``).
 
@@ -252,7 +252,7 @@ def reduce_terms(terms: torch.Tensor, rule: Tuple, world: int) -> torch.Tensor:
     return torch.where(keep, terms, torch.zeros_like(terms)).sum() * (world / total)
 
 
-def reducer_rule(reducer) -> Optional[Tuple]:
+def reducer_rule(reducer) -> tuple | None:
     """The :func:`reduce_terms` rule of a PML reducer for the main loss, ``None`` where the
     distributed reduction is not exact (any other reducer)."""
     from pytorch_metric_learning.reducers import MeanReducer, MultipleReducers, SumReducer, ThresholdReducer

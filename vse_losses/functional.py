@@ -37,20 +37,17 @@ Returns: a scalar, or the (n_terms,) terms for ``reduction="none"`` (i2t terms f
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
 from . import _checks
 from . import distributed as _dist
-from .norms import Norm, lp_norm, smooth_max, violation_norm
+from .norms import Norm, violation_norm
 from .pairs import pair_masks, positive_pairs, resolve_labels
 from .planner import (
     distributed_terms,
     nan_guard,
     query_violation_terms,
-    selected_hinge_sum,
     violation_terms,
     violation_terms_from_scores,
 )
@@ -75,8 +72,9 @@ __all__ = [
 # selected_hinge_sum, distributed_terms
 
 
-def _loss(norm: Norm, img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity,
-          distributed) -> torch.Tensor:
+def _loss(
+    norm: Norm, img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity, distributed
+) -> torch.Tensor:
     margin = _checks.check_margin(margin)
     _checks.check_choice("directions", directions, _checks.DIRECTIONS)
     _checks.check_choice("reduction", reduction, _checks.REDUCTIONS)
@@ -105,14 +103,25 @@ def _loss(norm: Norm, img, cap, scores, labels, ref_labels, margin, directions, 
         if similarity == "cosine":  # normalise locally, row by row, before gathering
             x = F.normalize(x, dim=1)
             y = None if y is None else F.normalize(y, dim=1)
-        terms, _, batch = distributed_terms(x, y, labels, ref_labels, margin=margin, norm=norm,
-                                            directions=directions, impl=impl)
+        terms, _, batch = distributed_terms(
+            x, y, labels, ref_labels, margin=margin, norm=norm, directions=directions, impl=impl
+        )
         if reduction == "none":
             return terms + batch.guard()
         # local queries against every rank's batch: the ranks' losses sum to W × the global loss
         return _dist.reduce_terms(terms, (reduction,), batch.world) + batch.guard()
-    terms, _ = violation_terms(img, cap, labels=labels, ref_labels=ref_labels, margin=margin, norm=norm,
-                               directions=directions, impl=impl, cosine=similarity == "cosine", guard=True)
+    terms, _ = violation_terms(
+        img,
+        cap,
+        labels=labels,
+        ref_labels=ref_labels,
+        margin=margin,
+        norm=norm,
+        directions=directions,
+        impl=impl,
+        cosine=similarity == "cosine",
+        guard=True,
+    )
     return _reduce(terms, reduction, nan_guard(img, cap))
 
 
@@ -124,67 +133,211 @@ def _reduce(terms: torch.Tensor, reduction: str, zero: torch.Tensor) -> torch.Te
     return terms.sum() if reduction == "sum" else terms.mean()
 
 
-def sum_hinge_loss(img=None, cap=None, *, scores=None, labels=None, ref_labels=None, margin=0.2,
-                   directions="both", reduction="mean", impl="auto", similarity="cosine",
-                   distributed=False) -> torch.Tensor:
+def sum_hinge_loss(
+    img=None,
+    cap=None,
+    *,
+    scores=None,
+    labels=None,
+    ref_labels=None,
+    margin=0.2,
+    directions="both",
+    reduction="mean",
+    impl="auto",
+    similarity="cosine",
+    distributed=False,
+) -> torch.Tensor:
     """Sum of hinges (the paper's eq. 5): each term is Σ_n [α − s(a,p) + s_n]_+ over the negatives.
     Arguments: see the module docstring."""
-    return _loss(Norm("sum"), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity,
-                 distributed)
+    return _loss(
+        Norm("sum"), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity, distributed
+    )
 
 
-def max_violation_loss(img=None, cap=None, *, scores=None, labels=None, ref_labels=None, margin=0.2,
-                       directions="both", reduction="mean", impl="auto", similarity="cosine",
-                       distributed=False) -> torch.Tensor:
+def max_violation_loss(
+    img=None,
+    cap=None,
+    *,
+    scores=None,
+    labels=None,
+    ref_labels=None,
+    margin=0.2,
+    directions="both",
+    reduction="mean",
+    impl="auto",
+    similarity="cosine",
+    distributed=False,
+) -> torch.Tensor:
     """Max of hinges, VSE++ (the paper's eq. 6): each term is max_n [α − s(a,p) + s_n]_+.
     Arguments: see the module docstring."""
-    return _loss(Norm("max"), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity,
-                 distributed)
+    return _loss(
+        Norm("max"), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl, similarity, distributed
+    )
 
 
-def top_k_violation_loss(img=None, cap=None, *, k: int, scores=None, labels=None, ref_labels=None, margin=0.2,
-                         directions="both", reduction="mean", impl="auto", similarity="cosine",
-                         distributed=False) -> torch.Tensor:
+def top_k_violation_loss(
+    img=None,
+    cap=None,
+    *,
+    k: int,
+    scores=None,
+    labels=None,
+    ref_labels=None,
+    margin=0.2,
+    directions="both",
+    reduction="mean",
+    impl="auto",
+    similarity="cosine",
+    distributed=False,
+) -> torch.Tensor:
     """Sum of the k largest hinges (Ky Fan k-norm): k=1 is MH, k ≥ #negatives is SH.
     ``k``: an integer ≥ 1; the other arguments: see the module docstring."""
-    return _loss(Norm("topk", k=k), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl,
-                 similarity, distributed)
+    return _loss(
+        Norm("topk", k=k),
+        img,
+        cap,
+        scores,
+        labels,
+        ref_labels,
+        margin,
+        directions,
+        reduction,
+        impl,
+        similarity,
+        distributed,
+    )
 
 
-def lp_violation_loss(img=None, cap=None, *, p: float, scores=None, labels=None, ref_labels=None, margin=0.2,
-                      directions="both", reduction="mean", impl="auto", similarity="cosine",
-                      distributed=False) -> torch.Tensor:
+def lp_violation_loss(
+    img=None,
+    cap=None,
+    *,
+    p: float,
+    scores=None,
+    labels=None,
+    ref_labels=None,
+    margin=0.2,
+    directions="both",
+    reduction="mean",
+    impl="auto",
+    similarity="cosine",
+    distributed=False,
+) -> torch.Tensor:
     """ℓp norm of the hinges, (Σ_n h_n^p)^{1/p}: p=1 is SH, p=∞ is MH.
     ``p``: a number ≥ 1 (``float('inf')`` allowed); the other arguments: see the module docstring."""
-    return _loss(Norm("lp", p=p), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl,
-                 similarity, distributed)
+    return _loss(
+        Norm("lp", p=p),
+        img,
+        cap,
+        scores,
+        labels,
+        ref_labels,
+        margin,
+        directions,
+        reduction,
+        impl,
+        similarity,
+        distributed,
+    )
 
 
-def mixed_violation_loss(img=None, cap=None, *, mix: float, scores=None, labels=None, ref_labels=None, margin=0.2,
-                         directions="both", reduction="mean", impl="auto", similarity="cosine",
-                         distributed=False) -> torch.Tensor:
+def mixed_violation_loss(
+    img=None,
+    cap=None,
+    *,
+    mix: float,
+    scores=None,
+    labels=None,
+    ref_labels=None,
+    margin=0.2,
+    directions="both",
+    reduction="mean",
+    impl="auto",
+    similarity="cosine",
+    distributed=False,
+) -> torch.Tensor:
     """(1−λ)·SH + λ·MH per term, λ = ``mix`` in [0, 1]: the SH→MH warm-up of VSE∞/ADAPT.
     The other arguments: see the module docstring."""
-    return _loss(Norm("mix", mix=mix), img, cap, scores, labels, ref_labels, margin, directions, reduction, impl,
-                 similarity, distributed)
+    return _loss(
+        Norm("mix", mix=mix),
+        img,
+        cap,
+        scores,
+        labels,
+        ref_labels,
+        margin,
+        directions,
+        reduction,
+        impl,
+        similarity,
+        distributed,
+    )
 
 
-def log_sum_exp_violation_loss(img=None, cap=None, *, temperature, scores=None, labels=None, ref_labels=None,
-                               margin=0.2, directions="both", reduction="mean", impl="auto", similarity="cosine",
-                               distributed=False) -> torch.Tensor:
+def log_sum_exp_violation_loss(
+    img=None,
+    cap=None,
+    *,
+    temperature,
+    scores=None,
+    labels=None,
+    ref_labels=None,
+    margin=0.2,
+    directions="both",
+    reduction="mean",
+    impl="auto",
+    similarity="cosine",
+    distributed=False,
+) -> torch.Tensor:
     """Smoothed max violation: each term is τ·log(1 + Σ_n exp((α − s(a,p) + s_n)/τ)); τ → 0 is MH.
     ``temperature``: τ > 0, a number or a 0-dim tensor (may require grad); the other arguments:
     see the module docstring."""
-    return _loss(Norm("lse", temperature=_checks.check_temperature(temperature)), img, cap, scores, labels,
-                 ref_labels, margin, directions, reduction, impl, similarity, distributed)
+    return _loss(
+        Norm("lse", temperature=_checks.check_temperature(temperature)),
+        img,
+        cap,
+        scores,
+        labels,
+        ref_labels,
+        margin,
+        directions,
+        reduction,
+        impl,
+        similarity,
+        distributed,
+    )
 
 
-def info_nce_loss(img=None, cap=None, *, temperature, scores=None, labels=None, ref_labels=None, margin=0.0,
-                  directions="both", reduction="mean", impl="auto", similarity="cosine",
-                  distributed=False) -> torch.Tensor:
+def info_nce_loss(
+    img=None,
+    cap=None,
+    *,
+    temperature,
+    scores=None,
+    labels=None,
+    ref_labels=None,
+    margin=0.0,
+    directions="both",
+    reduction="mean",
+    impl="auto",
+    similarity="cosine",
+    distributed=False,
+) -> torch.Tensor:
     """InfoNCE (CLIP's loss): each term is log(1 + Σ_n exp((s_n − s(a,p))/τ)), −log of the positive's
     softmax; the paired call with ``reduction="mean"`` is ½(CE(S/τ, arange) + CE(Sᵀ/τ, arange)).
     ``temperature``: τ > 0, a number or a 0-dim tensor (may require grad); the other arguments:
     see the module docstring (``margin`` defaults to 0: InfoNCE itself)."""
-    return _loss(Norm("infonce", temperature=_checks.check_temperature(temperature)), img, cap, scores, labels,
-                 ref_labels, margin, directions, reduction, impl, similarity, distributed)
+    return _loss(
+        Norm("infonce", temperature=_checks.check_temperature(temperature)),
+        img,
+        cap,
+        scores,
+        labels,
+        ref_labels,
+        margin,
+        directions,
+        reduction,
+        impl,
+        similarity,
+        distributed,
+    )

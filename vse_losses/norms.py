@@ -23,7 +23,6 @@ Masked-out entries of ``v`` are −∞ there (exp(−∞) = 0).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 
@@ -46,7 +45,7 @@ class Norm:
     k: int = 1
     p: float = 1.0
     mix: float = 0.0
-    temperature: Union[float, torch.Tensor] = 1.0
+    temperature: float | torch.Tensor = 1.0
 
     def __post_init__(self) -> None:
         kind = _checks.check_choice("norm", self.kind, ("sum", "max", "topk", "lp", "mix", "lse", "infonce"))

@@ -7,8 +7,6 @@ every other pair is a negative, except that a sample is never paired with itself
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 
 from .ops.tiling import SameLabel
@@ -17,13 +15,13 @@ __all__ = ["resolve_labels", "positive_pairs", "pair_masks"]
 
 
 def resolve_labels(
-    labels: Optional[torch.Tensor],
-    ref_labels: Optional[torch.Tensor],
+    labels: torch.Tensor | None,
+    ref_labels: torch.Tensor | None,
     B: int,
     M: int,
     self_ref: bool,
     device: torch.device,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Concrete integer labels for both sides; without labels row a pairs with column a."""
     if labels is None:
         if ref_labels is not None:
@@ -51,7 +49,7 @@ def resolve_labels(
     return labels, ref_labels.to(device)
 
 
-def positive_pairs(labels: torch.Tensor, ref_labels: torch.Tensor, self_ref: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def positive_pairs(labels: torch.Tensor, ref_labels: torch.Tensor, self_ref: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """All positive pairs ``(a, p)``, ``labels[a] == ref_labels[p]``, in row-major order.
 
     Enumerated through a sort of ``ref_labels``: O((B + M) log M + #pairs), nothing B×M.
@@ -64,7 +62,7 @@ def positive_pairs(labels: torch.Tensor, ref_labels: torch.Tensor, self_ref: boo
     return a, p  # rows ascend, and within a row the stable sort keeps the columns ascending
 
 
-def pair_masks(labels: torch.Tensor, ref_labels: torch.Tensor, self_ref: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def pair_masks(labels: torch.Tensor, ref_labels: torch.Tensor, self_ref: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense (B, M) boolean masks of positive and negative pairs (dense implementation only)."""
     pos = labels[:, None] == ref_labels[None, :]
     if self_ref:

@@ -19,7 +19,7 @@ i2t terms first (``docs/design.md``).
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +29,19 @@ from .norms import Norm, smooth_max, violation_norm
 from .ops import Backend, resolve_backend
 from .pairs import pair_masks, positive_pairs, resolve_labels
 
-__all__ = ["violation_terms", "violation_terms_from_scores", "query_violation_terms", "selected_hinge_sum",
-           "distributed_terms", "nan_guard"]
+MH = Norm("max")  # the default norm of violation_terms
+
+__all__ = [
+    "violation_terms",
+    "violation_terms_from_scores",
+    "query_violation_terms",
+    "selected_hinge_sum",
+    "distributed_terms",
+    "nan_guard",
+]
 
 
-def nan_guard(x: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
+def nan_guard(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     """0·Σx (+ 0·Σy): a zero that is NaN when an input holds NaN/Inf, and ties both inputs to the
     graph so that their gradients are zero tensors rather than None when no term depends on them."""
     g = x.sum(dtype=torch.float32) * 0
@@ -48,8 +56,8 @@ def violation_terms_from_scores(
     margin: float,
     norm: Norm,
     directions: str = "both",
-    pairs: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense loss terms from a score matrix and boolean pair masks.
 
     scores: (B, M) similarities (larger = closer); pos_mask, neg_mask: (B, M) bool.
@@ -82,19 +90,19 @@ def violation_terms_from_scores(
 
 def violation_terms(
     x: torch.Tensor,
-    y: Optional[torch.Tensor] = None,
+    y: torch.Tensor | None = None,
     *,
-    labels: Optional[torch.Tensor] = None,
-    ref_labels: Optional[torch.Tensor] = None,
+    labels: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
     margin: float = 0.2,
-    norm: Norm = Norm("max"),
+    norm: Norm = MH,
     directions: str = "both",
     impl: str = "auto",
-    query_rows: Optional[Tuple[int, int]] = None,
-    query_cols: Optional[Tuple[int, int]] = None,
+    query_rows: tuple[int, int] | None = None,
+    query_cols: tuple[int, int] | None = None,
     cosine: bool = False,
     guard: bool = False,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss terms of embeddings whose similarity is the dot product ``x yᵀ`` (with ``cosine``,
     of the l2-normalised rows: the paired max violation then folds the norms into its kernels
     instead of normalising copies of x and y; everything else normalises first).
@@ -115,8 +123,16 @@ def violation_terms(
     backend = resolve_backend(impl, x, x.shape[0] * (x if y is None else y).shape[0])
     local = query_rows is None and query_cols is None
     paired = labels is None and ref_labels is None and y is not None  # pair j is (j, j)
-    if (backend.max_violation_small is not None and paired and local and directions == "both"
-            and norm.kind == "max" and x.shape[0] <= 128 and x.dtype == y.dtype and x.shape[1] > 0):
+    if (
+        backend.max_violation_small is not None
+        and paired
+        and local
+        and directions == "both"
+        and norm.kind == "max"
+        and x.shape[0] <= 128
+        and x.dtype == y.dtype
+        and x.shape[1] > 0
+    ):
         # the paired MH of a small batch, bound by launches rather than arithmetic: one kernel
         # forward (terms, anchors and the guard), one backward, nothing else
         return backend.max_violation_small(x, y, margin, cosine, guard=guard)
@@ -148,8 +164,18 @@ def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend,
         return torch.cat(kept), torch.cat([a] * len(kept))
     if not local:
         return query_violation_terms(
-            x, y, labels, ref_labels, self_ref, (a, p), query_rows or (0, B), query_cols or (0, M),
-            margin=margin, norm=norm, directions=directions, backend=backend,
+            x,
+            y,
+            labels,
+            ref_labels,
+            self_ref,
+            (a, p),
+            query_rows or (0, B),
+            query_cols or (0, M),
+            margin=margin,
+            norm=norm,
+            directions=directions,
+            backend=backend,
         )
     if backend.dense:
         wide = torch.promote_types(x.dtype, torch.float32)
@@ -159,8 +185,20 @@ def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend,
 
     s_ap = backend.row_dots(x, y) if paired else backend.row_dots(x, y, a, p)
     if norm.smooth:  # one online log-sum-exp over the score tiles gives both directions
-        L1, L2 = backend.lse_pairs(x, y, s_ap - margin, norm.temperature, a, p, labels, ref_labels, self_ref,
-                                   directions != "t2i", directions != "i2t", paired)
+        L1, L2 = backend.lse_pairs(
+            x,
+            y,
+            s_ap - margin,
+            norm.temperature,
+            a,
+            p,
+            labels,
+            ref_labels,
+            self_ref,
+            directions != "t2i",
+            directions != "i2t",
+            paired,
+        )
         kept = [_smooth_term(L, norm) for L, d in ((L1, "i2t"), (L2, "t2i")) if directions in ("both", d)]
         return torch.cat(kept), torch.cat([a] * len(kept))
     selection = None
@@ -178,8 +216,18 @@ def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend,
     if norm.hinge_p:
         # one pass over the score tiles gives both directions' ℓp norms
         T1, T2 = backend.hinge_norm_pairs(
-            x, y, s_ap - margin, a, p, labels, ref_labels, self_ref, norm.hinge_p,
-            directions != "t2i", directions != "i2t", paired,
+            x,
+            y,
+            s_ap - margin,
+            a,
+            p,
+            labels,
+            ref_labels,
+            self_ref,
+            norm.hinge_p,
+            directions != "t2i",
+            directions != "i2t",
+            paired,
         )
         hinge = {"i2t": T1, "t2i": T2}
     terms, anchors = [], []
@@ -198,8 +246,9 @@ def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend,
                 vals, idx = vals[q_idx], idx[q_idx]
             # paired: every other column of a row (row of a column) is a negative
             complete = paired and norm.selection_k <= k_side.shape[0] - 1
-            selected = selected_hinge_sum(q_side, k_side, vals, idx, s_ap, margin, complete,
-                                          q_rows=None if paired else q_idx, backend=backend)
+            selected = selected_hinge_sum(
+                q_side, k_side, vals, idx, s_ap, margin, complete, q_rows=None if paired else q_idx, backend=backend
+            )
             parts.append(selected if norm.selection_weight == 1 else selected * norm.selection_weight)
         if hinge is not None:
             parts.append(hinge[direction] if norm.hinge_weight == 1 else hinge[direction] * norm.hinge_weight)
@@ -214,17 +263,17 @@ def query_violation_terms(
     labels: torch.Tensor,
     ref_labels: torch.Tensor,
     self_ref: bool,
-    pairs: Tuple[torch.Tensor, torch.Tensor],
-    rows: Tuple[int, int],
-    cols: Tuple[int, int],
+    pairs: tuple[torch.Tensor, torch.Tensor],
+    rows: tuple[int, int],
+    cols: tuple[int, int],
     *,
     margin: float,
     norm: Norm,
     directions: str,
-    backend: Optional[Backend] = None,
-    scores: Optional[Callable] = None,
-    impl: Optional[str] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    backend: Backend | None = None,
+    scores: Callable | None = None,
+    impl: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The terms of the queries in ``rows`` (i2t) and ``cols`` (t2i) against every key.
 
     Each direction works on its block of queries only: i2t on ``x[rows]`` against ``y``, t2i
@@ -264,8 +313,20 @@ def query_violation_terms(
             order = torch.argsort(q_idx, stable=True)
             qo, ko = q_idx[order], k_idx[order]
             s_ap = backend.row_dots(q_side, k_side, qo, ko)
-            L, _ = backend.lse_pairs(q_side[lo:hi], k_side, s_ap - margin, norm.temperature, qo - lo, ko,
-                                     q_lab[lo:hi], k_lab, False, True, False, False)
+            L, _ = backend.lse_pairs(
+                q_side[lo:hi],
+                k_side,
+                s_ap - margin,
+                norm.temperature,
+                qo - lo,
+                ko,
+                q_lab[lo:hi],
+                k_lab,
+                False,
+                True,
+                False,
+                False,
+            )
             term = torch.empty_like(L).index_copy_(0, order, _smooth_term(L, norm))
         else:
             s_ap = backend.row_dots(q_side, k_side, q_idx, k_idx)
@@ -275,12 +336,18 @@ def query_violation_terms(
                     vals, idx, _, _ = backend.negative_topk(
                         q_side[lo:hi], k_side, q_lab[lo:hi], k_lab, False, norm.selection_k
                     )
-                selected = selected_hinge_sum(q_side, k_side, vals[q_idx - lo], idx[q_idx - lo], s_ap, margin,
-                                              q_rows=q_idx, backend=backend)
+                selected = selected_hinge_sum(
+                    q_side, k_side, vals[q_idx - lo], idx[q_idx - lo], s_ap, margin, q_rows=q_idx, backend=backend
+                )
                 term = term + selected * norm.selection_weight
             if norm.hinge_p:
                 hn = backend.hinge_norm_rows(
-                    q_side[q_idx], k_side, s_ap - margin, q_lab[q_idx], k_lab, torch.full_like(q_idx, -1),
+                    q_side[q_idx],
+                    k_side,
+                    s_ap - margin,
+                    q_lab[q_idx],
+                    k_lab,
+                    torch.full_like(q_idx, -1),
                     norm.hinge_p,
                 )
                 term = term + hn * norm.hinge_weight
@@ -295,8 +362,15 @@ def _smooth_term(L: torch.Tensor, norm: Norm) -> torch.Tensor:
 
 
 def selected_hinge_sum(
-    q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, s_ap: torch.Tensor, margin: float,
-    complete: bool = False, q_rows: Optional[torch.Tensor] = None, backend: Optional[Backend] = None,
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    vals: torch.Tensor,
+    idx: torch.Tensor,
+    s_ap: torch.Tensor,
+    margin: float,
+    complete: bool = False,
+    q_rows: torch.Tensor | None = None,
+    backend: Backend | None = None,
 ) -> torch.Tensor:
     """Σ_j [α − s_ap + q_n·keys[idx_nj]]_+ over the selected hardest negatives of each pair n.
 
@@ -322,15 +396,15 @@ def selected_hinge_sum(
 
 def distributed_terms(
     x: torch.Tensor,
-    y: Optional[torch.Tensor],
-    labels: Optional[torch.Tensor],
-    ref_labels: Optional[torch.Tensor],
+    y: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    ref_labels: torch.Tensor | None,
     *,
     margin: float,
     norm: Norm,
     directions: str,
     impl: str,
-    scores: Optional[Callable] = None,
+    scores: Callable | None = None,
 ):
     """This rank's terms against every rank's batch: ``(terms, anchors, batch)``.
 
@@ -344,14 +418,32 @@ def distributed_terms(
     g = _dist.gather_batch(x, y, labels, ref_labels)
     if scores is None:
         terms, anchors = violation_terms(
-            g.x, g.y, labels=g.labels, ref_labels=g.ref_labels, margin=margin, norm=norm,
-            directions=directions, impl=impl, query_rows=g.rows, query_cols=g.cols,
+            g.x,
+            g.y,
+            labels=g.labels,
+            ref_labels=g.ref_labels,
+            margin=margin,
+            norm=norm,
+            directions=directions,
+            impl=impl,
+            query_rows=g.rows,
+            query_cols=g.cols,
         )
     else:
         self_ref = g.y is None
         terms, anchors = query_violation_terms(
-            g.x, g.x if self_ref else g.y, g.labels, g.ref_labels, self_ref,
-            positive_pairs(g.labels, g.ref_labels, self_ref), g.rows, g.cols,
-            margin=margin, norm=norm, directions=directions, impl="dense", scores=scores,
+            g.x,
+            g.x if self_ref else g.y,
+            g.labels,
+            g.ref_labels,
+            self_ref,
+            positive_pairs(g.labels, g.ref_labels, self_ref),
+            g.rows,
+            g.cols,
+            margin=margin,
+            norm=norm,
+            directions=directions,
+            impl="dense",
+            scores=scores,
         )
     return terms, anchors, g

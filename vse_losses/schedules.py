@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 from .losses.mixed_violation_loss import MixedViolationLoss
 
@@ -47,10 +47,10 @@ class SHToMHWarmup:
         self.loss.mix = self.mix
         return self.loss.mix
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {"num_steps": self.num_steps, "warmup_steps": self.warmup_steps, "start": self.start}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.num_steps = int(state["num_steps"])
         self.warmup_steps = int(state["warmup_steps"])
         self.start = float(state["start"])

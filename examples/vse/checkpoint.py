@@ -3,6 +3,7 @@
 A checkpoint holds only tensors, dicts, lists, numbers and strings (the vocabulary as a list of
 words, the options as a dict) so that ``torch.load(path, weights_only=True)`` reads it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +14,8 @@ import re
 import tempfile
 import warnings
 import zipfile
-from typing import Any, Dict, Iterator, IO, Optional
+from collections.abc import Iterator
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -72,7 +74,7 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive
 LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # older torch.save: pickle + magic number
 
 
-def load(path: str, required=EVALUATE_KEYS) -> Dict[str, Any]:
+def load(path: str, required=EVALUATE_KEYS) -> dict[str, Any]:
     """The checkpoint at ``path``, read with ``weights_only=True`` (no code in it can run). A file
     that is not one raises DataError saying what it is instead: missing, empty, not a PyTorch
     file, truncated, holding objects other than tensors and plain values, or another kind of
@@ -99,11 +101,17 @@ def _torch_load(path: str) -> Any:
         raise DataError(path, "empty file (0 bytes), not a checkpoint")
     kind = _format(head)
     if kind is None:
-        raise DataError(path, f"not a PyTorch checkpoint: neither the zip archive torch.save writes nor a pickle "
-                        f"({size} bytes starting with {head[:8]!r})")
+        raise DataError(
+            path,
+            f"not a PyTorch checkpoint: neither the zip archive torch.save writes nor a pickle "
+            f"({size} bytes starting with {head[:8]!r})",
+        )
     if kind == "zip" and not zipfile.is_zipfile(path):
-        raise DataError(path, f"truncated or damaged PyTorch checkpoint: the zip archive has no end ({size} bytes); "
-                        "was the copy or the save cut short?")
+        raise DataError(
+            path,
+            f"truncated or damaged PyTorch checkpoint: the zip archive has no end ({size} bytes); "
+            "was the copy or the save cut short?",
+        )
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before failing on them
             warnings.simplefilter("ignore")
@@ -112,7 +120,7 @@ def _torch_load(path: str) -> Any:
         raise DataError(path, _load_failure(e, kind, size)) from None
 
 
-def _format(head: bytes) -> Optional[str]:
+def _format(head: bytes) -> str | None:
     """``"zip"``, ``"legacy"`` (torch.save before torch 1.6), ``"pickle"`` (any other pickle) or None."""
     if head.startswith(ZIP_MAGIC):
         return "zip"
@@ -128,9 +136,11 @@ def _load_failure(e: Exception, kind: str, size: int) -> str:
     text = str(e)
     refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if refused:
-        return (f"holds a Python object ({refused[1]}) that is not loaded: unpickling it could run code; "
-                "train_coco.py checkpoints hold only tensors, dicts, lists, numbers and strings (the original "
-                "VSE++ code's checkpoints store their options as an argparse.Namespace)")
+        return (
+            f"holds a Python object ({refused[1]}) that is not loaded: unpickling it could run code; "
+            "train_coco.py checkpoints hold only tensors, dicts, lists, numbers and strings (the original "
+            "VSE++ code's checkpoints store their options as an argparse.Namespace)"
+        )
     if isinstance(e, EOFError) or re.search(r"\bEOF\b|ran out of input", text, re.IGNORECASE):
         return f"truncated PyTorch checkpoint: the data ends early ({size} bytes); was the copy or the save cut short?"
     if kind == "pickle":
@@ -145,7 +155,7 @@ def _first_line(text: str, limit: int = 200) -> str:
     return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")[:limit]
 
 
-def _content_problem(obj: Any, required) -> Optional[str]:
+def _content_problem(obj: Any, required) -> str | None:
     """Why ``obj``, loaded from a PyTorch file, is not a train_coco.py checkpoint (None if it is)."""
     wanted = ", ".join(map(repr, required))
     if not isinstance(obj, dict):
@@ -159,11 +169,12 @@ def _content_problem(obj: Any, required) -> Optional[str]:
         return f"missing keys {', '.join(map(repr, missing))}: not a train_coco.py checkpoint (it holds {found})"
     for key, kind in _EXPECTED_TYPES.items():
         if key in required and not isinstance(obj[key], kind):
-            return f"its {key!r} entry is a {type(obj[key]).__name__}, not a {kind.__name__}: not a train_coco.py checkpoint"
+            got = type(obj[key]).__name__
+            return f"its {key!r} entry is a {got}, not a {kind.__name__}: not a train_coco.py checkpoint"
     return None
 
 
-def load_weights(model: torch.nn.Module, ckpt: Dict[str, Any], path: str, hint: str = "") -> None:
+def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str, hint: str = "") -> None:
     """``model.load_state_dict(ckpt["model"])``; weights that do not fit (other sizes, other
     encoders) raise DataError naming ``path`` and the first mismatch."""
     try:
@@ -174,7 +185,7 @@ def load_weights(model: torch.nn.Module, ckpt: Dict[str, Any], path: str, hint: 
         raise DataError(path, f"its weights do not fit the model its options describe ({detail}){hint}") from None
 
 
-def plain_options(opt) -> Dict[str, Any]:
+def plain_options(opt) -> dict[str, Any]:
     """The options as a dict of plain values (what a weights_only checkpoint may hold)."""
     out = {}
     for k, v in vars(opt).items():
@@ -185,13 +196,18 @@ def plain_options(opt) -> Dict[str, Any]:
     return out
 
 
-def rng_state() -> Dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, state, gauss = random.getstate()
     out = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "python": {"version": version, "state": list(state), "gauss": gauss},
     }
     if torch.cuda.is_available():
@@ -199,7 +215,7 @@ def rng_state() -> Dict[str, Any]:
     return out
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
@@ -211,5 +227,5 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -8,12 +8,13 @@
 
 Every problem with the data raises :class:`DataError` naming the file at fault.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
 
 import numpy as np
 import torch
@@ -38,8 +39,11 @@ def layout(data_name: str) -> str:
         return "precomp"
     if data_name in RAW_DATASETS:
         return "raw"
-    raise ConfigError("--data_name", f"unknown data_name {data_name!r}: use NAME_precomp (precomputed features), "
-                      f"{', '.join(RAW_DATASETS)} (images + Karpathy JSON) or synthetic")
+    raise ConfigError(
+        "--data_name",
+        f"unknown data_name {data_name!r}: use NAME_precomp (precomputed features), "
+        f"{', '.join(RAW_DATASETS)} (images + Karpathy JSON) or synthetic",
+    )
 
 
 @dataclass
@@ -47,23 +51,24 @@ class SplitData:
     """One split: ``5 × n_images`` captions in image order and a way to fetch image ``i``."""
 
     name: str
-    captions: List[str]
+    captions: list[str]
     n_images: int
     kind: str  # "features", "array" or "files"
-    features: Optional[np.ndarray] = None  # n_images × img_dim (may be a memory map)
-    array: Optional[np.ndarray] = None  # n_images × H × W × 3 uint8
-    files: List[str] = field(default_factory=list)
+    features: np.ndarray | None = None  # n_images × img_dim (may be a memory map)
+    array: np.ndarray | None = None  # n_images × H × W × 3 uint8
+    files: list[str] = field(default_factory=list)
     source: str = ""
-    descriptions: Optional[list] = None  # synthetic only
+    descriptions: list | None = None  # synthetic only
 
     @property
-    def img_dim(self) -> Optional[int]:
+    def img_dim(self) -> int | None:
         return None if self.features is None else int(self.features.shape[1])
 
 
 # ----------------------------------------------------------------------------- readers
 
-def _read_captions(path: str) -> List[str]:
+
+def _read_captions(path: str) -> list[str]:
     if not os.path.isfile(path):
         raise DataError(path, "no such file")
     try:
@@ -75,8 +80,11 @@ def _read_captions(path: str) -> List[str]:
 
 def _check_count(caps_path: str, n_caps: int, n_images: int) -> None:
     if n_caps != CAPS_PER_IMAGE * n_images:
-        raise DataError(caps_path, f"{n_caps} captions for {n_images} images: expected {CAPS_PER_IMAGE} per image "
-                        f"({CAPS_PER_IMAGE * n_images})")
+        raise DataError(
+            caps_path,
+            f"{n_caps} captions for {n_images} images: expected {CAPS_PER_IMAGE} per image "
+            f"({CAPS_PER_IMAGE * n_images})",
+        )
 
 
 def _repeated(ims: np.ndarray, groups: int = 20) -> bool:
@@ -124,8 +132,9 @@ def _karpathy_json(data_path: str, data_name: str):
     return path, doc["images"]
 
 
-def load_raw(data_path: str, data_name: str, split: str, use_restval: bool = False,
-             check_files: bool = True) -> SplitData:
+def load_raw(
+    data_path: str, data_name: str, split: str, use_restval: bool = False, check_files: bool = True
+) -> SplitData:
     json_path, entries = _karpathy_json(data_path, data_name)
     wanted = set(KARPATHY_SPLIT[split]) | ({"restval"} if split == "train" and use_restval else set())
     image_root = os.path.join(data_path, data_name, "images")
@@ -137,8 +146,11 @@ def load_raw(data_path: str, data_name: str, split: str, use_restval: bool = Fal
             continue
         sents = e["sentences"]
         if not isinstance(sents, list) or len(sents) < CAPS_PER_IMAGE:
-            raise DataError(json_path, f"image entry {i} ({e['filename']}) has "
-                            f"{len(sents) if isinstance(sents, list) else 0} captions: at least {CAPS_PER_IMAGE} needed")
+            raise DataError(
+                json_path,
+                f"image entry {i} ({e['filename']}) has "
+                f"{len(sents) if isinstance(sents, list) else 0} captions: at least {CAPS_PER_IMAGE} needed",
+            )
         for s in sents[:CAPS_PER_IMAGE]:  # COCO images with 6 or 7 captions keep their first 5
             text = s.get("raw") if isinstance(s, dict) else None
             if text is None and isinstance(s, dict) and isinstance(s.get("tokens"), list):
@@ -160,13 +172,25 @@ def load_synthetic(opt, split: str, log=print) -> SplitData:
     cfg = synthetic_config(opt)
     data = synthetic.load(cfg, getattr(opt, "data_cache", None) or None, log=log)
     part = data["test" if split == "testall" else split]
-    return SplitData(split, part["captions"], len(part["images"]), "array", array=part["images"],
-                     source=f"synthetic(seed={cfg.seed})", descriptions=part["descriptions"])
+    return SplitData(
+        split,
+        part["captions"],
+        len(part["images"]),
+        "array",
+        array=part["images"],
+        source=f"synthetic(seed={cfg.seed})",
+        descriptions=part["descriptions"],
+    )
 
 
 def synthetic_config(opt) -> synthetic.SyntheticConfig:
-    return synthetic.SyntheticConfig(seed=opt.data_seed, n_train=opt.synthetic_train, n_dev=opt.synthetic_dev,
-                                     n_test=getattr(opt, 'synthetic_test', 1000), image_size=opt.synthetic_size)
+    return synthetic.SyntheticConfig(
+        seed=opt.data_seed,
+        n_train=opt.synthetic_train,
+        n_dev=opt.synthetic_dev,
+        n_test=getattr(opt, "synthetic_test", 1000),
+        image_size=opt.synthetic_size,
+    )
 
 
 def load_split(opt, split: str, log=print, check_files: bool = True) -> SplitData:
@@ -187,6 +211,7 @@ def load_split(opt, split: str, log=print, check_files: bool = True) -> SplitDat
 
 # ----------------------------------------------------------------------------- torch datasets
 
+
 class ImageTransform:
     """Turns one stored image into a tensor: features as they are, arrays and files normalised."""
 
@@ -200,8 +225,9 @@ class ImageTransform:
             if train:
                 self._tf = T.Compose([T.RandomResizedCrop(crop_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
             else:
-                self._tf = T.Compose([T.Resize(int(round(crop_size * 256 / 224))), T.CenterCrop(crop_size),
-                                      T.ToTensor(), norm])
+                self._tf = T.Compose(
+                    [T.Resize(int(round(crop_size * 256 / 224))), T.CenterCrop(crop_size), T.ToTensor(), norm]
+                )
         self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
@@ -218,7 +244,9 @@ class ImageTransform:
             with Image.open(path) as im:
                 im = im.convert("RGB")
         except Exception as e:  # noqa: BLE001
-            raise DataError(path, f"cannot read image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+            raise DataError(
+                path, f"cannot read image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            ) from None
         return self._tf(im)
 
 
@@ -285,8 +313,9 @@ def _worker_init(_):
     torch.set_num_threads(1)
 
 
-def train_loader(split: SplitData, tokenizer, batch_size: int, workers: int, crop_size: int, seed: int,
-                 rank: int = 0, world: int = 1) -> DataLoader:
+def train_loader(
+    split: SplitData, tokenizer, batch_size: int, workers: int, crop_size: int, seed: int, rank: int = 0, world: int = 1
+) -> DataLoader:
     """Shuffled pairs; the order (and any augmentation) depends only on ``seed``. Under torchrun
     (``world`` > 1) each rank gets its own shard of the shuffled epoch (DistributedSampler)."""
     dataset = PairDataset(split, ImageTransform(split.kind, True, crop_size))
@@ -297,18 +326,32 @@ def train_loader(split: SplitData, tokenizer, batch_size: int, workers: int, cro
         from torch.utils.data.distributed import DistributedSampler
 
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                      num_workers=workers, collate_fn=PairCollate(tokenizer), generator=gen,
-                      worker_init_fn=_worker_init if workers else None, drop_last=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=PairCollate(tokenizer),
+        generator=gen,
+        worker_init_fn=_worker_init if workers else None,
+        drop_last=False,
+    )
 
 
 def eval_loaders(split: SplitData, tokenizer, batch_size: int, workers: int, crop_size: int):
     """In-order loaders over the images (each once) and the captions of ``split``."""
-    images = DataLoader(ImageDataset(split, ImageTransform(split.kind, False, crop_size)), batch_size=batch_size,
-                        shuffle=False, num_workers=workers, collate_fn=_image_collate,
-                        worker_init_fn=_worker_init if workers else None)
-    captions = DataLoader(CaptionDataset(split), batch_size=batch_size, shuffle=False, num_workers=0,
-                          collate_fn=CaptionCollate(tokenizer))
+    images = DataLoader(
+        ImageDataset(split, ImageTransform(split.kind, False, crop_size)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_image_collate,
+        worker_init_fn=_worker_init if workers else None,
+    )
+    captions = DataLoader(
+        CaptionDataset(split), batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=CaptionCollate(tokenizer)
+    )
     return images, captions
 
 
@@ -316,7 +359,14 @@ def limit_images(split: SplitData, n: int) -> SplitData:
     """The first ``n`` images and their captions (the original validated on 1000 dev images)."""
     if split.n_images <= n:
         return split
-    return SplitData(split.name, split.captions[: CAPS_PER_IMAGE * n], n, split.kind,
-                     features=None if split.features is None else split.features[:n],
-                     array=None if split.array is None else split.array[:n], files=split.files[:n],
-                     source=split.source, descriptions=None if split.descriptions is None else split.descriptions[:n])
+    return SplitData(
+        split.name,
+        split.captions[: CAPS_PER_IMAGE * n],
+        n,
+        split.kind,
+        features=None if split.features is None else split.features[:n],
+        array=None if split.array is None else split.array[:n],
+        files=split.files[:n],
+        source=split.source,
+        descriptions=None if split.descriptions is None else split.descriptions[:n],
+    )

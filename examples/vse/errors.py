@@ -1,13 +1,12 @@
 """Errors that end a command with one line (``error: WHERE: WHAT``) instead of a traceback."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 
 class UserError(Exception):
     """A problem with the user's data or options: ``where`` is the file (or flag) at fault."""
 
-    def __init__(self, where: str, problem: Optional[str] = None):
+    def __init__(self, where: str, problem: str | None = None):
         if problem is None:
             # Re-raised from a DataLoader worker with one message holding the worker's traceback:
             # keep its last line, "pkg.DataError: WHERE: WHAT".

@@ -1,10 +1,10 @@
 """evaluate.py: the test metrics of a saved checkpoint."""
+
 from __future__ import annotations
 
 import argparse
 import functools
 import sys
-from typing import List, Optional
 
 from . import checkpoint, data, evaluation, options
 from .errors import ConfigError, UserError
@@ -16,20 +16,24 @@ log = functools.partial(print, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Evaluate a train_coco.py checkpoint (image→text and text→image "
-                                            "R@1/5/10, medr, meanr, rsum). Options not given are the ones "
-                                            "stored in the checkpoint.")
+    p = argparse.ArgumentParser(
+        description="Evaluate a train_coco.py checkpoint (image→text and text→image "
+        "R@1/5/10, medr, meanr, rsum). Options not given are the ones "
+        "stored in the checkpoint."
+    )
     p.add_argument("checkpoint", help="checkpoint.pth.tar or model_best.pth.tar")
     p.add_argument("--data_path", default=None, metavar="DIR", help="dataset root (default: the checkpoint's)")
     p.add_argument("--data_name", default=None, help="dataset name (default: the checkpoint's)")
     p.add_argument("--split", default="test", choices=list(data.SPLITS), help="split to evaluate (default: test)")
-    p.add_argument("--fold5", action="store_true",
-                   help="COCO 1K: mean over 5 folds of 1000 images, plus the whole set as 5k_*")
+    p.add_argument(
+        "--fold5", action="store_true", help="COCO 1K: mean over 5 folds of 1000 images, plus the whole set as 5k_*"
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--batch_size", type=int, default=None, help="evaluation batch size (default: the checkpoint's)")
     p.add_argument("--workers", type=int, default=None, help="data loader processes (default: the checkpoint's)")
-    p.add_argument("--data_cache", default=None, metavar="DIR",
-                   help="embedded dataset cache directory (default: the checkpoint's)")
+    p.add_argument(
+        "--data_cache", default=None, metavar="DIR", help="embedded dataset cache directory (default: the checkpoint's)"
+    )
     p.add_argument("--out", default=None, metavar="JSON", help="also write the metrics to this file (default: none)")
     return p
 
@@ -64,7 +68,7 @@ def evaluate(args) -> dict:
     return m
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         evaluate(args)

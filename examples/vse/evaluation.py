@@ -14,10 +14,10 @@ rather than a perfect one). The original's ``argsort`` left ties in an arbitrary
 COCO 1K: the 5000 test images split into 5 folds of 1000, metrics averaged over the folds;
 5K: the whole set, reported with keys prefixed ``5k_``.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -25,8 +25,19 @@ import torch
 from . import data
 
 CAPS = 5
-KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "i2t_meanr",
-        "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr", "t2i_meanr", "rsum")
+KEYS = (
+    "i2t_r1",
+    "i2t_r5",
+    "i2t_r10",
+    "i2t_medr",
+    "i2t_meanr",
+    "t2i_r1",
+    "t2i_r5",
+    "t2i_r10",
+    "t2i_medr",
+    "t2i_meanr",
+    "rsum",
+)
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -59,14 +70,18 @@ def ranks(images, captions, chunk: int = 1000):
     return i2t.numpy(), t2i.numpy()
 
 
-def recall(r: np.ndarray, prefix: str) -> Dict[str, float]:
+def recall(r: np.ndarray, prefix: str) -> dict[str, float]:
     r = np.asarray(r)
-    return {f"{prefix}_r1": 100.0 * float(np.mean(r < 1)), f"{prefix}_r5": 100.0 * float(np.mean(r < 5)),
-            f"{prefix}_r10": 100.0 * float(np.mean(r < 10)),
-            f"{prefix}_medr": float(np.floor(np.median(r)) + 1), f"{prefix}_meanr": float(np.mean(r) + 1)}
+    return {
+        f"{prefix}_r1": 100.0 * float(np.mean(r < 1)),
+        f"{prefix}_r5": 100.0 * float(np.mean(r < 5)),
+        f"{prefix}_r10": 100.0 * float(np.mean(r < 10)),
+        f"{prefix}_medr": float(np.floor(np.median(r)) + 1),
+        f"{prefix}_meanr": float(np.mean(r) + 1),
+    }
 
 
-def metrics(images, captions) -> Dict[str, float]:
+def metrics(images, captions) -> dict[str, float]:
     """All of :data:`KEYS` for one set of N images and 5N captions."""
     i2t, t2i = ranks(images, captions)
     out = {**recall(i2t, "i2t"), **recall(t2i, "t2i")}
@@ -74,14 +89,14 @@ def metrics(images, captions) -> Dict[str, float]:
     return {k: out[k] for k in KEYS}
 
 
-def fold5_problem(n_images: int) -> Optional[str]:
+def fold5_problem(n_images: int) -> str | None:
     """Why ``n_images`` images cannot be split into the 1K protocol's folds (None if they can)."""
     if n_images % 1000 or n_images < 2000:
         return f"--fold5 needs folds of 1000 images (COCO's 5000 test images); this split has {n_images}"
     return None
 
 
-def evaluate_embeddings(images, captions, fold5: Optional[bool] = None) -> Dict[str, float]:
+def evaluate_embeddings(images, captions, fold5: bool | None = None) -> dict[str, float]:
     """The paper's figures: the 1K metrics (mean over folds of 1000 images when ``fold5``), then the
     whole set under keys prefixed ``5k_`` (``{N/1000}k_`` for other sizes).
 
@@ -96,14 +111,15 @@ def evaluate_embeddings(images, captions, fold5: Optional[bool] = None) -> Dict[
     problem = fold5_problem(n)
     if problem:
         raise ValueError(problem)
-    folds = [metrics(im[i * 1000:(i + 1) * 1000], cap[CAPS * i * 1000:CAPS * (i + 1) * 1000])
-             for i in range(n // 1000)]
+    folds = [
+        metrics(im[i * 1000 : (i + 1) * 1000], cap[CAPS * i * 1000 : CAPS * (i + 1) * 1000]) for i in range(n // 1000)
+    ]
     out = {k: float(np.mean([f[k] for f in folds])) for k in KEYS}
     out.update({f"{n // 1000}k_{k}": v for k, v in metrics(im, cap).items()})
     return out
 
 
-def format_table(m: Dict[str, float], title: str = "") -> str:
+def format_table(m: dict[str, float], title: str = "") -> str:
     """The table train_coco.py and evaluate.py print: a row per direction, then rsum."""
     lines = []
     prefixes = [""] + sorted({k[: k.index("k_") + 2] for k in m if k.endswith("k_rsum")})
@@ -117,7 +133,7 @@ def format_table(m: Dict[str, float], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def evaluate_split(model, split: "data.SplitData", tokenizer, opt, device, fold5=None) -> Dict[str, float]:
+def evaluate_split(model, split: data.SplitData, tokenizer, opt, device, fold5=None) -> dict[str, float]:
     """:func:`evaluate_embeddings` of ``model`` on ``split`` (``opt``: batch size, workers, crop size)."""
     workers = opt.workers if split.kind == "files" else 0
     images, captions = data.eval_loaders(split, tokenizer, opt.batch_size, workers, opt.crop_size)

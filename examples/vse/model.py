@@ -6,11 +6,11 @@ features), ``EncoderImageFull`` (a CNN, pooled features, a linear layer) and ``E
 CNN for the embedded demo, any torchvision classification model by name, and an optional
 Hugging Face text encoder read from a local directory.
 """
+
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Optional
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from .errors import ConfigError
-from .vocab import Vocabulary, VocabTokenizer
+from .vocab import VocabTokenizer, Vocabulary
 
 SMALL_CNNS = ("smallcnn",)
 
@@ -46,8 +46,12 @@ class SmallCNN(nn.Module):
         c = [3, width, 2 * width, 4 * width]
         layers = []
         for i in range(3):
-            layers += [nn.Conv2d(c[i], c[i + 1], 3, padding=1, bias=False), nn.BatchNorm2d(c[i + 1]),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(c[i], c[i + 1], 3, padding=1, bias=False),
+                nn.BatchNorm2d(c[i + 1]),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
         self.features = nn.Sequential(*layers)
         side = in_size // 8
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c[3] * side * side, out_dim), nn.ReLU(inplace=True))
@@ -77,11 +81,13 @@ def _replace_last_linear(model: nn.Module) -> int:
     return last.in_features
 
 
-def build_cnn(cnn_type: str, weights_path: Optional[str], crop_size: int, log=print):
+def build_cnn(cnn_type: str, weights_path: str | None, crop_size: int, log=print):
     """The image backbone and its feature size. Weights come only from a local file."""
     if weights_path and not os.path.isfile(weights_path):
-        raise ConfigError(weights_path, "--cnn_weights: no such file (nothing is downloaded; "
-                          "save a torchvision state_dict there first)")
+        raise ConfigError(
+            weights_path,
+            "--cnn_weights: no such file (nothing is downloaded; save a torchvision state_dict there first)",
+        )
     if cnn_type == "smallcnn":
         net = SmallCNN(in_size=crop_size)
         dim = net.out_dim
@@ -90,8 +96,11 @@ def build_cnn(cnn_type: str, weights_path: Optional[str], crop_size: int, log=pr
 
         names = torchvision.models.list_models(module=torchvision.models)
         if cnn_type not in names:
-            raise ConfigError("--cnn_type", f"unknown model {cnn_type!r}: use smallcnn or a torchvision "
-                              "classification model name (resnet152, vgg19, resnet18, mobilenet_v3_small, ...)")
+            raise ConfigError(
+                "--cnn_type",
+                f"unknown model {cnn_type!r}: use smallcnn or a torchvision "
+                "classification model name (resnet152, vgg19, resnet18, mobilenet_v3_small, ...)",
+            )
         kwargs = {"aux_logits": False, "init_weights": True} if cnn_type in ("inception_v3", "googlenet") else {}
         net = torchvision.models.get_model(cnn_type, weights=None, **kwargs)
         if weights_path:
@@ -116,11 +125,12 @@ def _load_weights(net: nn.Module, path: str) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ConfigError(path, "CNN weights must be a state_dict (a dict of tensors)")
-    state = OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in state.items())
+    state = OrderedDict((k[len("module.") :] if k.startswith("module.") else k, v) for k, v in state.items())
     own = net.state_dict()
     # inception_v3/googlenet are built without their auxiliary classifiers: drop those weights
-    state = OrderedDict((k, v) for k, v in state.items()
-                        if k in own or not k.startswith(("AuxLogits.", "aux1.", "aux2.")))
+    state = OrderedDict(
+        (k, v) for k, v in state.items() if k in own or not k.startswith(("AuxLogits.", "aux1.", "aux2."))
+    )
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -142,8 +152,17 @@ class EncoderImagePrecomp(nn.Module):
 
 
 class EncoderImageFull(nn.Module):
-    def __init__(self, embed_size: int, cnn_type: str, finetune: bool, crop_size: int,
-                 cnn_weights: Optional[str] = None, no_imgnorm: bool = False, use_abs: bool = False, log=print):
+    def __init__(
+        self,
+        embed_size: int,
+        cnn_type: str,
+        finetune: bool,
+        crop_size: int,
+        cnn_weights: str | None = None,
+        no_imgnorm: bool = False,
+        use_abs: bool = False,
+        log=print,
+    ):
         super().__init__()
         self.cnn, dim = build_cnn(cnn_type, cnn_weights, crop_size, log=log)
         for p in self.cnn.parameters():
@@ -234,7 +253,7 @@ class HFTokenizer:
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
-def make_tokenizer(opt, vocab: Optional[Vocabulary]):
+def make_tokenizer(opt, vocab: Vocabulary | None):
     """The tokeniser of the text encoder ``opt`` names: the HF model's own, or the vocabulary's."""
     if getattr(opt, "text_encoder", None):
         return HFTokenizer(opt.text_encoder)
@@ -257,8 +276,16 @@ def build_model(opt, vocab_size: int, log=print) -> VSEModel:
     if opt.precomp:
         img_enc = EncoderImagePrecomp(opt.img_dim, opt.embed_size, opt.no_imgnorm, opt.use_abs)
     else:
-        img_enc = EncoderImageFull(opt.embed_size, opt.cnn_type, opt.finetune, opt.crop_size,
-                                   opt.cnn_weights, opt.no_imgnorm, opt.use_abs, log=log)
+        img_enc = EncoderImageFull(
+            opt.embed_size,
+            opt.cnn_type,
+            opt.finetune,
+            opt.crop_size,
+            opt.cnn_weights,
+            opt.no_imgnorm,
+            opt.use_abs,
+            log=log,
+        )
     if getattr(opt, "text_encoder", None):
         txt_enc = EncoderTextHF(opt.text_encoder, opt.embed_size, use_abs=opt.use_abs)
     else:

@@ -9,13 +9,14 @@ Hard negatives are built in: images come in families of ``family_size`` — a ba
 variants that each change exactly one attribute of one object — and a family never straddles a
 split, so most test images have a test image whose captions differ from theirs in one word.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -36,13 +37,17 @@ COLOUR_NAMES = tuple(COLOURS)
 SIZES = ("small", "large")
 CELLS = tuple((r, c) for r in range(3) for c in range(3))
 
-SHAPE_WORDS = {"circle": ("circle", "disc"), "square": ("square", "box"),
-               "triangle": ("triangle",), "cross": ("cross", "plus")}
+SHAPE_WORDS = {
+    "circle": ("circle", "disc"),
+    "square": ("square", "box"),
+    "triangle": ("triangle",),
+    "cross": ("cross", "plus"),
+}
 SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
 COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
 
 # An object is (shape, colour, size, cell index); a description is the sorted tuple of its objects.
-Obj = Tuple[int, int, int, int]
+Obj = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -61,45 +66,51 @@ class SyntheticConfig:
 
 # ----------------------------------------------------------------------------- scenes
 
-def _random_scene(rng: np.random.Generator) -> Tuple[Obj, ...]:
+
+def _random_scene(rng: np.random.Generator) -> tuple[Obj, ...]:
     n = int(rng.integers(2, 4))
     cells = rng.choice(len(CELLS), size=n, replace=False)
     attrs = rng.integers(0, (len(SHAPES), len(COLOURS), len(SIZES)), size=(n, 3))
     return tuple(sorted((int(a[0]), int(a[1]), int(a[2]), int(cell)) for a, cell in zip(attrs, cells)))
 
 
-def one_attribute_variants(scene: Sequence[Obj]) -> List[Tuple[Obj, ...]]:
+def one_attribute_variants(scene: Sequence[Obj]) -> list[tuple[Obj, ...]]:
     """Every description that differs from ``scene`` in exactly one attribute of one object."""
     out = []
     used = {o[3] for o in scene}
     for i, obj in enumerate(scene):
-        ranges = (range(len(SHAPES)), range(len(COLOURS)), range(len(SIZES)),
-                  [c for c in range(len(CELLS)) if c not in used])
+        ranges = (
+            range(len(SHAPES)),
+            range(len(COLOURS)),
+            range(len(SIZES)),
+            [c for c in range(len(CELLS)) if c not in used],
+        )
         for attr, values in enumerate(ranges):
             for v in values:
                 if v == obj[attr]:
                     continue
                 new = list(obj)
                 new[attr] = v
-                out.append(tuple(sorted(scene[:i] + (tuple(new),) + tuple(scene[i + 1:]))))
+                out.append(tuple(sorted(scene[:i] + (tuple(new),) + tuple(scene[i + 1 :]))))
     return out
 
 
-def _family(rng: np.random.Generator, size: int) -> List[Tuple[Obj, ...]]:
+def _family(rng: np.random.Generator, size: int) -> list[tuple[Obj, ...]]:
     base = _random_scene(rng)
     variants = one_attribute_variants(base)
     picks = rng.choice(len(variants), size=min(size - 1, len(variants)), replace=False)
     return [base] + [variants[int(p)] for p in picks]
 
 
-def make_descriptions(rng: np.random.Generator, n: int, family_size: int) -> List[Tuple[Obj, ...]]:
-    scenes: List[Tuple[Obj, ...]] = []
+def make_descriptions(rng: np.random.Generator, n: int, family_size: int) -> list[tuple[Obj, ...]]:
+    scenes: list[tuple[Obj, ...]] = []
     while len(scenes) < n:
         scenes.extend(_family(rng, family_size))
     return scenes[:n]
 
 
 # ----------------------------------------------------------------------------- rendering
+
 
 def render(scene: Sequence[Obj], rng: np.random.Generator, size: int) -> np.ndarray:
     """An ``size``×``size``×3 uint8 image of ``scene`` on a noisy dark background."""
@@ -131,6 +142,7 @@ def render(scene: Sequence[Obj], rng: np.random.Generator, size: int) -> np.ndar
 
 # ----------------------------------------------------------------------------- captions
 
+
 def _position(cell_idx: int, rng: np.random.Generator) -> str:
     row, col = CELLS[cell_idx]
     horiz = ["left", None, "right"][col]
@@ -153,12 +165,17 @@ def _where(cell_idx: int, rng: np.random.Generator) -> str:
 
 def _words(obj: Obj, rng: np.random.Generator):
     shape, colour, size, cell = obj
-    return (str(rng.choice(SIZE_WORDS[SIZES[size]])), COLOUR_NAMES[colour],
-            str(rng.choice(SHAPE_WORDS[SHAPES[shape]])), cell)
+    return (
+        str(rng.choice(SIZE_WORDS[SIZES[size]])),
+        COLOUR_NAMES[colour],
+        str(rng.choice(SHAPE_WORDS[SHAPES[shape]])),
+        cell,
+    )
 
 
-def captions_for(scene: Sequence[Obj], rng: np.random.Generator) -> List[str]:
+def captions_for(scene: Sequence[Obj], rng: np.random.Generator) -> list[str]:
     """Five captions, one per template, each listing the objects in its own random order."""
+
     def objs():
         order = rng.permutation(len(scene))
         return [_words(scene[i], rng) for i in order]
@@ -167,36 +184,47 @@ def captions_for(scene: Sequence[Obj], rng: np.random.Generator) -> List[str]:
     caps = []
     caps.append(" and ".join(f"a {s} {c} {sh} {_where(p, rng)}" for s, c, sh, p in objs()))
     caps.append("there is " + " , ".join(f"a {c} {sh} that is {s} {_where(p, rng)}" for s, c, sh, p in objs()))
-    caps.append(f"{COUNT_WORDS[n]} shapes : " + " ; ".join(
-        f"{c} {sh} , {s} , {_position(p, rng)}" for s, c, sh, p in objs()))
+    caps.append(
+        f"{COUNT_WORDS[n]} shapes : " + " ; ".join(f"{c} {sh} , {s} , {_position(p, rng)}" for s, c, sh, p in objs())
+    )
     caps.append(" . ".join(f"{_position(p, rng)} : a {s} {c} {sh}" for s, c, sh, p in objs()))
     parts = [f"{s} {c} {sh} {_where(p, rng)}" for s, c, sh, p in objs()]
-    caps.append(str(rng.choice(["a picture of", "an image showing", "a drawing with"])) + " "
-                + " , ".join(parts[:-1]) + " and " + parts[-1])
+    caps.append(
+        str(rng.choice(["a picture of", "an image showing", "a drawing with"]))
+        + " "
+        + " , ".join(parts[:-1])
+        + " and "
+        + parts[-1]
+    )
     return caps
 
 
 # ----------------------------------------------------------------------------- dataset
 
-def generate(cfg: SyntheticConfig) -> Dict[str, dict]:
+
+def generate(cfg: SyntheticConfig) -> dict[str, dict]:
     """``{split: {"images": N×S×S×3 uint8, "captions": [5N str], "descriptions": [N tuples]}}``."""
     rng = np.random.default_rng(cfg.seed)
     out = {}
     for split, n in (("train", cfg.n_train), ("dev", cfg.n_dev), ("test", cfg.n_test)):
         scenes = make_descriptions(rng, n, cfg.family_size)
-        images = np.stack([render(s, rng, cfg.image_size) for s in scenes]) if n else \
-            np.zeros((0, cfg.image_size, cfg.image_size, 3), np.uint8)
+        images = (
+            np.stack([render(s, rng, cfg.image_size) for s in scenes])
+            if n
+            else np.zeros((0, cfg.image_size, cfg.image_size, 3), np.uint8)
+        )
         captions = [c for s in scenes for c in captions_for(s, rng)]
         out[split] = {"images": images, "captions": captions, "descriptions": scenes}
     return out
 
 
 def default_cache_dir() -> str:
-    return os.environ.get("VSE_DATA_CACHE",
-                          os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_cache"))
+    return os.environ.get(
+        "VSE_DATA_CACHE", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_cache")
+    )
 
 
-def load(cfg: SyntheticConfig, cache_dir: str | None = None, log=print) -> Dict[str, dict]:
+def load(cfg: SyntheticConfig, cache_dir: str | None = None, log=print) -> dict[str, dict]:
     """Generate the dataset (or read it back from ``cache_dir``) for ``cfg``."""
     cache_dir = cache_dir or default_cache_dir()
     path = os.path.join(cache_dir, f"synthetic_{cfg.key()}.npz")
@@ -206,8 +234,11 @@ def load(cfg: SyntheticConfig, cache_dir: str | None = None, log=print) -> Dict[
                 meta = json.loads(str(z["meta"]))
                 out = {}
                 for split in ("train", "dev", "test"):
-                    out[split] = {"images": z[f"{split}_images"], "captions": [str(c) for c in z[f"{split}_captions"]],
-                                  "descriptions": [tuple(tuple(o) for o in d) for d in meta[split]]}
+                    out[split] = {
+                        "images": z[f"{split}_images"],
+                        "captions": [str(c) for c in z[f"{split}_captions"]],
+                        "descriptions": [tuple(tuple(o) for o in d) for d in meta[split]],
+                    }
             return out
         except Exception:  # a corrupt cache file is regenerated
             log(f"notice: ignoring the unreadable cache file {path}")

@@ -4,13 +4,14 @@ The original code tokenised with NLTK's ``word_tokenize``; to keep the examples 
 data downloads we split lower-cased text into runs of letters/digits and single punctuation
 marks, which agrees with ``word_tokenize`` on ordinary captions up to contractions.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
 from collections import Counter
-from typing import Callable, Iterable, List, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -23,7 +24,7 @@ SPECIALS = (PAD, START, END, UNK)
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 
 
-def tokenize(text: str) -> List[str]:
+def tokenize(text: str) -> list[str]:
     """Lower-case ``text`` and split it into word and punctuation tokens."""
     return _TOKEN.findall(text.lower())
 
@@ -35,13 +36,13 @@ class Vocabulary:
         words = list(words)
         if tuple(words[: len(SPECIALS)]) != SPECIALS:
             raise ValueError(f"a vocabulary must start with {SPECIALS}, got {words[:4]}")
-        self.idx2word: List[str] = words
+        self.idx2word: list[str] = words
         self.word2idx = {w: i for i, w in enumerate(words)}
         if len(self.word2idx) != len(words):
             raise ValueError("a vocabulary must not repeat a word")
 
     @classmethod
-    def build(cls, captions: Iterable[str], threshold: int = 4) -> "Vocabulary":
+    def build(cls, captions: Iterable[str], threshold: int = 4) -> Vocabulary:
         """Keep the words seen at least ``threshold`` times (the original used 4)."""
         counter = Counter()
         for caption in captions:
@@ -51,7 +52,7 @@ class Vocabulary:
         return cls(list(SPECIALS) + [w for w in kept if w not in SPECIALS])
 
     @classmethod
-    def load(cls, path: str) -> "Vocabulary":
+    def load(cls, path: str) -> Vocabulary:
         """A vocabulary saved by :meth:`save` (a JSON list of words); a broken file is a DataError."""
         try:
             with open(path) as f:
@@ -73,7 +74,7 @@ class Vocabulary:
             json.dump(self.idx2word, f, indent=0)
             f.write("\n")
 
-    def to_list(self) -> List[str]:
+    def to_list(self) -> list[str]:
         """A plain list of words: what checkpoints store (``torch.load(weights_only=True)``-safe)."""
         return list(self.idx2word)
 
@@ -83,13 +84,14 @@ class Vocabulary:
     def __call__(self, word: str) -> int:
         return self.word2idx.get(word, self.word2idx[UNK])
 
-    def encode(self, caption: str) -> List[int]:
+    def encode(self, caption: str) -> list[int]:
         """``<start> tokens <end>`` as indices, as the original data loader built them."""
         return [self.word2idx[START]] + [self(w) for w in tokenize(caption)] + [self.word2idx[END]]
 
 
-def from_vocab_path(vocab_path: str, data_name: str, captions: Iterable[str], write: bool = True,
-                    log: Callable[[str], None] = print) -> Vocabulary:
+def from_vocab_path(
+    vocab_path: str, data_name: str, captions: Iterable[str], write: bool = True, log: Callable[[str], None] = print
+) -> Vocabulary:
     """``--vocab_path``: load ``{vocab_path}/{data_name}_vocab.json``, or build the vocabulary from
     ``captions`` (the training split, threshold 4) and write it there, so later runs and other
     scripts share it. The original code's ``{data_name}_vocab.pkl`` files are never unpickled
@@ -102,8 +104,10 @@ def from_vocab_path(vocab_path: str, data_name: str, captions: Iterable[str], wr
     vocab = Vocabulary.build(captions, threshold=4)
     pickle = os.path.join(vocab_path, f"{data_name}_vocab.pkl")
     if os.path.isfile(pickle):
-        log(f"notice: {pickle} is a pickle, which is not loaded (it could run code); the vocabulary is rebuilt "
-            "from the training split instead")
+        log(
+            f"notice: {pickle} is a pickle, which is not loaded (it could run code); the vocabulary is rebuilt "
+            "from the training split instead"
+        )
     if write:
         vocab.save(path)
         log(f"vocabulary: {len(vocab)} words from the training split, written to {path}")

@@ -1,17 +1,14 @@
 """benchmarks/gpu_check.py, the one command a GPU session runs, on the CPU (``--cpu-smoke``, triton
 in its interpreter): a broken script would waste the few minutes of device time it is written for."""
+
 import json
 import os
 import subprocess
 import sys
 
 import pytest
-import torch
 
-if not torch.cuda.is_available():  # before triton is imported (below), which reads it then
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from vse_losses.ops import triton_available  # noqa: E402
+from vse_losses.ops import triton_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,8 +17,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_cpu_smoke_checks_tables_and_sweep(tmp_path):
     md, js = tmp_path / "gpu.md", tmp_path / "gpu.json"
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_check.py"), "--cpu-smoke",
-                          "--md", str(md), "--json", str(js)], capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "gpu_check.py"),
+            "--cpu-smoke",
+            "--md",
+            str(md),
+            "--json",
+            str(js),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = json.loads(js.read_text())
     assert report["checks"] and not [c for c in report["checks"] if c["status"] in ("FAIL", "ERROR", "MISSING")]

@@ -3,6 +3,7 @@
 tests/examples is a package (``__init__.py``) so that this conftest is imported as
 ``examples.conftest`` and does not take the place of tests/conftest.py as ``conftest``.
 """
+
 import os
 import sys
 
@@ -23,7 +24,16 @@ def synth_cache(tmp_path_factory):
 @pytest.fixture
 def synth_args(synth_cache):
     """Options for a tiny run on the embedded data."""
-    return ["--data_cache", synth_cache, "--synthetic_train", "64", "--synthetic_dev", "20", "--synthetic_test", "20"] + TINY
+    return [
+        "--data_cache",
+        synth_cache,
+        "--synthetic_train",
+        "64",
+        "--synthetic_dev",
+        "20",
+        "--synthetic_test",
+        "20",
+    ] + TINY
 
 
 @pytest.fixture(autouse=True)

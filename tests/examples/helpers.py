@@ -1,4 +1,5 @@
 """Tiny datasets in each layout, built on the fly (imported by the tests as ``.helpers``)."""
+
 import json
 import os
 
@@ -8,8 +9,20 @@ import pytest
 WORDS = ["a", "dog", "cat", "runs", "on", "the", "grass", "red", "ball", "man", "rides", "horse"]
 
 # Small everything: a few seconds per training run on a busy 2-core CPU.
-TINY = ["--embed_size", "32", "--word_dim", "16", "--batch_size", "16", "--workers", "0", "--num_epochs", "1",
-        "--val_step", "0"]
+TINY = [
+    "--embed_size",
+    "32",
+    "--word_dim",
+    "16",
+    "--batch_size",
+    "16",
+    "--workers",
+    "0",
+    "--num_epochs",
+    "1",
+    "--val_step",
+    "0",
+]
 
 
 def _captions(rng, n_images):
@@ -42,9 +55,15 @@ def make_raw(root, name="f8k", sizes=(("train", 12), ("val", 4), ("test", 4), ("
             filename = f"img_{k:04d}.png"
             folder = os.path.join(base, "images", filepath) if filepath else os.path.join(base, "images")
             os.makedirs(folder, exist_ok=True)
-            Image.fromarray(rng.integers(0, 255, size=(side, side, 3), dtype=np.uint8)).save(os.path.join(folder, filename))
-            e = {"filename": filename, "split": split, "imgid": k,
-                 "sentences": [{"raw": c, "tokens": c.split()} for c in _captions(rng, 1)]}
+            Image.fromarray(rng.integers(0, 255, size=(side, side, 3), dtype=np.uint8)).save(
+                os.path.join(folder, filename)
+            )
+            e = {
+                "filename": filename,
+                "split": split,
+                "imgid": k,
+                "sentences": [{"raw": c, "tokens": c.split()} for c in _captions(rng, 1)],
+            }
             if filepath:
                 e["filepath"] = filepath
             entries.append(e)
@@ -71,8 +90,14 @@ def make_hf_text_model(root, words=WORDS):
             f.write("\n".join(tokens) + "\n")
         tok = transformers.BertTokenizer(vocab_file=os.path.join(d, "vocab.txt"))
     tok.save_pretrained(d)
-    cfg = transformers.BertConfig(vocab_size=len(tokens), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=32, max_position_embeddings=64)
+    cfg = transformers.BertConfig(
+        vocab_size=len(tokens),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
     try:
         model = transformers.BertModel(cfg)
     except ImportError as e:

@@ -1,12 +1,12 @@
 """evaluate.py and --resume on files that are not train_coco.py checkpoints: one line naming the
 file and what it is, exit status 2, and nothing in the file ever runs."""
+
 import argparse
 import os
 import random
 
 import pytest
 import torch
-
 from vse import checkpoint
 from vse.evaluate_cli import main as evaluate_main
 from vse.training import main as train_main
@@ -16,10 +16,19 @@ def _real_checkpoint(path):
     """A checkpoint in train_coco.py's format (what save_checkpoints writes), with real weights."""
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8))
     opt = torch.optim.Adam(model.parameters())
-    state = {"format_version": checkpoint.FORMAT_VERSION, "epoch": 1, "Eiters": 20, "best_rsum": 150.0,
-             "model": model.state_dict(), "optimizer": opt.state_dict(), "warmup": {},
-             "opt": {"data_name": "synthetic", "embed_size": 8}, "vocab": ["<pad>", "<start>", "<end>", "<unk>"],
-             "history": [], "rng": checkpoint.rng_state()}
+    state = {
+        "format_version": checkpoint.FORMAT_VERSION,
+        "epoch": 1,
+        "Eiters": 20,
+        "best_rsum": 150.0,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "warmup": {},
+        "opt": {"data_name": "synthetic", "embed_size": 8},
+        "vocab": ["<pad>", "<start>", "<end>", "<unk>"],
+        "history": [],
+        "rng": checkpoint.rng_state(),
+    }
     checkpoint.atomic_save(state, path)
     return state
 
@@ -34,7 +43,7 @@ def _error_line(capsys, code):
 def _evaluate_error(capsys, path):
     line = _error_line(capsys, evaluate_main([str(path)]))
     assert line.startswith(f"error: {path}: "), line
-    return line[len(f"error: {path}: "):]
+    return line[len(f"error: {path}: ") :]
 
 
 def test_empty_file(tmp_path, capsys):
@@ -43,8 +52,11 @@ def test_empty_file(tmp_path, capsys):
     assert "empty file" in _evaluate_error(capsys, path)
 
 
-@pytest.mark.parametrize("content", [bytes(random.Random(0).getrandbits(8) for _ in range(4096)),
-                                     b"epoch,loss\n1,2.5\n"], ids=["random bytes", "text"])
+@pytest.mark.parametrize(
+    "content",
+    [bytes(random.Random(0).getrandbits(8) for _ in range(4096)), b"epoch,loss\n1,2.5\n"],
+    ids=["random bytes", "text"],
+)
 def test_not_a_pytorch_file(tmp_path, capsys, content):
     assert content[:1] not in (b"P", b"\x80")  # neither a zip archive nor a pickle
     path = tmp_path / "checkpoint.pth.tar"
@@ -58,7 +70,7 @@ def test_truncated_checkpoint(tmp_path, capsys, keep):
     _real_checkpoint(str(whole))
     data = whole.read_bytes()
     path = tmp_path / "checkpoint.pth.tar"
-    path.write_bytes(data[:max(8, int(len(data) * keep))])
+    path.write_bytes(data[: max(8, int(len(data) * keep))])
     assert "truncated" in _evaluate_error(capsys, path)
 
 

@@ -1,21 +1,31 @@
 """Loading the three layouts, the vocabulary, and the one-line errors on broken data."""
+
 import argparse
 import json
 import os
 
 import numpy as np
 import pytest
-
-from .helpers import TINY, make_precomp, make_raw
 from vse import data
 from vse.errors import ConfigError, DataError
 from vse.training import main
-from vse.vocab import Vocabulary, VocabTokenizer, from_vocab_path, tokenize
+from vse.vocab import VocabTokenizer, Vocabulary, from_vocab_path, tokenize
+
+from .helpers import TINY, make_precomp, make_raw
 
 
 def _opt(**kw):
-    base = dict(data_path=None, data_name="synthetic", use_restval=False, data_seed=0, synthetic_train=8,
-                synthetic_dev=4, synthetic_test=4, synthetic_size=32, data_cache=None)
+    base = dict(
+        data_path=None,
+        data_name="synthetic",
+        use_restval=False,
+        data_seed=0,
+        synthetic_train=8,
+        synthetic_dev=4,
+        synthetic_test=4,
+        synthetic_size=32,
+        data_cache=None,
+    )
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -48,16 +58,29 @@ def test_vocab_path_writes_then_reads(tmp_path):
     assert "not loaded" in notes[-1] and not os.path.exists(os.path.join(d, "f8k_vocab.json"))
 
 
-@pytest.mark.parametrize("content,problem", [("[\"<pad>\", ", "malformed JSON"),
-                                             ('{"a": 1}', "JSON list of words"),
-                                             ('["a", "b"]', "must start with")])
+@pytest.mark.parametrize(
+    "content,problem",
+    [('["<pad>", ', "malformed JSON"), ('{"a": 1}', "JSON list of words"), ('["a", "b"]', "must start with")],
+)
 def test_error_bad_vocab_file(tmp_path, capsys, content, problem):
     make_precomp(str(tmp_path))
     path = tmp_path / "v" / "toy_precomp_vocab.json"
     path.parent.mkdir()
     path.write_text(content)
-    line = _run_error(capsys, TINY + ["--data_path", str(tmp_path), "--data_name", "toy_precomp",
-                                      "--vocab_path", str(path.parent), "--logger_name", str(tmp_path / "r")])
+    line = _run_error(
+        capsys,
+        TINY
+        + [
+            "--data_path",
+            str(tmp_path),
+            "--data_name",
+            "toy_precomp",
+            "--vocab_path",
+            str(path.parent),
+            "--logger_name",
+            str(tmp_path / "r"),
+        ],
+    )
     assert str(path) in line and problem in line
 
 
@@ -112,6 +135,7 @@ def test_layout_names():
 
 # ------------------------------------------------------------------ broken data: one line, exit 2
 
+
 def _run_error(capsys, argv):
     code = main(argv + ["--num_epochs", "1", "--workers", "0"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -125,7 +149,9 @@ def test_error_missing_image(tmp_path, capsys):
     base = make_raw(str(tmp_path), "f8k")
     victim = os.path.join(base, "images", "img_0003.png")
     os.remove(victim)
-    line = _run_error(capsys, ["--data_path", str(tmp_path), "--data_name", "f8k", "--logger_name", str(tmp_path / "run")])
+    line = _run_error(
+        capsys, ["--data_path", str(tmp_path), "--data_name", "f8k", "--logger_name", str(tmp_path / "run")]
+    )
     assert victim in line and "missing image" in line
 
 
@@ -134,9 +160,27 @@ def test_error_unreadable_image(tmp_path, capsys):
     victim = os.path.join(base, "images", "img_0000.png")
     with open(victim, "wb") as f:
         f.write(b"not a png")
-    line = _run_error(capsys, ["--data_path", str(tmp_path), "--data_name", "f8k", "--cnn_type", "smallcnn",
-                               "--crop_size", "32", "--embed_size", "8", "--word_dim", "8", "--batch_size", "64",
-                               "--logger_name", str(tmp_path / "run")])
+    line = _run_error(
+        capsys,
+        [
+            "--data_path",
+            str(tmp_path),
+            "--data_name",
+            "f8k",
+            "--cnn_type",
+            "smallcnn",
+            "--crop_size",
+            "32",
+            "--embed_size",
+            "8",
+            "--word_dim",
+            "8",
+            "--batch_size",
+            "64",
+            "--logger_name",
+            str(tmp_path / "run"),
+        ],
+    )
     assert victim in line and "cannot read image" in line
 
 
@@ -147,8 +191,9 @@ def test_error_caption_count(tmp_path, capsys):
         lines = f.read().splitlines()
     with open(caps, "w") as f:
         f.write("\n".join(lines[:-1]) + "\n")
-    line = _run_error(capsys, ["--data_path", str(tmp_path), "--data_name", "toy_precomp",
-                               "--logger_name", str(tmp_path / "run")])
+    line = _run_error(
+        capsys, ["--data_path", str(tmp_path), "--data_name", "toy_precomp", "--logger_name", str(tmp_path / "run")]
+    )
     assert caps in line and "199 captions for 40 images" in line
 
 
@@ -159,7 +204,9 @@ def test_error_malformed_json(tmp_path, capsys):
         text = f.read()
     with open(path, "w") as f:
         f.write(text[:-5])
-    line = _run_error(capsys, ["--data_path", str(tmp_path), "--data_name", "f30k", "--logger_name", str(tmp_path / "r")])
+    line = _run_error(
+        capsys, ["--data_path", str(tmp_path), "--data_name", "f30k", "--logger_name", str(tmp_path / "r")]
+    )
     assert path in line and "malformed JSON" in line
 
 
@@ -169,19 +216,29 @@ def test_error_json_structure_and_too_few_captions(tmp_path, capsys):
     doc = json.load(open(path))
     doc["images"][1]["sentences"] = doc["images"][1]["sentences"][:3]
     json.dump(doc, open(path, "w"))
-    line = _run_error(capsys, ["--data_path", str(tmp_path), "--data_name", "f8k", "--logger_name", str(tmp_path / "r")])
+    line = _run_error(
+        capsys, ["--data_path", str(tmp_path), "--data_name", "f8k", "--logger_name", str(tmp_path / "r")]
+    )
     assert path in line and "3 captions" in line
     json.dump([1, 2], open(path, "w"))
-    line = _run_error(capsys, ["--data_path", str(tmp_path), "--data_name", "f8k", "--logger_name", str(tmp_path / "r")])
+    line = _run_error(
+        capsys, ["--data_path", str(tmp_path), "--data_name", "f8k", "--logger_name", str(tmp_path / "r")]
+    )
     assert path in line and "images" in line
 
 
 def test_error_unknown_data_name_and_missing_dirs(tmp_path, capsys):
-    line = _run_error(capsys, ["--data_path", str(tmp_path), "--data_name", "imagenet", "--logger_name", str(tmp_path / "r")])
+    line = _run_error(
+        capsys, ["--data_path", str(tmp_path), "--data_name", "imagenet", "--logger_name", str(tmp_path / "r")]
+    )
     assert "unknown data_name 'imagenet'" in line
-    line = _run_error(capsys, ["--data_path", str(tmp_path), "--data_name", "coco_precomp", "--logger_name", str(tmp_path / "r")])
+    line = _run_error(
+        capsys, ["--data_path", str(tmp_path), "--data_name", "coco_precomp", "--logger_name", str(tmp_path / "r")]
+    )
     assert os.path.join(str(tmp_path), "coco_precomp") in line
-    line = _run_error(capsys, ["--data_path", str(tmp_path / "nowhere"), "--data_name", "f8k", "--logger_name", str(tmp_path / "r")])
+    line = _run_error(
+        capsys, ["--data_path", str(tmp_path / "nowhere"), "--data_name", "f8k", "--logger_name", str(tmp_path / "r")]
+    )
     assert "nowhere" in line
 
 
@@ -200,8 +257,10 @@ def test_error_bad_loss_options(tmp_path, capsys, synth_args):
 
 def test_worker_errors_keep_one_line():
     """A DataError re-raised by a DataLoader worker carries the worker's traceback in one message."""
-    msg = ("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-           '  File "x.py", line 1\nvse.errors.DataError: /d/img.png: cannot read image (bad)\n')
+    msg = (
+        "Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1\nvse.errors.DataError: /d/img.png: cannot read image (bad)\n'
+    )
     e = DataError(msg)
     assert e.where == "/d/img.png" and e.problem == "cannot read image (bad)"
 
@@ -220,9 +279,30 @@ def test_error_unreadable_image_in_a_worker(tmp_path, capsys):
     victim = os.path.join(base, "images", "img_0001.png")
     with open(victim, "wb") as f:
         f.write(b"not a png")
-    code = main(["--data_path", str(tmp_path), "--data_name", "f8k", "--cnn_type", "smallcnn", "--crop_size", "32",
-                 "--embed_size", "8", "--word_dim", "8", "--batch_size", "64", "--num_epochs", "1", "--workers", "1",
-                 "--logger_name", str(tmp_path / "run")])
+    code = main(
+        [
+            "--data_path",
+            str(tmp_path),
+            "--data_name",
+            "f8k",
+            "--cnn_type",
+            "smallcnn",
+            "--crop_size",
+            "32",
+            "--embed_size",
+            "8",
+            "--word_dim",
+            "8",
+            "--batch_size",
+            "64",
+            "--num_epochs",
+            "1",
+            "--workers",
+            "1",
+            "--logger_name",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and victim in err[0] and "cannot read image" in err[0], err
 
@@ -234,6 +314,7 @@ def test_precomp_one_caption_per_image_is_not_taken_for_repeats(tmp_path, capsys
         lines = f.read().splitlines()
     with open(caps, "w") as f:
         f.write("\n".join(lines[:10]) + "\n")  # 10 captions for 10 (distinct) feature rows
-    line = _run_error(capsys, ["--data_path", str(tmp_path), "--data_name", "toy_precomp",
-                               "--logger_name", str(tmp_path / "run")])
+    line = _run_error(
+        capsys, ["--data_path", str(tmp_path), "--data_name", "toy_precomp", "--logger_name", str(tmp_path / "run")]
+    )
     assert caps in line and "10 captions for 10 images" in line

@@ -1,8 +1,8 @@
 """The retrieval metrics against ranks computed by hand and by a naive loop."""
+
 import numpy as np
 import pytest
 import torch
-
 from vse import evaluation as E
 
 
@@ -52,7 +52,7 @@ def _naive(im, cap):
     for i in range(n):
         order = sorted(range(5 * n), key=lambda j: -S[i, j])
         # best rank among own captions, ties resolved against the query
-        best = max(S[i, 5 * i:5 * i + 5])
+        best = max(S[i, 5 * i : 5 * i + 5])
         i2t.append(sum(1 for j in range(5 * n) if j // 5 != i and S[i, j] >= best))
         assert min(order.index(j) for j in range(5 * i, 5 * i + 5)) <= i2t[-1]
     t2i = [sum(1 for k in range(n) if k != j // 5 and S[k, j] >= S[j // 5, j]) for j in range(5 * n)]
@@ -88,7 +88,7 @@ def test_coco_5fold_and_5k():
     im = torch.randn(5000, 4, generator=g)
     cap = im.repeat_interleave(5, 0) + 2.0 * torch.randn(25000, 4, generator=g)
     out = E.evaluate_embeddings(im, cap)  # 5000 images: folds by default
-    folds = [E.metrics(im[i * 1000:(i + 1) * 1000], cap[i * 5000:(i + 1) * 5000]) for i in range(5)]
+    folds = [E.metrics(im[i * 1000 : (i + 1) * 1000], cap[i * 5000 : (i + 1) * 5000]) for i in range(5)]
     for k in E.KEYS:
         assert out[k] == pytest.approx(np.mean([f[k] for f in folds]))
     full = E.metrics(im, cap)

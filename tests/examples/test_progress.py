@@ -1,16 +1,18 @@
 """Training progress: plain lines every --log_step iterations when stdout is not a terminal, a
 tqdm bar when it is."""
+
 import csv
 import os
 import re
 import sys
 
 import pytest
-
 from vse.training import main
 
-LINE = re.compile(r"Epoch: \[(\d+)\]\[(\d+)/(\d+)\]  iteration (\d+)  loss (\S+) \(epoch mean (\S+)\)  "
-                  r"lr (\S+)  (\S+) it/s, (\S+) samples/s")
+LINE = re.compile(
+    r"Epoch: \[(\d+)\]\[(\d+)/(\d+)\]  iteration (\d+)  loss (\S+) \(epoch mean (\S+)\)  "
+    r"lr (\S+)  (\S+) it/s, (\S+) samples/s"
+)
 
 # synth_args: 64 training images × 5 captions in batches of 16
 PER_EPOCH = 64 * 5 // 16

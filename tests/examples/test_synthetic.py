@@ -1,9 +1,9 @@
 """The embedded dataset: deterministic, cached, hard negatives, honest best R@1."""
+
 import os
 import re
 
 import numpy as np
-
 from vse import synthetic as S
 
 CFG = S.SyntheticConfig(seed=3, n_train=12, n_dev=8, n_test=40)
@@ -37,7 +37,7 @@ def test_shapes_and_five_different_captions_naming_every_attribute():
     assert d["images"].shape == (40, 32, 32, 3) and d["images"].dtype == np.uint8
     assert len(d["captions"]) == 200
     for i, desc in enumerate(d["descriptions"]):
-        caps = d["captions"][5 * i:5 * i + 5]
+        caps = d["captions"][5 * i : 5 * i + 5]
         assert len(set(caps)) == 5
         assert 2 <= len(desc) <= 3
         for cap in caps:

@@ -1,15 +1,16 @@
 """Few-step training runs on each data layout, exact resume, checkpoints and evaluate.py."""
+
 import csv
 import json
 import os
 
 import pytest
 import torch
-
-from .helpers import TINY, make_hf_text_model, make_precomp, make_raw
 from vse import checkpoint, evaluation, training
 from vse.evaluate_cli import main as evaluate_main
 from vse.training import main
+
+from .helpers import TINY, make_hf_text_model, make_precomp, make_raw
 
 
 def _run(argv):
@@ -40,8 +41,12 @@ def test_train_synthetic_and_evaluate(tmp_path, synth_args, capsys):
     m, ckpt = _outputs_ok(run)
     assert ckpt["opt"]["cnn_type"] == "smallcnn" and ckpt["opt"]["data_name"] == "synthetic"
     # evaluate.py on the best model reproduces the test figures and prints the same table
-    assert evaluate_main([os.path.join(run, "model_best.pth.tar"), "--data_cache", synth_args[1],
-                          "--out", str(tmp_path / "m.json")]) == 0
+    assert (
+        evaluate_main(
+            [os.path.join(run, "model_best.pth.tar"), "--data_cache", synth_args[1], "--out", str(tmp_path / "m.json")]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "image→text" in printed and "meanr" in printed
     assert json.load(open(tmp_path / "m.json")) == pytest.approx(m)
@@ -55,8 +60,27 @@ def test_train_synthetic_and_evaluate(tmp_path, synth_args, capsys):
 def test_train_precomp(tmp_path, capsys):
     make_precomp(str(tmp_path))
     run = str(tmp_path / "run")
-    _run(TINY + ["--data_path", str(tmp_path), "--data_name", "toy_precomp", "--logger_name", run, "--loss", "topk",
-                 "--topk_k", "3", "--num_epochs", "2", "--lr_update", "1", "--vocab_path", str(tmp_path / "vocab")])
+    _run(
+        TINY
+        + [
+            "--data_path",
+            str(tmp_path),
+            "--data_name",
+            "toy_precomp",
+            "--logger_name",
+            run,
+            "--loss",
+            "topk",
+            "--topk_k",
+            "3",
+            "--num_epochs",
+            "2",
+            "--lr_update",
+            "1",
+            "--vocab_path",
+            str(tmp_path / "vocab"),
+        ]
+    )
     m, ckpt = _outputs_ok(run, epochs=2)
     assert ckpt["opt"]["img_dim"] == 12 and ckpt["opt"]["precomp"] is True
     assert json.load(open(tmp_path / "vocab" / "toy_precomp_vocab.json")) == ckpt["vocab"]  # --vocab_path wrote it
@@ -69,8 +93,27 @@ def test_train_precomp(tmp_path, capsys):
 def test_train_raw_images(tmp_path, name):
     make_raw(str(tmp_path), name)
     run = str(tmp_path / "run")
-    _run(TINY + ["--data_path", str(tmp_path), "--data_name", name, "--logger_name", run, "--cnn_type", "smallcnn",
-                 "--crop_size", "32", "--finetune", "--loss", "lp", "--lp_p", "3", "--use_restval"])
+    _run(
+        TINY
+        + [
+            "--data_path",
+            str(tmp_path),
+            "--data_name",
+            name,
+            "--logger_name",
+            run,
+            "--cnn_type",
+            "smallcnn",
+            "--crop_size",
+            "32",
+            "--finetune",
+            "--loss",
+            "lp",
+            "--lp_p",
+            "3",
+            "--use_restval",
+        ]
+    )
     _outputs_ok(run)
 
 
@@ -117,7 +160,9 @@ def test_resume_is_exact(tmp_path, synth_args, monkeypatch):
     ca = torch.load(os.path.join(straight, "checkpoint.pth.tar"), weights_only=True)
     cb = torch.load(os.path.join(stopped, "checkpoint.pth.tar"), weights_only=True)
     assert ca["Eiters"] == cb["Eiters"] and ca["best_rsum"] == cb["best_rsum"] and ca["warmup"] == cb["warmup"]
-    assert json.load(open(os.path.join(straight, "test_metrics.json"))) == json.load(open(os.path.join(stopped, "test_metrics.json")))
+    assert json.load(open(os.path.join(straight, "test_metrics.json"))) == json.load(
+        open(os.path.join(stopped, "test_metrics.json"))
+    )
 
 
 def test_resume_extends_with_new_options(tmp_path, synth_args, capsys):
@@ -130,8 +175,10 @@ def test_resume_extends_with_new_options(tmp_path, synth_args, capsys):
     assert len(list(csv.DictReader(open(os.path.join(run, "metrics.csv"))))) == 2
     # options given with --resume are checked like fresh ones; sizes that do not fit the weights are one line
     path = os.path.join(run, "checkpoint.pth.tar")
-    for extra, start in ((["--margin", "-1"], "error: --margin: "),
-                         (["--embed_size", "64"], f"error: {path}: its weights do not fit")):
+    for extra, start in (
+        (["--margin", "-1"], "error: --margin: "),
+        (["--embed_size", "64"], f"error: {path}: its weights do not fit"),
+    ):
         assert main(["--resume", path, "--num_epochs", "3", "--data_cache", synth_args[1]] + extra) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(start), err
@@ -166,7 +213,6 @@ def test_atomic_file_keeps_the_old_file_when_a_write_fails(tmp_path):
 
 def test_torchvision_cnn_and_local_weights(tmp_path, capsys):
     import torchvision
-
     from vse.model import EncoderImageFull
 
     enc = EncoderImageFull(16, "resnet18", finetune=False, crop_size=32)
@@ -208,8 +254,10 @@ def test_hf_text_encoder_model_this_torch_cannot_build(tmp_path, synth_args, cap
     transformers = pytest.importorskip("transformers")
 
     def refuse(*args, **kwargs):  # as transformers 5 refuses BERT under torch < 2.6
-        raise ImportError("\nBertModel requires PyTorch >= 2.6, but PyTorch was not found or an older version"
-                          " is installed.\nPlease install or upgrade PyTorch.")
+        raise ImportError(
+            "\nBertModel requires PyTorch >= 2.6, but PyTorch was not found or an older version"
+            " is installed.\nPlease install or upgrade PyTorch."
+        )
 
     model_dir = make_hf_text_model(str(tmp_path))
     capsys.readouterr()  # transformers' progress bars while saving it
@@ -239,14 +287,29 @@ def test_hf_text_encoder_trains_and_evaluates(tmp_path, capsys):
     make_precomp(str(tmp_path))
     run = str(tmp_path / "run")
     before = {k: v.clone() for k, v in enc.model.state_dict().items()}
-    _run(TINY + ["--data_path", str(tmp_path), "--data_name", "toy_precomp", "--logger_name", run,
-                 "--text_encoder", model_dir])
+    _run(
+        TINY
+        + [
+            "--data_path",
+            str(tmp_path),
+            "--data_name",
+            "toy_precomp",
+            "--logger_name",
+            run,
+            "--text_encoder",
+            model_dir,
+        ]
+    )
     m, ckpt = _outputs_ok(run)
     assert ckpt["opt"]["text_encoder"] == model_dir
-    trained = {k[len("txt_enc.model."):]: v for k, v in ckpt["model"].items() if k.startswith("txt_enc.model.")}
+    trained = {k[len("txt_enc.model.") :]: v for k, v in ckpt["model"].items() if k.startswith("txt_enc.model.")}
     assert trained.keys() == before.keys()
     assert any(not torch.equal(trained[k], before[k]) for k in before)  # the transformer is fine-tuned
     capsys.readouterr()
-    assert evaluate_main([os.path.join(run, "model_best.pth.tar"), "--data_path", str(tmp_path),
-                          "--out", str(tmp_path / "m.json")]) == 0
+    assert (
+        evaluate_main(
+            [os.path.join(run, "model_best.pth.tar"), "--data_path", str(tmp_path), "--out", str(tmp_path / "m.json")]
+        )
+        == 0
+    )
     assert json.load(open(tmp_path / "m.json")) == pytest.approx(m)

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from tests.support.cases import FAST_IMPLS, LOSS_CASES
 
 import vse_losses
+from tests.support.cases import FAST_IMPLS, LOSS_CASES
 
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from tests.support.cases import FAST_IMPLS, LOSS_CASES
 from pytorch_metric_learning.reducers import MeanReducer, SumReducer
-from tests.support.reference import cosine, loop_terms, original_vsepp_loss
 
 import vse_losses
+from tests.support.cases import FAST_IMPLS, LOSS_CASES
+from tests.support.reference import cosine, loop_terms, original_vsepp_loss
 from vse_losses import functional as VF
 
 F64 = dict(dtype=torch.float64)

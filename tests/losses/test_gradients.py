@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from tests.support.cases import FAST_IMPLS, LOSS_CASES
 from pytorch_metric_learning.reducers import SumReducer
-from tests.support.reference import cosine, loop_terms
 
 import vse_losses
+from tests.support.cases import FAST_IMPLS, LOSS_CASES
+from tests.support.reference import cosine, loop_terms
 
 
 def make_loss(name, kwargs, **extra):
@@ -35,7 +35,9 @@ def test_gradient_equals_loop_gradient(name, kwargs, norm, impl):
     loop_terms(cosine(x, y), labels, ref_labels, margin=0.5, **norm).sum().backward()
     xr, yr = x.grad, y.grad
     x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
-    make_loss(name, kwargs, margin=0.5, impl=impl, reducer=SumReducer())(x, labels, ref_emb=y, ref_labels=ref_labels).backward()
+    make_loss(name, kwargs, margin=0.5, impl=impl, reducer=SumReducer())(
+        x, labels, ref_emb=y, ref_labels=ref_labels
+    ).backward()
     torch.testing.assert_close(x.grad, xr, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(y.grad, yr, rtol=1e-8, atol=1e-10)
 

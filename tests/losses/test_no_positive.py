@@ -5,13 +5,18 @@ import pytest
 import torch
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import reducers
-from tests.support.cases import LOSS_CASES
 
 import vse_losses
+from tests.support.cases import LOSS_CASES
 from vse_losses import functional as VF
 
-REDUCERS = [reducers.MeanReducer, reducers.SumReducer, reducers.AvgNonZeroReducer,
-            lambda: reducers.ThresholdReducer(low=0.1), lambda: reducers.ThresholdReducer(high=5.0)]
+REDUCERS = [
+    reducers.MeanReducer,
+    reducers.SumReducer,
+    reducers.AvgNonZeroReducer,
+    lambda: reducers.ThresholdReducer(low=0.1),
+    lambda: reducers.ThresholdReducer(high=5.0),
+]
 
 
 def inputs():

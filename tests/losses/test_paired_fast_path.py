@@ -1,16 +1,26 @@
 """The paired call ``loss(img, cap)`` knows its pairs (j, j) without enumerating them: the same
 values and gradients as the labelled call with ``labels = arange(B)``, and no operation whose
 output size depends on the data (on CUDA each one is a device synchronisation)."""
+
 import pytest
 import torch
-from tests.support.cases import FAST_IMPLS, LOSS_CASES
 from torch.profiler import ProfilerActivity, profile
 
 import vse_losses
+from tests.support.cases import FAST_IMPLS, LOSS_CASES
 
 # operations that read a device value back, or size their output by the data
-SYNCING = {"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::repeat_interleave", "aten::equal",
-           "aten::is_nonzero", "aten::masked_select", "aten::unique", "aten::_unique2"}
+SYNCING = {
+    "aten::_local_scalar_dense",
+    "aten::item",
+    "aten::nonzero",
+    "aten::repeat_interleave",
+    "aten::equal",
+    "aten::is_nonzero",
+    "aten::masked_select",
+    "aten::unique",
+    "aten::_unique2",
+}
 
 
 def _inputs(B=37, D=12, seed=0):

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from tests.support.cases import FAST_IMPLS, LOSS_CASES
 from pytorch_metric_learning import distances, losses, reducers
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
-from tests.support.reference import cosine, loop_terms, norm_of
 
 import vse_losses
+from tests.support.cases import FAST_IMPLS, LOSS_CASES
+from tests.support.reference import cosine, loop_terms, norm_of
 from vse_losses import MaxViolationLoss, SumHingeLoss
 
 F64 = dict(dtype=torch.float64)
@@ -21,8 +21,9 @@ def make_loss(name, kwargs, **extra):
 def test_sum_hinge_equals_pml_triplet_margin_loss_over_all_triplets(impl):
     x, y = torch.randn(10, 6, **F64), torch.randn(10, 6, **F64)
     labels = torch.tensor([0, 0, 1, 1, 1, 2, 3, 4, 4, 5])
-    triplet = losses.TripletMarginLoss(margin=0.2, distance=distances.CosineSimilarity(),
-                                       reducer=reducers.SumReducer(), triplets_per_anchor="all")
+    triplet = losses.TripletMarginLoss(
+        margin=0.2, distance=distances.CosineSimilarity(), reducer=reducers.SumReducer(), triplets_per_anchor="all"
+    )
     # PML takes ref_labels that *are* labels (the same object) as a self-comparison: pass a copy
     ref = labels.clone()
     expected = triplet(x, labels, ref_emb=y, ref_labels=ref) + triplet(y, labels, ref_emb=x, ref_labels=ref)
@@ -52,13 +53,20 @@ def test_other_distances_fall_back_to_dense(name, kwargs, norm):
     # a distance (smaller = closer) is used as the similarity −d
     d = torch.cdist(x, y)
     expected = loop_terms(-d, margin=0.5, **norm).sum()
-    loss_fn = make_loss(name, kwargs, margin=0.5, distance=distances.LpDistance(normalize_embeddings=False),
-                        reducer=reducers.SumReducer(), impl="chunked")
+    loss_fn = make_loss(
+        name,
+        kwargs,
+        margin=0.5,
+        distance=distances.LpDistance(normalize_embeddings=False),
+        reducer=reducers.SumReducer(),
+        impl="chunked",
+    )
     torch.testing.assert_close(loss_fn(x, y), expected, rtol=1e-8, atol=1e-10)
     # an unnormalised dot product
     expected = loop_terms(x @ y.t(), **norm).sum()
-    loss_fn = make_loss(name, kwargs, distance=distances.DotProductSimilarity(normalize_embeddings=False),
-                        reducer=reducers.SumReducer())
+    loss_fn = make_loss(
+        name, kwargs, distance=distances.DotProductSimilarity(normalize_embeddings=False), reducer=reducers.SumReducer()
+    )
     torch.testing.assert_close(loss_fn(x, y), expected, rtol=1e-8, atol=1e-10)
 
 
@@ -91,7 +99,9 @@ def test_triplet_indices_tuple_gives_one_term_per_anchor_positive_pair():
     triplets = (torch.tensor([0, 0, 0, 2, 2]), torch.tensor([0, 0, 1, 2, 2]), torch.tensor([1, 3, 4, 0, 1]))
     S = cosine(x, y)
     h = torch.clamp(0.2 - S[triplets[0], triplets[1]] + S[triplets[0], triplets[2]], min=0)
-    got = vse_losses.MaxViolationLoss(reducer=reducers.DoNothingReducer())(x, None, triplets, ref_emb=y)["loss"]["losses"]
+    got = vse_losses.MaxViolationLoss(reducer=reducers.DoNothingReducer())(x, None, triplets, ref_emb=y)["loss"][
+        "losses"
+    ]
     expected = torch.stack([h[:2].max(), h[2:3].max(), h[3:].max()])
     torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-12)
     got = vse_losses.SumHingeLoss(reducer=reducers.SumReducer())(x, None, triplets, ref_emb=y)
@@ -118,17 +128,15 @@ def test_cross_batch_memory(name, kwargs, norm):
         inv = torch.empty_like(order)
         inv[order] = torch.arange(len(order))
         mem_x, mem_l = memory[inv], memory_labels[inv]
-        own = ((torch.arange(step * 5, step * 5 + 5)) % mem)
+        own = (torch.arange(step * 5, step * 5 + 5)) % mem
         S = cosine(x, mem_x)
         expected = 0
         for a in range(5):
             for p in range(len(mem_x)):
                 if labels[a] != mem_l[p] or p == own[a]:
                     continue
-                h_row = [0.2 - S[a, p] + S[a, j] for j in range(len(mem_x))
-                         if mem_l[j] != labels[a] and j != own[a]]
-                h_col = [0.2 - S[a, p] + S[i, p] for i in range(5)
-                         if labels[i] != mem_l[p] and p != own[i]]
+                h_row = [0.2 - S[a, p] + S[a, j] for j in range(len(mem_x)) if mem_l[j] != labels[a] and j != own[a]]
+                h_col = [0.2 - S[a, p] + S[i, p] for i in range(5) if labels[i] != mem_l[p] and p != own[i]]
                 expected = expected + norm_of(h_row, **norm) + norm_of(h_col, **norm)
         torch.testing.assert_close(got, torch.as_tensor(expected, **F64), rtol=1e-8, atol=1e-12)
 

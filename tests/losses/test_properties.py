@@ -67,8 +67,12 @@ def test_monotone_in_k_and_p(batch):
 @given(batches(), st.sampled_from(["sum", "max", "topk", "lp"]))
 def test_equivariant_under_permuting_pairs(batch, kind):
     x, y, labels, margin, impl = batch
-    loss_fn = {"sum": SumHingeLoss(), "max": MaxViolationLoss(), "topk": TopKViolationLoss(k=2),
-               "lp": LpViolationLoss(p=3.0)}[kind]
+    loss_fn = {
+        "sum": SumHingeLoss(),
+        "max": MaxViolationLoss(),
+        "topk": TopKViolationLoss(k=2),
+        "lp": LpViolationLoss(p=3.0),
+    }[kind]
     loss_fn.margin, loss_fn.impl = margin, impl
     perm = torch.randperm(x.shape[0])
     perm_labels = None if labels is None else labels[perm]
@@ -81,8 +85,11 @@ def test_equivariant_under_permuting_pairs(batch, kind):
 @given(batches(), st.floats(0.01, 100.0))
 def test_invariant_to_rescaling_under_cosine(batch, scale):
     x, y, labels, margin, impl = batch
-    for loss_fn in (SumHingeLoss(margin=margin, impl=impl), MaxViolationLoss(margin=margin, impl=impl),
-                    LpViolationLoss(p=2.0, margin=margin, impl=impl)):
+    for loss_fn in (
+        SumHingeLoss(margin=margin, impl=impl),
+        MaxViolationLoss(margin=margin, impl=impl),
+        LpViolationLoss(p=2.0, margin=margin, impl=impl),
+    ):
         torch.testing.assert_close(
             value(loss_fn, x * scale, y / scale, labels), value(loss_fn, x, y, labels), rtol=1e-9, atol=1e-12
         )

@@ -103,8 +103,21 @@ def test_temperature_can_change_between_calls():
     assert torch.isfinite(g) and g != 0
 
 
-@pytest.mark.parametrize("bad", [0.0, -0.1, float("nan"), float("inf"), True, "0.07", torch.tensor([0.07]),
-                                 torch.tensor(0), torch.tensor(-1.0), torch.tensor(float("nan"))])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        0.0,
+        -0.1,
+        float("nan"),
+        float("inf"),
+        True,
+        "0.07",
+        torch.tensor([0.07]),
+        torch.tensor(0),
+        torch.tensor(-1.0),
+        torch.tensor(float("nan")),
+    ],
+)
 def test_bad_temperature(bad):
     with pytest.raises(ValueError, match="temperature"):
         vse_losses.InfoNCELoss(temperature=bad)

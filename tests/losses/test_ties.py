@@ -7,11 +7,8 @@ one machine's blocking. The winner is observed through the gradient, which MH se
 chosen negative only; the reference picks it by an explicit loop over float64 scores.
 """
 
-
-import torch
-
-
 import pytest
+import torch
 
 from vse_losses import functional as VF
 from vse_losses.ops import triton_available
@@ -36,6 +33,7 @@ def reference_grads(x, y, labels, ref_labels):
     B, M = x.shape[0], y.shape[0]
     S = x @ y.t()
     gx, gy = torch.zeros_like(x), torch.zeros_like(y)
+
     def hardest(negs, score):  # the lowest index among those with the largest score
         best = max(score(n) for n in negs)
         return min(n for n in negs if score(n) == best)
@@ -46,14 +44,14 @@ def reference_grads(x, y, labels, ref_labels):
                 continue
             # i2t: negatives n of row a (columns)
             negs = [n for n in range(M) if labels[a] != ref_labels[n]]
-            n = hardest(negs, lambda n: S[a, n].item()) if negs else None
+            n = hardest(negs, lambda n, a=a: S[a, n].item()) if negs else None
             if n is not None and MARGIN - S[a, p] + S[a, n] > 0:
                 gx[a] += y[n] - y[p]
                 gy[n] += x[a]
                 gy[p] -= x[a]
             # t2i: negatives n of column p (rows)
             negs = [n for n in range(B) if labels[n] != ref_labels[p]]
-            n = hardest(negs, lambda n: S[n, p].item()) if negs else None
+            n = hardest(negs, lambda n, p=p: S[n, p].item()) if negs else None
             if n is not None and MARGIN - S[a, p] + S[n, p] > 0:
                 gy[p] += x[n] - x[a]
                 gx[n] += y[p]
@@ -63,8 +61,9 @@ def reference_grads(x, y, labels, ref_labels):
 
 def mh_grads(x0, y0, labels, ref_labels, impl):
     x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
-    loss = VF.max_violation_loss(x, y, labels=labels, ref_labels=ref_labels, margin=MARGIN, reduction="sum",
-                                 similarity="dot", impl=impl)
+    loss = VF.max_violation_loss(
+        x, y, labels=labels, ref_labels=ref_labels, margin=MARGIN, reduction="sum", similarity="dot", impl=impl
+    )
     loss.backward()
     return x.grad, y.grad
 

@@ -3,20 +3,17 @@ the interpreter's small tiles; here every kernel's tile choice for the GPU (bf16
 ragged batches of aligned rows, unaligned rows; fp32) runs instead, on float32 data, through the
 losses' whole triton path against dense — so that a tile-dependent bug cannot hide behind the
 sm_90 compile check, which compiles those tiles but never runs them."""
-import os
 
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from tests.support.cases import LOSS_CASES, loss_and_grads
+from vse_losses.ops import triton_available
 
-import pytest  # noqa: E402
-from tests.support.cases import LOSS_CASES, loss_and_grads  # noqa: E402
-
-from vse_losses.ops import triton_available  # noqa: E402
-
-pytestmark = [pytest.mark.skipif(not triton_available(), reason="triton not importable"),
-              pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU runs these tiles in the other tests")]
+pytestmark = [
+    pytest.mark.skipif(not triton_available(), reason="triton not importable"),
+    pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU runs these tiles in the other tests"),
+]
 
 
 @pytest.fixture(params=[torch.bfloat16, torch.float32], ids=["bf16-tiles", "fp32-tiles"])
@@ -65,4 +62,4 @@ def test_gpu_tiles_match_dense(gpu_tiles, name, kwargs, norm, B, D, labelled):
     ref_labels = torch.randint(0, 40, (M,), generator=g) if labelled else None
     results = {impl: loss_and_grads(name, kwargs, impl, x0, y0, labels, ref_labels) for impl in ("dense", "triton")}
     for what, got, ref in zip(("loss", "grad x", "grad y"), results["triton"], results["dense"]):
-        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4, msg=lambda m: f"{what}: {m}")
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4, msg=lambda m, what=what: f"{what}: {m}")

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from vse_losses.ops import hinge_norm_rows
-from vse_losses.ops import tiling
+from vse_losses.ops import hinge_norm_rows, tiling
 
 
 def dense(q, keys, t, ql, kl, qs, p):

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from vse_losses.functional import positive_pairs
-from vse_losses.ops import hinge_norm_pairs
-from vse_losses.ops import tiling
+from vse_losses.ops import hinge_norm_pairs, tiling
 
 
 def dense(x, y, t, a, p_idx, labels, ref_labels, self_ref, p):
@@ -39,13 +38,17 @@ def test_matches_float64_autograd(case, p, tile, monkeypatch):
     y = x.clone() if self_ref else torch.randn(9, 4, dtype=torch.float64, generator=g)
     a, p_idx = positive_pairs(labels, ref_labels, self_ref)
     t = torch.randn(len(a), dtype=torch.float64, generator=g) - 3.0  # violations everywhere: finite reference gradients
-    w1, w2 = torch.randn(len(a), dtype=torch.float64, generator=g), torch.randn(len(a), dtype=torch.float64, generator=g)
+    w1, w2 = (
+        torch.randn(len(a), dtype=torch.float64, generator=g),
+        torch.randn(len(a), dtype=torch.float64, generator=g),
+    )
     ins = [v.clone().requires_grad_() for v in (x, y, t)]
     r1, r2 = dense(ins[0], ins[0] if self_ref else ins[1], ins[2], a, p_idx, labels, ref_labels, self_ref, p)
     ref_grads = torch.autograd.grad((r1 * w1).sum() + (r2 * w2).sum(), ins, allow_unused=True)
     ins2 = [v.clone().requires_grad_() for v in (x, y, t)]
-    T1, T2 = hinge_norm_pairs(ins2[0], ins2[0] if self_ref else ins2[1], ins2[2], a, p_idx, labels, ref_labels,
-                              self_ref, p)
+    T1, T2 = hinge_norm_pairs(
+        ins2[0], ins2[0] if self_ref else ins2[1], ins2[2], a, p_idx, labels, ref_labels, self_ref, p
+    )
     got_grads = torch.autograd.grad((T1 * w1).sum() + (T2 * w2).sum(), ins2, allow_unused=True)
     torch.testing.assert_close(T1, r1, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(T2, r2, rtol=1e-10, atol=1e-12)

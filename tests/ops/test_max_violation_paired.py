@@ -1,9 +1,10 @@
 """The paired max-violation Function (cosine folded in, O(B) memory) against float64 autograd of
 the explicit formula: one chunk and several, ties, zero rows, B = 1 and 2, gradcheck."""
+
 import pytest
 import torch
-from tests.support.reference import paired_max_violation as reference
 
+from tests.support.reference import paired_max_violation as reference
 from vse_losses.ops import CHUNKED
 from vse_losses.ops import chunked_max_violation_backward as side
 from vse_losses.ops import max_violation_paired as mvp
@@ -11,8 +12,10 @@ from vse_losses.ops import max_violation_paired as mvp
 
 def run(x0, y0, margin, cosine, w1, w2):
     out = {}
-    for name, fn in (("got", lambda a, b: mvp.max_violation_paired(a, b, margin, cosine, CHUNKED)),
-                     ("ref", lambda a, b: reference(a, b, margin, cosine))):
+    for name, fn in (
+        ("got", lambda a, b: mvp.max_violation_paired(a, b, margin, cosine, CHUNKED)),
+        ("ref", lambda a, b: reference(a, b, margin, cosine)),
+    ):
         x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
         i2t, t2i = fn(x, y)
         gx, gy = torch.autograd.grad((i2t * w1).sum() + (t2i * w2).sum(), (x, y))
@@ -32,7 +35,7 @@ def test_matches_float64_autograd(monkeypatch, cosine, B, tile):
     margin = 0.2 if cosine else 2.0  # enough active hinges either way
     got, ref = run(x, y, margin, cosine, w1, w2)
     for name, a, b in zip(("i2t", "t2i", "grad x", "grad y"), got, ref):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("tile", [1 << 22, 12])

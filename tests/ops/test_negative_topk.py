@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from vse_losses.ops import negative_topk
-from vse_losses.ops import tiling
+from vse_losses.ops import negative_topk, tiling
 
 
 def dense_topk(x, y, xl, yl, self_ref, k):

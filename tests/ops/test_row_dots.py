@@ -1,5 +1,6 @@
 """row_dots against the explicit gather in float64 (values, gradients, gradcheck), in one chunk
 and in several."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Matmul: products with a wide (float32/float64) result, and accumulation into a wide buffer."""
+
 import pytest
 import torch
 

@@ -8,12 +8,13 @@ pointers; sizes and strides divisible by 16 at the even shapes): without it the 
 vectorizes nor pipelines the loads, and register counts are not those of the GPU run.
 
 The compiler runs in a child process (benchmarks/compile_kernels.py) without TRITON_INTERPRET: in
-this one the kernel tests have switched triton to its interpreter. To check another triton than the installed one (the GPU
-machine's, say), install it aside and name it:
+this one the kernel tests have switched triton to its interpreter. To check another triton than the
+installed one (the GPU machine's, say), install it aside and name it:
 
     pip install --no-deps --target /tmp/t36 triton==3.6.0
     VSE_COMPILE_TRITON_PATH=/tmp/t36 python -m pytest tests/ops/test_triton_compile.py
 """
+
 import importlib.util
 import json
 import os
@@ -30,18 +31,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SCRIPT = os.path.join(ROOT, "benchmarks", "compile_kernels.py")
 
-HINGE = [(kernel, dtype, p_mode, even) for kernel in ("hinge_forward", "hinge_pairs_forward", "hinge_weights")
-         for dtype in ("bf16", "fp32") for p_mode in (1, 2, 0) for even in (True, False)]
+HINGE = [
+    (kernel, dtype, p_mode, even)
+    for kernel in ("hinge_forward", "hinge_pairs_forward", "hinge_weights")
+    for dtype in ("bf16", "fp32")
+    for p_mode in (1, 2, 0)
+    for even in (True, False)
+]
 # mode: 0 plain, 1 diagonal excluded (self_ref), 2 scaled (cosine folded in), 3 both
-NEGMAX = [("negative_max", dtype, mode, even) for dtype in ("bf16", "fp32") for mode in range(4)
-          for even in (True, False)]
+NEGMAX = [
+    ("negative_max", dtype, mode, even) for dtype in ("bf16", "fp32") for mode in range(4) for even in (True, False)
+]
 # mode: 0 … 3 = (cosine, backward); "even" True: B = MAX_B, False: B = 16
 SMALL = [("small_mh", dtype, mode, even) for dtype in ("bf16", "fp32") for mode in range(4) for even in (True, False)]
 # mode: cosine; "even" True: D = 1024, False: D = 100
 MH_SIDE = [("mh_side", dtype, mode, even) for dtype in ("bf16", "fp32") for mode in (0, 1) for even in (True, False)]
 # B and M ragged, D a multiple of 64 (B = 1000, D = 1024): loads aligned, rows masked; bf16
-ROWS = [(kernel, "bf16", mode, "rows") for kernel in ("hinge_forward", "hinge_pairs_forward", "hinge_weights")
-        for mode in (1, 2, 0)] + [("negative_max", "bf16", mode, "rows") for mode in range(4)]
+ROWS = [
+    (kernel, "bf16", mode, "rows")
+    for kernel in ("hinge_forward", "hinge_pairs_forward", "hinge_weights")
+    for mode in (1, 2, 0)
+] + [("negative_max", "bf16", mode, "rows") for mode in range(4)]
 # mode: rows gathered by index; "even" True: D = 1024, False: D = 100
 ROW_DOTS = [("row_dots", dtype, mode, even) for dtype in ("bf16", "fp32") for mode in (0, 1) for even in (True, False)]
 VARIANTS = HINGE + NEGMAX + SMALL + MH_SIDE + ROWS + ROW_DOTS
@@ -57,8 +67,9 @@ def reports():
     env.pop("TRITON_INTERPRET", None)
     other = os.environ.get("VSE_COMPILE_TRITON_PATH")
     env["PYTHONPATH"] = os.pathsep.join(([other] if other else []) + [ROOT, env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, SCRIPT, json.dumps(VARIANTS)], capture_output=True, text=True, env=env,
-                         timeout=900)
+    out = subprocess.run(
+        [sys.executable, SCRIPT, json.dumps(VARIANTS)], capture_output=True, text=True, env=env, timeout=900
+    )
     if out.returncode == 3:
         pytest.skip(out.stdout.strip() or out.stderr.strip())
     assert out.returncode == 0, out.stderr[-3000:]
@@ -82,8 +93,9 @@ def test_compiles_without_spills(reports, variant):
     assert r["shared"] <= SHARED_MEMORY_PER_BLOCK
 
 
-STREAMING = [v for v in VARIANTS if v[0] not in ("small_mh", "mh_side", "row_dots") and v[1] == "bf16"
-             and v[3] in (True, "rows")]
+STREAMING = [
+    v for v in VARIANTS if v[0] not in ("small_mh", "mh_side", "row_dots") and v[1] == "bf16" and v[3] in (True, "rows")
+]
 
 
 @pytest.mark.parametrize("variant", STREAMING, ids=variant_id)

@@ -3,14 +3,9 @@
 Without CUDA the kernels run in triton's CPU interpreter (TRITON_INTERPRET=1, set before the
 kernel module is first used; the module jits lazily). Interpreted sizes stay small.
 """
-import os
 
+import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
 
 triton = pytest.importorskip("triton")
 
@@ -39,8 +34,8 @@ def dense_reference(q, keys, t, ql, kl, qs, p):
 
 def make_inputs(N, M, D, dtype, n_labels=None, self_ref=False, seed=0, t_shift=0.0):
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(N, D, generator=g) / D ** 0.5
-    keys = q.clone() if self_ref else torch.randn(M, D, generator=g) / D ** 0.5
+    q = torch.randn(N, D, generator=g) / D**0.5
+    keys = q.clone() if self_ref else torch.randn(M, D, generator=g) / D**0.5
     # thresholds around the score scale: a mix of active and inactive hinges
     t = 0.3 * torch.randn(N, generator=g) + t_shift
     if n_labels is None:
@@ -52,8 +47,7 @@ def make_inputs(N, M, D, dtype, n_labels=None, self_ref=False, seed=0, t_shift=0
     if self_ref:
         qs = torch.arange(N)
     else:
-        qs = torch.where(torch.rand(N, generator=g) < 0.5, torch.randint(0, M, (N,), generator=g),
-                         torch.full((N,), -1))
+        qs = torch.where(torch.rand(N, generator=g) < 0.5, torch.randint(0, M, (N,), generator=g), torch.full((N,), -1))
     gout = torch.randn(N, generator=g)
     q, keys = q.to(dtype), keys.to(dtype)
     return [v.to(DEVICE) for v in (q, keys, t, ql, kl, qs, gout)]
@@ -84,7 +78,7 @@ def assert_close(got, ref, atol, rtol):
             continue
         assert a is not None, name
         assert torch.isfinite(a).all(), name
-        torch.testing.assert_close(a.double(), b, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a.double(), b, atol=atol, rtol=rtol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 SHAPES = [(1, 1, 8), (1, 7, 8), (2, 2, 5), (2, 37, 19), (37, 3, 19), (45, 29, 33), (64, 48, 32)]
@@ -93,8 +87,7 @@ SHAPES = [(1, 1, 8), (1, 7, 8), (2, 2, 5), (2, 37, 19), (37, 3, 19), (45, 29, 33
 @pytest.mark.parametrize("N,M,D", SHAPES)
 @pytest.mark.parametrize("p", [1.0, 2.0, 3.5])
 def test_fp32(N, M, D, p):
-    q, keys, t, ql, kl, qs, gout = make_inputs(N, M, D, torch.float32, 4 if N > 2 else None,
-                                                seed=N * 31 + M * 7 + D)
+    q, keys, t, ql, kl, qs, gout = make_inputs(N, M, D, torch.float32, 4 if N > 2 else None, seed=N * 31 + M * 7 + D)
     got, ref = run_both(q, keys, t, ql, kl, qs, gout, p)
     assert got[0].dtype == torch.float32 and got[1].dtype == torch.float32
     assert_close(got, ref, atol=1e-5, rtol=1e-5)
@@ -137,7 +130,7 @@ def test_scale_stability():
     N, M, D = 18, 40, 16
     q, keys, t, ql, kl, qs, gout = make_inputs(N, M, D, torch.float32, None, seed=4)
     for scale in (1e15, 1e-15):
-        qq, kk, tt = q * scale ** 0.5, keys * scale ** 0.5, t * scale
+        qq, kk, tt = q * scale**0.5, keys * scale**0.5, t * scale
         got, ref = run_both(qq, kk, tt, ql, kl, qs, gout, 3.5)
         assert torch.isfinite(got[0]).all()
         torch.testing.assert_close(got[0].double() / scale, ref[0] / scale, atol=1e-5, rtol=1e-5)
@@ -149,9 +142,11 @@ def test_p1_equals_sum_of_hinges_and_deterministic():
     got2, _ = run_both(q, keys, t, ql, kl, qs, gout, 1.0)
     for a, b in zip(got1, got2):
         assert torch.equal(a, b)  # bitwise identical on a rerun
-    s = (q.double() @ keys.double().T)
+    s = q.double() @ keys.double().T
     valid = (ql[:, None] != kl[None, :]) & (torch.arange(27, device=DEVICE)[None, :] != qs[:, None])
-    sh = torch.where(valid, (s - t.double()[:, None]).clamp_min(0), torch.zeros((), dtype=torch.float64, device=DEVICE)).sum(1)
+    sh = torch.where(
+        valid, (s - t.double()[:, None]).clamp_min(0), torch.zeros((), dtype=torch.float64, device=DEVICE)
+    ).sum(1)
     torch.testing.assert_close(got1[0].double(), sh, atol=1e-5, rtol=1e-5)
 
 

@@ -1,15 +1,10 @@
 """The Triton both-direction hinge norms of the diagonal pairs against float64 autograd of the
 explicit formula (CPU: triton's interpreter, small sizes)."""
-import os
 
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-
-from vse_losses.ops import hinge_norm_pairs, triton_available  # noqa: E402
+from vse_losses.ops import hinge_norm_pairs, triton_available
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton not importable")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -34,9 +29,9 @@ def test_matches_float64_autograd(case, p, monkeypatch):
         monkeypatch.setattr(triton_hinge_norm, "W_CHUNK_ELEMENTS", 16)
     B, D = 37, 20
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(B, D, generator=g) / D ** 0.5
+    x = torch.randn(B, D, generator=g) / D**0.5
     self_ref = case == "self_ref"
-    y = x.clone() if self_ref else torch.randn(B, D, generator=g) / D ** 0.5
+    y = x.clone() if self_ref else torch.randn(B, D, generator=g) / D**0.5
     labels = torch.arange(B)
     ref_labels = labels.clone()
     if case in ("labels", "self_ref"):  # same-label entries off the diagonal are not negatives
@@ -54,8 +49,19 @@ def test_matches_float64_autograd(case, p, monkeypatch):
 
     got_in = [v.clone().requires_grad_() for v in (x, y, t)]
     idx = torch.arange(B, device=DEVICE)
-    T1, T2 = hinge_norm_pairs(got_in[0], got_in[0] if self_ref else got_in[1], got_in[2], idx, idx, labels,
-                              ref_labels, self_ref, p, do_t2i=do_t2i, impl="triton")
+    T1, T2 = hinge_norm_pairs(
+        got_in[0],
+        got_in[0] if self_ref else got_in[1],
+        got_in[2],
+        idx,
+        idx,
+        labels,
+        ref_labels,
+        self_ref,
+        p,
+        do_t2i=do_t2i,
+        impl="triton",
+    )
     got_out = (T1 * w1).sum() + (T2 * w2).sum()
     got_grads = torch.autograd.grad(got_out, got_in, allow_unused=True)
 
@@ -68,7 +74,7 @@ def test_matches_float64_autograd(case, p, monkeypatch):
         if ref is None:
             assert got is None or got.abs().max() == 0, name
         else:
-            torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_deterministic():

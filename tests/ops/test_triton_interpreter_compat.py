@@ -1,17 +1,14 @@
 """The interpreter's scalar-to-index conversion (triton <= 3.6 with NumPy >= 2.4): a kernel whose
 loop bounds are computed from the program id runs and is exact."""
+
 import os
 
+import numpy as np
+import pytest
 import torch
 
-if not torch.cuda.is_available():  # before triton is imported, which reads it then
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from vse_losses.ops import triton_available  # noqa: E402
-from vse_losses.ops.triton_interpreter_compat import _index, patch_interpreter_index  # noqa: E402
+from vse_losses.ops import triton_available
+from vse_losses.ops.triton_interpreter_compat import _index, patch_interpreter_index
 
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")

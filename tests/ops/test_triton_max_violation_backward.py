@@ -1,18 +1,13 @@
 """The one-pass Triton backward of the paired max violation against float64 autograd of the
 explicit formula (CPU: triton's interpreter): several column blocks, ties, a collapsed batch
 (every column's hardest row the same), zero rows, inactive hinges, B = 1 and 2, half inputs."""
-import os
 
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-from tests.support.reference import paired_max_violation as reference  # noqa: E402
-
-from vse_losses.ops import max_violation_paired as mvp  # noqa: E402
-from vse_losses.ops import _triton_backend, triton_available  # noqa: E402
+from tests.support.reference import paired_max_violation as reference
+from vse_losses.ops import _triton_backend, triton_available
+from vse_losses.ops import max_violation_paired as mvp
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton not importable")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -27,7 +22,9 @@ def check(x0, y0, margin, cosine, w1, w2, rtol=1e-4, atol=1e-5):
     r1, r2 = reference(xr, yr, margin, cosine)
     rx, ry = torch.autograd.grad((r1 * w1.double()).sum() + (r2 * w2.double()).sum(), (xr, yr))
     for name, a, b in (("i2t", i2t, r1), ("t2i", t2i, r2), ("grad x", gx, rx), ("grad y", gy, ry)):
-        torch.testing.assert_close(a.detach().double(), b.detach(), rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            a.detach().double(), b.detach(), rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 @pytest.mark.parametrize("cosine", [True, False])

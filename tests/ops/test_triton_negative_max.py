@@ -3,14 +3,9 @@
 Without CUDA the kernel runs in triton's CPU interpreter (TRITON_INTERPRET=1, set before the
 kernel module is first used; the module jits lazily). Interpreted sizes stay small.
 """
-import os
 
+import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
 
 triton = pytest.importorskip("triton")
 
@@ -187,8 +182,9 @@ def test_all_equal_scores():
     yl = torch.arange(M, device=DEVICE) % 3
     check(x, y, xl, yl, False, tol=0)
     # no negative at all
-    rv, ri, cv, ci = negative_max_triton(x, y, torch.zeros(B, dtype=torch.long, device=DEVICE),
-                                         torch.zeros(M, dtype=torch.long, device=DEVICE), False)
+    rv, ri, cv, ci = negative_max_triton(
+        x, y, torch.zeros(B, dtype=torch.long, device=DEVICE), torch.zeros(M, dtype=torch.long, device=DEVICE), False
+    )
     assert torch.isneginf(rv).all() and torch.isneginf(cv).all()
     assert (ri == 0).all() and (ci == 0).all()
 
@@ -224,6 +220,7 @@ def test_gpu_default_tiles_large():
 def test_empty():
     x = torch.zeros(0, 4, device=DEVICE)
     y = torch.randn(3, 4, device=DEVICE)
-    rv, ri, cv, ci = negative_max_triton(x, y, torch.zeros(0, dtype=torch.long, device=DEVICE),
-                                         torch.arange(3, device=DEVICE), False)
+    rv, ri, cv, ci = negative_max_triton(
+        x, y, torch.zeros(0, dtype=torch.long, device=DEVICE), torch.arange(3, device=DEVICE), False
+    )
     assert rv.shape == (0,) and torch.isneginf(cv).all() and (ci == 0).all()

@@ -1,15 +1,10 @@
 """The one-pass Triton row dot products against float64 (CPU: triton's interpreter): aligned
 and gathered rows, sizes that are not block multiples, half inputs, no pair at all."""
-import os
 
+import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-
-from vse_losses.ops import triton_available  # noqa: E402
+from vse_losses.ops import triton_available
 
 pytestmark = pytest.mark.skipif(not triton_available(), reason="triton not importable")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

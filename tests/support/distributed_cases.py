@@ -273,8 +273,11 @@ def gather_case(world: int, rank: int) -> dict:
     weights = torch.arange(full.shape[0], dtype=torch.float64)[:, None] * (rank + 1)
     (gathered * weights).sum().backward()  # Σ over ranks of the weights: world·(world+1)/2 · index
     expected = torch.arange(full.shape[0], dtype=torch.float64)[r0 : r0 + sizes[rank], None] * world * (world + 1) / 2
-    return {"rows_ok": bool(torch.equal(gathered.detach(), full)),
-            "grad_ok": bool(torch.equal(local.grad, expected.expand_as(local))), "error": None}
+    return {
+        "rows_ok": bool(torch.equal(gathered.detach(), full)),
+        "grad_ok": bool(torch.equal(local.grad, expected.expand_as(local))),
+        "error": None,
+    }
 
 
 def stats_case(world: int, rank: int) -> dict:
@@ -301,8 +304,9 @@ def worker(rank: int, worlds: tuple, out_dir: str) -> None:
         if rank >= world:
             return
         init = os.path.join(out_dir, f"init{world}")
-        dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
-                                timeout=timedelta(seconds=60))
+        dist.init_process_group(
+            "gloo", init_method=f"file://{init}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+        )
         results = {}
         try:
             for case in case_ids(world):
@@ -312,8 +316,13 @@ def worker(rank: int, worlds: tuple, out_dir: str) -> None:
                     results[case] = run_case(case, world, rank)
                 except Exception:  # recorded, reported by the test of this case
                     results[case] = {"error": traceback.format_exc()}
-            for name, fn in (("mismatch", mismatch_case), ("nan", nan_case), ("reducers", reducers_case),
-                             ("gather", gather_case), ("stats", stats_case)):
+            for name, fn in (
+                ("mismatch", mismatch_case),
+                ("nan", nan_case),
+                ("reducers", reducers_case),
+                ("gather", gather_case),
+                ("stats", stats_case),
+            ):
                 try:
                     results[name] = fn(world, rank)
                 except Exception:

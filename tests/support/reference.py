@@ -48,13 +48,15 @@ def loop_terms(S, labels=None, ref_labels=None, self_ref=False, margin=0.2, dire
     terms = []
     if directions in ("both", "i2t"):
         for a, p in pairs:
-            h = [margin - S[a, p] + S[a, n] for n in range(M)
-                 if labels[a] != ref_labels[n] and not (self_ref and n == a)]
+            h = [
+                margin - S[a, p] + S[a, n] for n in range(M) if labels[a] != ref_labels[n] and not (self_ref and n == a)
+            ]
             terms.append(norm_of(h, **norm))
     if directions in ("both", "t2i"):
         for a, p in pairs:
-            h = [margin - S[a, p] + S[n, p] for n in range(B)
-                 if labels[n] != ref_labels[p] and not (self_ref and n == p)]
+            h = [
+                margin - S[a, p] + S[n, p] for n in range(B) if labels[n] != ref_labels[p] and not (self_ref and n == p)
+            ]
             terms.append(norm_of(h, **norm))
     return torch.stack(terms) if terms else torch.zeros(0, dtype=torch.float64)
 

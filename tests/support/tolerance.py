@@ -14,8 +14,16 @@ import torch
 import torch.nn.functional as F
 
 
-def dense_paired_terms(x: torch.Tensor, y: torch.Tensor, margin: float, kind: str, k: int = 1, p: float = 1.0,
-                       mix: float = 0.0, temperature: float = 1.0) -> torch.Tensor:
+def dense_paired_terms(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    margin: float,
+    kind: str,
+    k: int = 1,
+    p: float = 1.0,
+    mix: float = 0.0,
+    temperature: float = 1.0,
+) -> torch.Tensor:
     """The terms of a paired batch as a user would compute them in torch, in the inputs' dtype
     (cosine scores, diagonal, hinge matrices with the diagonal zeroed, the norm of each row and
     column): the measuring stick of what the dtype itself costs."""
@@ -50,8 +58,14 @@ def half_rtol(dtype: torch.dtype, fp32: float = 1e-5) -> float:
     return torch.finfo(dtype).eps if dtype in (torch.float16, torch.bfloat16) else fp32
 
 
-def assert_as_close_as_torch(got: torch.Tensor, exact: torch.Tensor, torch_same_dtype: torch.Tensor,
-                             atol: float = 1e-6, rtol: float = 1e-5, what: str = "") -> None:
+def assert_as_close_as_torch(
+    got: torch.Tensor,
+    exact: torch.Tensor,
+    torch_same_dtype: torch.Tensor,
+    atol: float = 1e-6,
+    rtol: float = 1e-5,
+    what: str = "",
+) -> None:
     got, exact, base = got.double(), exact.double(), torch_same_dtype.double()
     err, base_err = (got - exact).abs().max().item(), (base - exact).abs().max().item()
     allowed = base_err + atol + rtol * exact.abs().max().item()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimilarity
@@ -47,8 +45,9 @@ class BaseViolationLoss(BaseMetricLossFunction):
         ``loss(embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None)`` — PML.
     """
 
-    def __init__(self, margin: float = 0.2, directions: str = "both", impl: str = "auto",
-                 distributed: bool = False, **kwargs):
+    def __init__(
+        self, margin: float = 0.2, directions: str = "both", impl: str = "auto", distributed: bool = False, **kwargs
+    ):
         super().__init__(**kwargs)
         self.margin = _checks.check_margin(margin)
         self.directions = _checks.check_choice("directions", directions, _checks.DIRECTIONS)
@@ -72,7 +71,8 @@ class BaseViolationLoss(BaseMetricLossFunction):
         _checks.check_inputs(embeddings, labels, ref_emb, ref_labels)
         if indices_tuple is not None and len(indices_tuple) not in (3, 4):
             raise ValueError(
-                f"indices_tuple must be PML triplets (a, p, n) or pairs (a1, p, a2, n), got {len(indices_tuple)} tensors"
+                "indices_tuple must be PML triplets (a, p, n) or pairs (a1, p, a2, n), "
+                f"got {len(indices_tuple)} tensors"
             )
         if ref_emb is None and labels is None and indices_tuple is None:
             raise ValueError(
@@ -94,15 +94,24 @@ class BaseViolationLoss(BaseMetricLossFunction):
             x = embeddings if cosine else self.distance.maybe_normalize(embeddings)
             y = None if self_ref else (ref_emb if cosine else self.distance.maybe_normalize(ref_emb))
             terms, anchors = violation_terms(
-                x, y, labels=labels, ref_labels=ref_labels, margin=self.margin, norm=self.norm(),
-                directions=self.directions, impl=self.impl, cosine=cosine, guard=True,
+                x,
+                y,
+                labels=labels,
+                ref_labels=ref_labels,
+                margin=self.margin,
+                norm=self.norm(),
+                directions=self.directions,
+                impl=self.impl,
+                cosine=cosine,
+                guard=True,
             )
             if self.collect_stats:
                 if cosine:
                     x = F.normalize(x, dim=1)
                     y = None if y is None else F.normalize(y, dim=1)
-                self._set_stats(violation_stats(x, x if y is None else y, labels, ref_labels, self_ref, terms,
-                                                self.directions))
+                self._set_stats(
+                    violation_stats(x, x if y is None else y, labels, ref_labels, self_ref, terms, self.directions)
+                )
         else:
             terms, anchors = self._dense_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, self_ref)
             terms = terms + nan_guard(embeddings, y_in)
@@ -133,22 +142,40 @@ class BaseViolationLoss(BaseMetricLossFunction):
             x = self.distance.maybe_normalize(x)
             y = None if self_ref else self.distance.maybe_normalize(y)
         terms, anchors, g = distributed_terms(
-            x, y, labels, None if self_ref else ref_labels, margin=self.margin, norm=self.norm(),
-            directions=self.directions, impl=self.impl, scores=None if dot else self._scores,
+            x,
+            y,
+            labels,
+            None if self_ref else ref_labels,
+            margin=self.margin,
+            norm=self.norm(),
+            directions=self.directions,
+            impl=self.impl,
+            scores=None if dot else self._scores,
         )
         if self.collect_stats:
             gy = g.x if g.y is None else g.y
             if dot:
-                self._set_stats(violation_stats(g.x, gy, g.labels if g.has_labels else None,
-                                                g.ref_labels if g.has_labels else None, self_ref, terms,
-                                                self.directions))
+                self._set_stats(
+                    violation_stats(
+                        g.x,
+                        gy,
+                        g.labels if g.has_labels else None,
+                        g.ref_labels if g.has_labels else None,
+                        self_ref,
+                        terms,
+                        self.directions,
+                    )
+                )
             else:
                 pos, neg = pair_masks(g.labels, g.ref_labels, self_ref)
                 self._set_stats(score_stats(self._scores(g.x, gy), pos, neg, terms, self.directions))
         rule = _dist.reducer_rule(self.reducer)
         if rule is not None:
-            loss = {"losses": _dist.reduce_terms(terms, rule, g.world), "indices": None,
-                    "reduction_type": "already_reduced"}
+            loss = {
+                "losses": _dist.reduce_terms(terms, rule, g.world),
+                "indices": None,
+                "reduction_type": "already_reduced",
+            }
         elif terms.numel() == 0:
             loss = self._no_terms(embeddings, None if self_ref else ref_emb)
         else:  # another reducer gets this rank's terms; indices: the local index of each term's
@@ -198,7 +225,7 @@ class BaseViolationLoss(BaseMetricLossFunction):
             self._set_stats(score_stats(S, pos, neg, terms, self.directions))
         return terms, anchors
 
-    def _triplet_terms(self, S, indices_tuple, norm) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _triplet_terms(self, S, indices_tuple, norm) -> tuple[torch.Tensor, torch.Tensor]:
         """Triplets (a, p, n) index ``embeddings`` for a and ``ref_emb`` for p and n, so they define
         the anchor→ref direction only: one term per distinct (a, p), over its listed negatives."""
         if self.directions == "t2i":

@@ -22,8 +22,8 @@ score matrix and its masks and has no operations here: the planner computes it i
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
@@ -35,8 +35,20 @@ from .chunked_negative_topk import negative_topk_chunked
 from .chunked_row_dots import RowDots, row_dots_forward_chunked
 from .max_violation_paired import MaxViolationPaired
 
-__all__ = ["Backend", "DENSE", "CHUNKED", "resolve_backend", "resolve_impl", "triton_available", "triton_runs",
-           "negative_topk", "hinge_norm_rows", "hinge_norm_pairs", "row_dots", "AUTO_CHUNKED_MIN_PAIRS"]
+__all__ = [
+    "Backend",
+    "DENSE",
+    "CHUNKED",
+    "resolve_backend",
+    "resolve_impl",
+    "triton_available",
+    "triton_runs",
+    "negative_topk",
+    "hinge_norm_rows",
+    "hinge_norm_pairs",
+    "row_dots",
+    "AUTO_CHUNKED_MIN_PAIRS",
+]
 
 # B·M above which "auto" leaves the dense formula for the chunked one on the CPU: below it the
 # dense formula is as fast and its few B×M buffers are small.
@@ -48,13 +60,13 @@ class Backend:
     """One implementation of every operation (see the module docstring); ``dense``: none."""
 
     name: str
-    row_dots_forward: Optional[Callable] = None
-    negative_max: Optional[Callable] = None  # k = 1 fused search, else negative_topk_chunked
-    hinge_norm_rows: Optional[Callable] = None
-    hinge_norm_pairs: Optional[Callable] = None
-    mh_side: Optional[Callable] = None
-    max_violation_small: Optional[Callable] = None  # (x, y, margin, cosine, guard) for B ≤ its MAX_B
-    lse_pairs: Optional[Callable] = None
+    row_dots_forward: Callable | None = None
+    negative_max: Callable | None = None  # k = 1 fused search, else negative_topk_chunked
+    hinge_norm_rows: Callable | None = None
+    hinge_norm_pairs: Callable | None = None
+    mh_side: Callable | None = None
+    max_violation_small: Callable | None = None  # (x, y, margin, cosine, guard) for B ≤ its MAX_B
+    lse_pairs: Callable | None = None
 
     @property
     def dense(self) -> bool:
@@ -77,11 +89,17 @@ class Backend:
 
 
 DENSE = Backend("dense")
-CHUNKED = Backend("chunked", row_dots_forward=row_dots_forward_chunked, hinge_norm_rows=hinge_norm_rows_chunked,
-                  hinge_norm_pairs=hinge_norm_pairs_chunked, mh_side=mh_side_chunked, lse_pairs=lse_pairs_chunked)
+CHUNKED = Backend(
+    "chunked",
+    row_dots_forward=row_dots_forward_chunked,
+    hinge_norm_rows=hinge_norm_rows_chunked,
+    hinge_norm_pairs=hinge_norm_pairs_chunked,
+    mh_side=mh_side_chunked,
+    lse_pairs=lse_pairs_chunked,
+)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_backend() -> Backend:
     # imported at first use: importing triton is slow, and the interpreter is chosen at first launch
     from .triton_hinge_norm import hinge_norm_rows_triton
@@ -91,10 +109,16 @@ def _triton_backend() -> Backend:
     from .triton_negative_max import negative_max_triton
     from .triton_row_dots import row_dots_forward_triton
 
-    return Backend("triton", row_dots_forward=row_dots_forward_triton, negative_max=negative_max_triton,
-                   hinge_norm_rows=hinge_norm_rows_triton, hinge_norm_pairs=hinge_norm_pairs_triton,
-                   mh_side=mh_side_triton, max_violation_small=max_violation_small,
-                   lse_pairs=lse_pairs_chunked)  # no fused kernel yet: the torch tiles on the GPU
+    return Backend(
+        "triton",
+        row_dots_forward=row_dots_forward_triton,
+        negative_max=negative_max_triton,
+        hinge_norm_rows=hinge_norm_rows_triton,
+        hinge_norm_pairs=hinge_norm_pairs_triton,
+        mh_side=mh_side_triton,
+        max_violation_small=max_violation_small,
+        lse_pairs=lse_pairs_chunked,
+    )  # no fused kernel yet: the torch tiles on the GPU
 
 
 def triton_available() -> bool:
@@ -111,8 +135,7 @@ def triton_runs(*tensors: torch.Tensor) -> bool:
     from .triton_common import is_interpreting
 
     return triton_available() and all(
-        (t.is_cuda or is_interpreting()) and t.dtype in (torch.float32, torch.float16, torch.bfloat16)
-        for t in tensors
+        (t.is_cuda or is_interpreting()) and t.dtype in (torch.float32, torch.float16, torch.bfloat16) for t in tensors
     )
 
 
@@ -151,8 +174,9 @@ def _fast(impl: str, x: torch.Tensor) -> Backend:
     return CHUNKED if backend.dense else backend
 
 
-def negative_topk(x, y, x_labels, y_labels, self_ref: bool, k: int, impl: str = "chunked", paired: bool = False,
-                  scales=None):
+def negative_topk(
+    x, y, x_labels, y_labels, self_ref: bool, k: int, impl: str = "chunked", paired: bool = False, scales=None
+):
     """The k largest negative scores of each row and each column of ``x yᵀ``, in float32.
 
     x: (B, D), y: (M, D); x_labels (B,), y_labels (M,) integers; (i, j) is a negative iff
@@ -175,8 +199,21 @@ def hinge_norm_rows(q, keys, t, q_labels, k_labels, q_self, p: float, impl: str 
     return _fast(impl, q).hinge_norm_rows(q, keys, t, q_labels, k_labels, q_self, p)
 
 
-def hinge_norm_pairs(x, y, t, a, p_idx, labels, ref_labels, self_ref: bool, p: float,
-                     do_i2t: bool = True, do_t2i: bool = True, impl: str = "chunked", paired: bool = False):
+def hinge_norm_pairs(
+    x,
+    y,
+    t,
+    a,
+    p_idx,
+    labels,
+    ref_labels,
+    self_ref: bool,
+    p: float,
+    do_i2t: bool = True,
+    do_t2i: bool = True,
+    impl: str = "chunked",
+    paired: bool = False,
+):
     """Both directions' ℓp hinge norms of every positive pair ``(a_j, p_j)``, threshold ``t_j``.
 
     ``T¹_j`` over the negatives n of row a_j of ``[x_{a_j}·y_n − t_j]_+``, ``T²_j`` over the

@@ -35,7 +35,7 @@ class HingeNormPairsChunked(torch.autograd.Function):
         T1 = torch.zeros(P, dtype=tiles.wide, device=x.device)
         m2 = torch.zeros(P, dtype=tiles.wide, device=x.device)  # the t2i norms' running statistics
         s2 = torch.zeros(P, dtype=tiles.wide, device=x.device)  # (ops/lp_norm.py)
-        for r0, r1, j0, j1, S in tiles:
+        for r0, _r1, j0, j1, S in tiles:
             if do_i2t and j1 > j0:
                 H = tiles.rows_of_pairs(S, r0, j0, j1)
                 H = (H - tw[j0:j1, None]).clamp_(min=0.0)
@@ -85,8 +85,20 @@ class HingeNormPairsChunked(torch.autograd.Function):
         return gx.to(x.dtype), gy.to(y.dtype), gt.to(t.dtype), None, None, None, None, None, None, None, None, None
 
 
-def hinge_norm_pairs_chunked(x, y, t, a, p_idx, labels, ref_labels, self_ref: bool, p: float,
-                             do_i2t: bool = True, do_t2i: bool = True, paired: bool = False):
+def hinge_norm_pairs_chunked(
+    x,
+    y,
+    t,
+    a,
+    p_idx,
+    labels,
+    ref_labels,
+    self_ref: bool,
+    p: float,
+    do_i2t: bool = True,
+    do_t2i: bool = True,
+    paired: bool = False,
+):
     """See :func:`vse_losses.ops.hinge_norm_pairs`."""
     return HingeNormPairsChunked.apply(
         x, y, t, a, p_idx, labels, ref_labels, bool(self_ref), float(p), bool(do_i2t), bool(do_t2i), bool(paired)

@@ -53,7 +53,7 @@ class LsePairsChunked(torch.autograd.Function):
         L1 = torch.zeros(P, dtype=tiles.wide, device=x.device)
         m2 = torch.zeros(P, dtype=tiles.wide, device=x.device)  # the positive: exp(0 − 0) = 1
         s2 = torch.ones(P, dtype=tiles.wide, device=x.device)
-        for r0, r1, j0, j1, S in tiles:
+        for r0, _r1, j0, j1, S in tiles:
             if do_i2t and j1 > j0:
                 z = _z(tiles.rows_of_pairs(S, r0, j0, j1), tw[j0:j1, None], tv)
                 m = z.amax(1).clamp_(min=0.0)  # the positive's 0 is in the maximum
@@ -87,8 +87,15 @@ class LsePairsChunked(torch.autograd.Function):
         for r0, r1, j0, j1, S in tiles:
             dS = None
             if do_i2t and j1 > j0:
-                W, wz = _weights(tiles.rows_of_pairs(S, r0, j0, j1), tw[j0:j1, None], L1[j0:j1, None], tau,
-                                 g1[j0:j1, None].to(wide), 1, need_tau)
+                W, wz = _weights(
+                    tiles.rows_of_pairs(S, r0, j0, j1),
+                    tw[j0:j1, None],
+                    L1[j0:j1, None],
+                    tau,
+                    g1[j0:j1, None].to(wide),
+                    1,
+                    need_tau,
+                )
                 if tiles.diagonal:
                     dS = W
                 else:
@@ -96,8 +103,15 @@ class LsePairsChunked(torch.autograd.Function):
                 gt[j0:j1] -= W.sum(1)
                 gtau = gtau - wz if need_tau else gtau
             if do_t2i:
-                W, wz = _weights(S if tiles.diagonal else S[:, p_idx], tw[None, :], L2[None, :], tau,
-                                 g2[None, :].to(wide), 0, need_tau)
+                W, wz = _weights(
+                    S if tiles.diagonal else S[:, p_idx],
+                    tw[None, :],
+                    L2[None, :],
+                    tau,
+                    g2[None, :].to(wide),
+                    0,
+                    need_tau,
+                )
                 if dS is None:
                     dS = torch.zeros_like(S)
                 if tiles.diagonal:
@@ -112,15 +126,27 @@ class LsePairsChunked(torch.autograd.Function):
             gx[r0:r1] = tiles.mm(dS, tiles.y)
             tiles.mm.add_product(gy, dS.t(), x[r0:r1])
         gtau = gtau.to(ctx.tau_dtype) if need_tau else None
-        return (gx.to(x.dtype), gy.to(y.dtype), gt.to(t.dtype), gtau, None, None, None, None, None, None, None,
-                None)
+        return (gx.to(x.dtype), gy.to(y.dtype), gt.to(t.dtype), gtau, None, None, None, None, None, None, None, None)
 
 
-def lse_pairs_chunked(x, y, t, tau, a, p_idx, labels, ref_labels, self_ref: bool, do_i2t: bool = True,
-                      do_t2i: bool = True, paired: bool = False):
+def lse_pairs_chunked(
+    x,
+    y,
+    t,
+    tau,
+    a,
+    p_idx,
+    labels,
+    ref_labels,
+    self_ref: bool,
+    do_i2t: bool = True,
+    do_t2i: bool = True,
+    paired: bool = False,
+):
     """``(L¹, L²)``, each (P,) float32 (float64 for float64 inputs; zeros for a direction not
     asked for); see the module docstring. x: (B, D), y: (M, D), t: (P,) thresholds, τ a float or a
     0-dim tensor (differentiable), ``(a, p_idx)`` the positive pairs (rows ascending); negatives
     as in :func:`~vse_losses.ops.negative_topk`. ``paired``: pair j is (j, j), labels ``arange``."""
-    return LsePairsChunked.apply(x, y, t, tau, a, p_idx, labels, ref_labels, bool(self_ref), bool(do_i2t),
-                                 bool(do_t2i), bool(paired))
+    return LsePairsChunked.apply(
+        x, y, t, tau, a, p_idx, labels, ref_labels, bool(self_ref), bool(do_i2t), bool(do_t2i), bool(paired)
+    )

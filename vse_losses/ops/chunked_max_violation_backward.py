@@ -47,13 +47,15 @@ def mh_side_chunked(own, other, c_own, c_other, d, s_ii, w_own, hard_own, val_ow
     out = torch.empty_like(own)
     order = torch.nonzero(w_in).squeeze(1)  # (one synchronisation)
     order = order[torch.argsort(hard_in[order], stable=True)]
-    bounds = torch.searchsorted(hard_in[order], torch.arange(0, B + step, step, device=own.device).clamp_max(B)).tolist()
+    bounds = torch.searchsorted(
+        hard_in[order], torch.arange(0, B + step, step, device=own.device).clamp_max(B)
+    ).tolist()
     for c, r0 in enumerate(range(0, B, step)):
         r1 = min(B, r0 + step)
         acc = d[r0:r1, None] * o_hat(slice(r0, r1)) + w_own[r0:r1, None] * o_hat(hard_own[r0:r1])
-        js = order[bounds[c]:bounds[c + 1]]
+        js = order[bounds[c] : bounds[c + 1]]
         for j0 in range(0, js.shape[0], step):  # a row can receive from every pair (a collapse)
-            jj = js[j0:j0 + step]
+            jj = js[j0 : j0 + step]
             acc.index_put_((hard_in[jj] - r0,), w_in[jj, None] * o_hat(jj), accumulate=True)
         if cosine:
             acc -= (A[r0:r1] * c_own[r0:r1])[:, None] * own[r0:r1].to(wide)

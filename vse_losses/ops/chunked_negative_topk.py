@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 
 from .tiling import Matmul, SameLabel, mask_non_negatives_, tile_rows
@@ -11,7 +9,7 @@ from .tiling import Matmul, SameLabel, mask_non_negatives_, tile_rows
 NEG_INF = float("-inf")
 
 
-def _topk_desc(S: torch.Tensor, k: int, dim: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _topk_desc(S: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k along ``dim``, padded with −inf/0 to k; for k=1 ties go to the lowest index."""
     n = S.shape[dim]
     if k == 1:

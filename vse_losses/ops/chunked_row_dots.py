@@ -16,8 +16,6 @@ share a row) with ``index_put_(accumulate=True)``, deterministic on every device
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .tiling import TILE_ELEMENTS
@@ -27,11 +25,11 @@ def _chunk(n: int, d: int) -> int:
     return max(1, min(n, TILE_ELEMENTS // max(d, 1)))
 
 
-def _rows(t: torch.Tensor, idx: Optional[torch.Tensor], n0: int, n1: int) -> torch.Tensor:
+def _rows(t: torch.Tensor, idx: torch.Tensor | None, n0: int, n1: int) -> torch.Tensor:
     return t[n0:n1] if idx is None else t[idx[n0:n1]]
 
 
-def _put(grad: torch.Tensor, idx: Optional[torch.Tensor], n0: int, n1: int, part: torch.Tensor) -> None:
+def _put(grad: torch.Tensor, idx: torch.Tensor | None, n0: int, n1: int, part: torch.Tensor) -> None:
     """Pairs n0 … n1 − 1 give ``part`` to their rows of ``grad``: written (aligned) or added (gathered)."""
     if idx is None:
         grad[n0:n1] = part
@@ -43,8 +41,10 @@ def row_dots_forward_chunked(q, k, qi, ki, n: int) -> torch.Tensor:
     """(n,) ``q[qi_n] · k[ki_n]`` in the wide dtype, over chunks of pairs (no autograd)."""
     wide = torch.promote_types(torch.promote_types(q.dtype, k.dtype), torch.float32)
     step = _chunk(n, q.shape[1])
-    parts = [(_rows(q, qi, n0, n0 + step).to(wide) * _rows(k, ki, n0, n0 + step).to(wide)).sum(-1)
-             for n0 in range(0, max(n, 1), step)]  # n = 0: one empty chunk
+    parts = [
+        (_rows(q, qi, n0, n0 + step).to(wide) * _rows(k, ki, n0, n0 + step).to(wide)).sum(-1)
+        for n0 in range(0, max(n, 1), step)
+    ]  # n = 0: one empty chunk
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
@@ -70,11 +70,24 @@ class RowDots(torch.autograd.Function):
         g = g.to(wide)
         if step >= n and qi is None and ki is None and n == q.shape[0] == k.shape[0]:  # one chunk, aligned: no buffers
             gn = g[:, None]
-            return ((gn * k.to(wide)).to(q.dtype) if need_q else None,
-                    (gn * q.to(wide)).to(k.dtype) if need_k else None, None, None, None)
+            return (
+                (gn * k.to(wide)).to(q.dtype) if need_q else None,
+                (gn * q.to(wide)).to(k.dtype) if need_k else None,
+                None,
+                None,
+                None,
+            )
         # aligned side: one write per row, in its dtype; gathered side: a float32 accumulator
-        gq = None if not need_q else (torch.zeros_like(q) if qi is None else torch.zeros(q.shape, dtype=wide, device=q.device))
-        gk = None if not need_k else (torch.zeros_like(k) if ki is None else torch.zeros(k.shape, dtype=wide, device=k.device))
+        gq = (
+            None
+            if not need_q
+            else (torch.zeros_like(q) if qi is None else torch.zeros(q.shape, dtype=wide, device=q.device))
+        )
+        gk = (
+            None
+            if not need_k
+            else (torch.zeros_like(k) if ki is None else torch.zeros(k.shape, dtype=wide, device=k.device))
+        )
         for n0 in range(0, n, step):
             n1 = min(n, n0 + step)
             gn = g[n0:n1, None]
@@ -85,8 +98,9 @@ class RowDots(torch.autograd.Function):
         return (None if gq is None else gq.to(q.dtype), None if gk is None else gk.to(k.dtype), None, None, None)
 
 
-def row_dots_chunked(q: torch.Tensor, k: torch.Tensor, qi: Optional[torch.Tensor] = None,
-                     ki: Optional[torch.Tensor] = None) -> torch.Tensor:
+def row_dots_chunked(
+    q: torch.Tensor, k: torch.Tensor, qi: torch.Tensor | None = None, ki: torch.Tensor | None = None
+) -> torch.Tensor:
     """``s_n = q[qi_n] · k[ki_n]`` in float32 (float64 for float64 inputs), differentiable in q and k.
 
     q: (Bq, D), k: (Bk, D); qi, ki: (N,) int64 row indices, or None for rows 0 … N−1 (aligned).

@@ -9,8 +9,6 @@ Triton kernels, by the same recurrence.
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 
 
@@ -18,7 +16,7 @@ def _safe(m: torch.Tensor) -> torch.Tensor:
     return torch.where(m > 0, m, torch.ones_like(m))
 
 
-def lp_stats(h: torch.Tensor, p: float, dim: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
+def lp_stats(h: torch.Tensor, p: float, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
     """``(m, s)`` of h along ``dim``. m is detached: ‖h‖_p = m ‖h/m‖_p for any constant m > 0."""
     if p == 1.0:
         return h.detach().new_zeros(()), h.sum(dim)
@@ -28,7 +26,7 @@ def lp_stats(h: torch.Tensor, p: float, dim: int = -1) -> Tuple[torch.Tensor, to
     return m, r.sum(dim)
 
 
-def lp_merge(m: torch.Tensor, s: torch.Tensor, p: float, dim: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+def lp_merge(m: torch.Tensor, s: torch.Tensor, p: float, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge partial statistics stacked along ``dim`` into one ``(m, s)``."""
     if p == 1.0:
         return m.amax(dim) if m.dim() else m, s.sum(dim)

@@ -50,8 +50,9 @@ class MaxViolationPaired(torch.autograd.Function):
         ids = torch.arange(B, device=x.device)
         with torch.no_grad():
             s_ii = backend.row_dots(x, y) * cx * cy
-            rv, ri, cv, ci = backend.negative_topk(x, y, ids, ids, False, 1, paired=True,
-                                                   scales=(cx, cy) if cosine else None)
+            rv, ri, cv, ci = backend.negative_topk(
+                x, y, ids, ids, False, 1, paired=True, scales=(cx, cy) if cosine else None
+            )
         rv, ri, cv, ci = rv[:, 0].to(wide), ri[:, 0], cv[:, 0].to(wide), ci[:, 0]
         i2t = torch.relu(margin - s_ii + rv)  # −inf (B = 1, no negative): 0
         t2i = torch.relu(margin - s_ii + cv)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 
 # elements of one (rows × M) float32 score tile: 16 MiB. The chunked kernels keep a few such
@@ -15,7 +13,7 @@ TILE_ELEMENTS_CUDA = 1 << 26
 MIN_TILE_ROWS = 64
 
 
-def tile_rows(n_rows: int, n_cols: int, device: Optional[torch.device] = None) -> int:
+def tile_rows(n_rows: int, n_cols: int, device: torch.device | None = None) -> int:
     """Rows per tile: as many as fit the device's tile budget, at least MIN_TILE_ROWS, at most n_rows."""
     budget = TILE_ELEMENTS_CUDA if device is not None and device.type == "cuda" else TILE_ELEMENTS
     return max(1, min(n_rows, max(MIN_TILE_ROWS, budget // max(n_cols, 1))))
@@ -46,7 +44,7 @@ class SameLabel:
         if not paired:
             self.sorted, self.order = torch.sort(col_labels, stable=True)
 
-    def entries(self, row_labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def entries(self, row_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(rows, cols)`` with ``row_labels[rows] == col_labels[cols]``, rows ascending."""
         if self.paired:
             return torch.arange(row_labels.shape[0], device=row_labels.device), row_labels
@@ -61,7 +59,7 @@ def mask_non_negatives_(
     S: torch.Tensor,
     same: SameLabel,
     row_labels: torch.Tensor,
-    row_self: Optional[torch.Tensor],
+    row_self: torch.Tensor | None,
     fill: float,
 ) -> torch.Tensor:
     """Set the entries of the tile S (rows × M) that are not negatives to ``fill``, in place:

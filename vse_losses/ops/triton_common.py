@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Tuple
 
 import torch
 
@@ -24,7 +23,7 @@ from .triton_interpreter_compat import patch_interpreter_index
 MIN_TRITON = (3, 3)
 
 
-def version_tuple(version: str) -> Tuple[int, int]:
+def version_tuple(version: str) -> tuple[int, int]:
     """``"3.6.0+git1a2b"`` → ``(3, 6)``."""
     major, minor = (version.split("+")[0].split(".") + ["0"])[:2]
     return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
@@ -34,7 +33,7 @@ try:  # pragma: no cover - exercised by the import itself
     import triton
     import triton.language as tl
 
-    TRITON_VERSION: Optional[str] = str(triton.__version__)
+    TRITON_VERSION: str | None = str(triton.__version__)
     TRITON_AVAILABLE = version_tuple(TRITON_VERSION) >= MIN_TRITON
 except Exception:  # ImportError, or a broken triton install
     triton = None
@@ -42,14 +41,31 @@ except Exception:  # ImportError, or a broken triton install
     TRITON_VERSION = None
     TRITON_AVAILABLE = False
 
-__all__ = ["MIN_TRITON", "TRITON_AVAILABLE", "TRITON_VERSION", "triton", "tl", "triton_requirement", "is_interpreting",
-           "kernel_helper", "score_tile", "recip_pos", "pow_masked", "pow_pos", "lp_merge_tile", "jitted", "even_shape",
-           "num_sms", "choose_groups"]
+__all__ = [
+    "MIN_TRITON",
+    "TRITON_AVAILABLE",
+    "TRITON_VERSION",
+    "triton",
+    "tl",
+    "triton_requirement",
+    "is_interpreting",
+    "kernel_helper",
+    "score_tile",
+    "recip_pos",
+    "pow_masked",
+    "pow_pos",
+    "lp_merge_tile",
+    "jitted",
+    "even_shape",
+    "num_sms",
+    "choose_groups",
+]
 
 
 def triton_requirement() -> str:
     """``"triton >= 3.3 (found 3.2.0)"``: what the errors that refuse the triton path say."""
     return f"triton >= {MIN_TRITON[0]}.{MIN_TRITON[1]} (found {TRITON_VERSION or 'none'})"
+
 
 def is_interpreting() -> bool:
     """True when ``TRITON_INTERPRET`` asks for triton's CPU interpreter."""
@@ -63,9 +79,19 @@ def kernel_helper(fn):
 
 
 @kernel_helper
-def score_tile(x_rows, y_cols, row_ok, col_ok, D,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-               EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr, EVEN_K: tl.constexpr):
+def score_tile(
+    x_rows,
+    y_cols,
+    row_ok,
+    col_ok,
+    D,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    EVEN_ROWS: tl.constexpr,
+    EVEN_COLS: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
     """The score tile ``x[rows] @ y[cols]ᵀ``, (BLOCK_M, BLOCK_N) float32 in registers, for every
     fused kernel. x_rows: (BLOCK_M, 1) pointers to the rows, y_cols: (1, BLOCK_N) pointers to the
     columns; the loads go unmasked where the EVEN flags say the tile and D are whole. float32
@@ -167,8 +193,9 @@ def num_sms(device: torch.device) -> int:
     return 4
 
 
-def choose_groups(nrb: int, nct: int, B: int, M: int, n_sm: int,
-                   max_partial_bytes: int = 256 * 2**20) -> Tuple[int, int]:
+def choose_groups(
+    nrb: int, nct: int, B: int, M: int, n_sm: int, max_partial_bytes: int = 256 * 2**20
+) -> tuple[int, int]:
     """Number of row groups P and column groups Q (grid = P x Q programs).
 
     Aim at about 8 programs per SM (good wave quantisation, each program still owns many

@@ -29,17 +29,25 @@ so that ``TRITON_INTERPRET=1`` set before the first call selects the CPU interpr
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
+from .lp_norm import lp_norm
 from .tiling import Matmul
 from .triton_common import (  # triton, tl: None without triton
-    TRITON_AVAILABLE, even_shape, is_interpreting, jitted, kernel_helper, lp_merge_tile, pow_masked, pow_pos, recip_pos,
-    score_tile, tl, triton,
+    TRITON_AVAILABLE,
+    even_shape,
+    is_interpreting,
+    jitted,
+    kernel_helper,
+    lp_merge_tile,
+    pow_masked,
+    pow_pos,
+    recip_pos,
+    score_tile,
+    tl,
+    triton,
 )
-from .lp_norm import lp_norm
-
 
 __all__ = ["TRITON_AVAILABLE", "HingeNormRowsTriton", "hinge_norm_rows_triton"]
 
@@ -48,13 +56,27 @@ __all__ = ["TRITON_AVAILABLE", "HingeNormRowsTriton", "hinge_norm_rows_triton"]
 # Kernels (plain functions; jitted lazily by ``jitted()``)
 # ----------------------------------------------------------------------------------------
 def _hinge_norm_fwd_kernel(
-    q_ptr, k_ptr, t_ptr, ql_ptr, kl_ptr, qs_ptr, out_ptr,
-    N, M, D,
-    stride_q, stride_k,
-    p, inv_p,
-    P_MODE: tl.constexpr,              # 1: p == 1, 2: p == 2, 0: any other p
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    t_ptr,
+    ql_ptr,
+    kl_ptr,
+    qs_ptr,
+    out_ptr,
+    N,
+    M,
+    D,
+    stride_q,
+    stride_k,
+    p,
+    inv_p,
+    P_MODE: tl.constexpr,  # 1: p == 1, 2: p == 2, 0: any other p
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    EVEN_M: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -65,8 +87,8 @@ def _hinge_norm_fwd_kernel(
     qs = tl.load(qs_ptr + rows, mask=row_ok, other=-1)
     q_rows = q_ptr + rows.to(tl.int64)[:, None] * stride_q
 
-    run_m = tl.zeros([BLOCK_M], dtype=tl.float32)    # running max of h (h >= 0)
-    run_s = tl.zeros([BLOCK_M], dtype=tl.float32)    # sum (h / run_m)^p   (P_MODE 1: sum h)
+    run_m = tl.zeros([BLOCK_M], dtype=tl.float32)  # running max of h (h >= 0)
+    run_s = tl.zeros([BLOCK_M], dtype=tl.float32)  # sum (h / run_m)^p   (P_MODE 1: sum h)
     for n0 in range(0, M, BLOCK_N):
         cols = n0 + offs_n
         col_ok = cols < M
@@ -110,16 +132,42 @@ def hinge_weights(s, valid, t, T, g, pm1, P_MODE: tl.constexpr):
 
 
 def _hinge_weight_kernel(
-    q_ptr, k_ptr, w_ptr, rs_ptr, cs_ptr,
-    tq_ptr, Tq_ptr, gq_ptr, lq_ptr, sq_ptr,
-    tk_ptr, Tk_ptr, gk_ptr, lk_ptr, sk_ptr,
-    r0, R, M, D,
-    stride_q, stride_k, stride_w, stride_rs, stride_cs,
+    q_ptr,
+    k_ptr,
+    w_ptr,
+    rs_ptr,
+    cs_ptr,
+    tq_ptr,
+    Tq_ptr,
+    gq_ptr,
+    lq_ptr,
+    sq_ptr,
+    tk_ptr,
+    Tk_ptr,
+    gk_ptr,
+    lk_ptr,
+    sk_ptr,
+    r0,
+    R,
+    M,
+    D,
+    stride_q,
+    stride_k,
+    stride_w,
+    stride_rs,
+    stride_cs,
     pm1,
-    P_MODE: tl.constexpr, ROW_TERM: tl.constexpr, COL_TERM: tl.constexpr,
-    SELF_Q: tl.constexpr, SELF_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    EVEN_R: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+    P_MODE: tl.constexpr,
+    ROW_TERM: tl.constexpr,
+    COL_TERM: tl.constexpr,
+    SELF_Q: tl.constexpr,
+    SELF_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    EVEN_R: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_K: tl.constexpr,
 ):
     """One (BLOCK_M, BLOCK_N) tile of the weights of the rows r0 .. r0 + R of q against all keys:
 
@@ -151,15 +199,27 @@ def _hinge_weight_kernel(
         valid = valid & (rows[:, None] != sk[None, :])
     w = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if ROW_TERM:
-        w_row = hinge_weights(acc, valid, tl.load(tq_ptr + rows, mask=row_ok, other=0.0)[:, None],
-                              tl.load(Tq_ptr + rows, mask=row_ok, other=0.0)[:, None],
-                              tl.load(gq_ptr + rows, mask=row_ok, other=0.0)[:, None], pm1, P_MODE)
+        w_row = hinge_weights(
+            acc,
+            valid,
+            tl.load(tq_ptr + rows, mask=row_ok, other=0.0)[:, None],
+            tl.load(Tq_ptr + rows, mask=row_ok, other=0.0)[:, None],
+            tl.load(gq_ptr + rows, mask=row_ok, other=0.0)[:, None],
+            pm1,
+            P_MODE,
+        )
         tl.store(rs_ptr + pid_n * stride_rs + loc, tl.sum(w_row, axis=1), mask=row_ok)
         w += w_row
     if COL_TERM:
-        w_col = hinge_weights(acc, valid, tl.load(tk_ptr + cols, mask=col_ok, other=0.0)[None, :],
-                              tl.load(Tk_ptr + cols, mask=col_ok, other=0.0)[None, :],
-                              tl.load(gk_ptr + cols, mask=col_ok, other=0.0)[None, :], pm1, P_MODE)
+        w_col = hinge_weights(
+            acc,
+            valid,
+            tl.load(tk_ptr + cols, mask=col_ok, other=0.0)[None, :],
+            tl.load(Tk_ptr + cols, mask=col_ok, other=0.0)[None, :],
+            tl.load(gk_ptr + cols, mask=col_ok, other=0.0)[None, :],
+            pm1,
+            P_MODE,
+        )
         tl.store(cs_ptr + pid_m * stride_cs + cols, tl.sum(w_col, axis=0), mask=col_ok)
         w += w_col
     w_ptrs = w_ptr + loc.to(tl.int64)[:, None] * stride_w + cols[None, :]
@@ -217,14 +277,17 @@ def _prep(q, keys, t, q_labels, k_labels, q_self):
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"hinge_norm_rows_triton supports fp32/fp16/bf16, got {dtype}")
     dev = q.device
-    return (q.to(dtype).contiguous(), keys.to(dtype).contiguous(),
-            t.to(device=dev, dtype=torch.float32).contiguous(),
-            q_labels.to(device=dev, dtype=torch.int64).contiguous(),
-            k_labels.to(device=dev, dtype=torch.int64).contiguous(),
-            q_self.to(device=dev, dtype=torch.int64).contiguous())
+    return (
+        q.to(dtype).contiguous(),
+        keys.to(dtype).contiguous(),
+        t.to(device=dev, dtype=torch.float32).contiguous(),
+        q_labels.to(device=dev, dtype=torch.int64).contiguous(),
+        k_labels.to(device=dev, dtype=torch.int64).contiguous(),
+        q_self.to(device=dev, dtype=torch.int64).contiguous(),
+    )
 
 
-def _forward(q, keys, t, ql, kl, qs, p, *, config: Optional[dict] = None):
+def _forward(q, keys, t, ql, kl, qs, p, *, config: dict | None = None):
     """T (N,) float32 by the forward kernel (inputs as ``_prep`` returns them). ``config``: tile
     overrides, for gpu_check's tile sweep."""
     N, D = q.shape
@@ -240,18 +303,34 @@ def _forward(q, keys, t, ql, kl, qs, p, *, config: Optional[dict] = None):
         cfg.update({k: v for k, v in config.items() if k in cfg})
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     jitted(_hinge_norm_fwd_kernel)[(triton.cdiv(N, BM),)](
-        q, keys, t, ql, kl, qs, out,
-        N, M, D, q.stride(0), keys.stride(0),
-        float(p), 1.0 / float(p),
+        q,
+        keys,
+        t,
+        ql,
+        kl,
+        qs,
+        out,
+        N,
+        M,
+        D,
+        q.stride(0),
+        keys.stride(0),
+        float(p),
+        1.0 / float(p),
         P_MODE=_p_mode(p),
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
-        EVEN_M=(N % BM == 0), EVEN_N=(M % BN == 0), EVEN_K=(D % BK == 0),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        BLOCK_M=BM,
+        BLOCK_N=BN,
+        BLOCK_K=BK,
+        EVEN_M=(N % BM == 0),
+        EVEN_N=(M % BN == 0),
+        EVEN_K=(D % BK == 0),
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     return out
 
 
-def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, w_dtype, *, config: Optional[dict] = None):
+def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, w_dtype, *, config: dict | None = None):
     """The weights of rows r0 .. r0 + R of q against every key (see ``_hinge_weight_kernel``).
 
     row_term / col_term: ``(t, T, g)`` fp32 vectors over the rows of q / over the keys, or None;
@@ -273,17 +352,44 @@ def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, w_dtype, *, 
     tq, Tq, gq = row_term or (unused,) * 3
     tk, Tk, gk = col_term or (unused,) * 3
     jitted(_hinge_weight_kernel)[(triton.cdiv(R, BM), n_n)](
-        q, keys, W, rs, cs,
-        tq, Tq, gq, ql, unused if qs is None else qs,
-        tk, Tk, gk, kl, unused if ks is None else ks,
-        r0, R, M, D,
-        q.stride(0), keys.stride(0), W.stride(0), rs.stride(0), cs.stride(0),
+        q,
+        keys,
+        W,
+        rs,
+        cs,
+        tq,
+        Tq,
+        gq,
+        ql,
+        unused if qs is None else qs,
+        tk,
+        Tk,
+        gk,
+        kl,
+        unused if ks is None else ks,
+        r0,
+        R,
+        M,
+        D,
+        q.stride(0),
+        keys.stride(0),
+        W.stride(0),
+        rs.stride(0),
+        cs.stride(0),
         float(p) - 1.0,
-        P_MODE=_p_mode(p), ROW_TERM=row_term is not None, COL_TERM=col_term is not None,
-        SELF_Q=qs is not None, SELF_K=ks is not None,
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
-        EVEN_R=(R % BM == 0), EVEN_N=(M % BN == 0), EVEN_K=(D % BK == 0),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        P_MODE=_p_mode(p),
+        ROW_TERM=row_term is not None,
+        COL_TERM=col_term is not None,
+        SELF_Q=qs is not None,
+        SELF_K=ks is not None,
+        BLOCK_M=BM,
+        BLOCK_N=BN,
+        BLOCK_K=BK,
+        EVEN_R=(R % BM == 0),
+        EVEN_N=(M % BN == 0),
+        EVEN_K=(D % BK == 0),
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     return W, (rs.sum(0) if row_term else None), (cs.sum(0) if col_term else None)
 
@@ -319,11 +425,11 @@ def _weighted_products(q, keys, row_term, col_term, ql, kl, qs, p, need_q=True, 
         R = min(step, N - r0)
         W, rsum, csum = _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, None, p, mm.operand_dtype)
         if need_q:
-            gq[r0:r0 + R] = mm(W, keys_op)
+            gq[r0 : r0 + R] = mm(W, keys_op)
         if need_k:
-            mm.add_product(gk, W.t(), q_op[r0:r0 + R])
+            mm.add_product(gk, W.t(), q_op[r0 : r0 + R])
         if rsum is not None:
-            rows[r0:r0 + R] = rsum
+            rows[r0 : r0 + R] = rsum
         if csum is not None:
             cols += csum
     return gq, gk, rows, cols

@@ -26,25 +26,52 @@ import torch
 
 from .lp_norm import lp_finish, lp_merge
 from .tiling import diagonal_pairs
-from .triton_hinge_norm import (
-    _forward, _grad_scale, _p_mode, _prep, _weighted_products, hinge_norm_rows_triton, is_interpreting,
-)
 from .triton_common import (  # triton, tl: None without triton
-    choose_groups, num_sms, even_shape, jitted, lp_merge_tile, score_tile, tl, triton,
+    choose_groups,
+    even_shape,
+    jitted,
+    lp_merge_tile,
+    num_sms,
+    score_tile,
+    tl,
+    triton,
+)
+from .triton_hinge_norm import (
+    _forward,
+    _grad_scale,
+    _p_mode,
+    _prep,
+    _weighted_products,
+    hinge_norm_rows_triton,
+    is_interpreting,
 )
 
 
 def _pairs_fwd_kernel(
-    x_ptr, y_ptr, t_ptr, xl_ptr, yl_ptr,
-    rm_ptr, rs_ptr,                    # (Q, B) row partials: running max of h, Σ (h / max)^p
-    cm_ptr, cs_ptr,                    # (P, B) column partials, pre-filled with 0
-    B, D,
-    stride_x, stride_y,
-    RB_PER, CT_PER,
+    x_ptr,
+    y_ptr,
+    t_ptr,
+    xl_ptr,
+    yl_ptr,
+    rm_ptr,
+    rs_ptr,  # (Q, B) row partials: running max of h, Σ (h / max)^p
+    cm_ptr,
+    cs_ptr,  # (P, B) column partials, pre-filled with 0
+    B,
+    D,
+    stride_x,
+    stride_y,
+    RB_PER,
+    CT_PER,
     p,
-    SELF_REF: tl.constexpr, P_MODE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+    SELF_REF: tl.constexpr,
+    P_MODE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    EVEN_M: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_K: tl.constexpr,
 ):
     """Both directions' hinge ℓp statistics of the paired batch from one pass over the score tiles.
 
@@ -134,12 +161,32 @@ def _pairs_forward(x, y, t, lx, ly, self_ref, p):
     rm, rs = torch.empty((Q, B), **f32), torch.empty((Q, B), **f32)
     cm, cs = torch.zeros((P, B), **f32), torch.zeros((P, B), **f32)
     jitted(_pairs_fwd_kernel)[(P, Q)](
-        x, y, t, lx, ly, rm, rs, cm, cs,
-        B, D, x.stride(0), y.stride(0), rb_per, ct_per, float(p),
-        SELF_REF=bool(self_ref), P_MODE=_p_mode(p),
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
-        EVEN_M=(B % BM == 0), EVEN_N=(B % BN == 0), EVEN_K=(D % BK == 0),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        x,
+        y,
+        t,
+        lx,
+        ly,
+        rm,
+        rs,
+        cm,
+        cs,
+        B,
+        D,
+        x.stride(0),
+        y.stride(0),
+        rb_per,
+        ct_per,
+        float(p),
+        SELF_REF=bool(self_ref),
+        P_MODE=_p_mode(p),
+        BLOCK_M=BM,
+        BLOCK_N=BN,
+        BLOCK_K=BK,
+        EVEN_M=(B % BM == 0),
+        EVEN_N=(B % BN == 0),
+        EVEN_K=(D % BK == 0),
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     return _merge(rm, rs, p), _merge(cm, cs, p)
 
@@ -191,8 +238,20 @@ class HingeNormPairsTriton(torch.autograd.Function):
         return gx.to(x_dtype), gy.to(y_dtype), gt.to(t_dtype), None, None, None, None, None, None
 
 
-def hinge_norm_pairs_triton(x, y, t, a, p_idx, labels, ref_labels, self_ref: bool, p: float,
-                            do_i2t: bool = True, do_t2i: bool = True, paired: bool = False):
+def hinge_norm_pairs_triton(
+    x,
+    y,
+    t,
+    a,
+    p_idx,
+    labels,
+    ref_labels,
+    self_ref: bool,
+    p: float,
+    do_i2t: bool = True,
+    do_t2i: bool = True,
+    paired: bool = False,
+):
     """See :func:`vse_losses.ops.hinge_norm_pairs`: the diagonal pairs (j, j) in one pass for both
     directions (this file), any other pairs by :func:`hinge_norm_rows_triton` once per direction."""
     if diagonal_pairs(a, p_idx, x.shape[0], y.shape[0], paired):
@@ -206,8 +265,9 @@ def hinge_norm_pairs_triton(x, y, t, a, p_idx, labels, ref_labels, self_ref: boo
     return T1, T2
 
 
-def hinge_norm_diagonal_pairs_triton(x, y, t, labels, ref_labels, self_ref: bool, p: float,
-                                     do_i2t: bool = True, do_t2i: bool = True):
+def hinge_norm_diagonal_pairs_triton(
+    x, y, t, labels, ref_labels, self_ref: bool, p: float, do_i2t: bool = True, do_t2i: bool = True
+):
     """``(T¹, T²)`` of the diagonal pairs; see the module docstring. x, y (B, D); t, labels, ref_labels (B,)."""
     p = float(p)
     if not (p >= 1.0) or p == float("inf"):

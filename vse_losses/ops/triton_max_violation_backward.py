@@ -23,19 +23,35 @@ from __future__ import annotations
 import torch
 
 from .triton_common import (  # triton, tl: None without triton
-    is_interpreting, jitted, tl, triton,
+    is_interpreting,
+    jitted,
+    tl,
+    triton,
 )
 
 
 def _mh_side_kernel(
-    own_ptr, other_ptr, grad_ptr,
-    c_own_ptr, c_other_ptr,            # (B,) fp32 scales
-    d_ptr, s_ptr,                      # (B,) fp32: −(w¹ + w²), s_ii
-    w_ptr, h_ptr, m_ptr,               # (B,) own terms: weights, hardest index, hardest score
-    u_ptr, n_ptr,                      # (B,) senders' weights and hardest scores
-    order_ptr, offsets_ptr,            # senders sorted by destination; (B + 1,) segment starts
-    D, stride_own, stride_other, stride_grad,
-    COSINE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    own_ptr,
+    other_ptr,
+    grad_ptr,
+    c_own_ptr,
+    c_other_ptr,  # (B,) fp32 scales
+    d_ptr,
+    s_ptr,  # (B,) fp32: −(w¹ + w²), s_ii
+    w_ptr,
+    h_ptr,
+    m_ptr,  # (B,) own terms: weights, hardest index, hardest score
+    u_ptr,
+    n_ptr,  # (B,) senders' weights and hardest scores
+    order_ptr,
+    offsets_ptr,  # senders sorted by destination; (B + 1,) segment starts
+    D,
+    stride_own,
+    stride_other,
+    stride_grad,
+    COSINE: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     i = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -60,8 +76,9 @@ def _mh_side_kernel(
         u = tl.load(u_ptr + j, mask=km, other=0.0)
         live = km & (u != 0.0)  # inactive hinges send nothing: their rows are not read
         cj = tl.load(c_other_ptr + j, mask=live, other=0.0)
-        rows = tl.load(other_ptr + j[:, None] * stride_other + cols[None, :], mask=live[:, None] & cm[None, :],
-                       other=0.0).to(tl.float32)
+        rows = tl.load(
+            other_ptr + j[:, None] * stride_other + cols[None, :], mask=live[:, None] & cm[None, :], other=0.0
+        ).to(tl.float32)
         acc += tl.sum((u * cj)[:, None] * rows, axis=0)
         A += tl.sum(tl.where(live, u * tl.load(n_ptr + j, mask=live, other=0.0), 0.0), axis=0)
     if COSINE:
@@ -101,13 +118,27 @@ def mh_side_triton(own, other, c_own, c_other, d, s_ii, w_own, hard_own, val_own
     order, offsets = senders_by_destination(hard_in, B)
     cfg = _config(D, is_interpreting())
     jitted(_mh_side_kernel)[(B, triton.cdiv(D, cfg["BLOCK_D"]))](
-        own, other, out,
-        c_own.to(f32).contiguous(), c_other.to(f32).contiguous(),
-        d.to(f32).contiguous(), s_ii.to(f32).contiguous(),
-        w_own.to(f32).contiguous(), hard_own.contiguous(), val_own.to(f32).nan_to_num(neginf=0.0),
-        w_in.to(f32).contiguous(), val_in.to(f32).nan_to_num(neginf=0.0),
-        order, offsets,
-        D, own.stride(0), other.stride(0), out.stride(0),
-        COSINE=bool(cosine), BLOCK_S=cfg["BLOCK_S"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
+        own,
+        other,
+        out,
+        c_own.to(f32).contiguous(),
+        c_other.to(f32).contiguous(),
+        d.to(f32).contiguous(),
+        s_ii.to(f32).contiguous(),
+        w_own.to(f32).contiguous(),
+        hard_own.contiguous(),
+        val_own.to(f32).nan_to_num(neginf=0.0),
+        w_in.to(f32).contiguous(),
+        val_in.to(f32).nan_to_num(neginf=0.0),
+        order,
+        offsets,
+        D,
+        own.stride(0),
+        other.stride(0),
+        out.stride(0),
+        COSINE=bool(cosine),
+        BLOCK_S=cfg["BLOCK_S"],
+        BLOCK_D=cfg["BLOCK_D"],
+        num_warps=cfg["num_warps"],
     )
     return out

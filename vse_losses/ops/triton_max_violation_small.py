@@ -15,23 +15,39 @@ Ties go to the lowest index, as everywhere else.
 
 from __future__ import annotations
 
-from typing import Tuple
-
 import torch
 
 from .triton_common import (  # triton, tl: None without triton
-    TRITON_AVAILABLE, is_interpreting, jitted, tl, triton,
+    TRITON_AVAILABLE,
+    is_interpreting,
+    jitted,
+    tl,
+    triton,
 )
-
 
 MAX_B = 128
 
 
 def _small_mh_kernel(
-    x_ptr, y_ptr, g_ptr, out_ptr, anc_ptr, gx_ptr, gy_ptr,
-    B, D, stride_x, stride_y, stride_g, margin,
-    COSINE: tl.constexpr, BACKWARD: tl.constexpr, GUARD: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    x_ptr,
+    y_ptr,
+    g_ptr,
+    out_ptr,
+    anc_ptr,
+    gx_ptr,
+    gy_ptr,
+    B,
+    D,
+    stride_x,
+    stride_y,
+    stride_g,
+    margin,
+    COSINE: tl.constexpr,
+    BACKWARD: tl.constexpr,
+    GUARD: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs = tl.arange(0, BLOCK_B)
@@ -115,7 +131,12 @@ def _config(B: int, dtype: torch.dtype, interpret: bool) -> dict:
     bb = max(16, triton.next_power_of_2(B))
     if interpret:
         return dict(BLOCK_B=bb, BLOCK_K=16, BLOCK_D=16, num_warps=4)
-    return dict(BLOCK_B=bb, BLOCK_K=32 if dtype == torch.float32 else 64, BLOCK_D=32, num_warps=4 if bb <= 32 else 8 if bb <= 64 else 16)
+    return dict(
+        BLOCK_B=bb,
+        BLOCK_K=32 if dtype == torch.float32 else 64,
+        BLOCK_D=32,
+        num_warps=4 if bb <= 32 else 8 if bb <= 64 else 16,
+    )
 
 
 def _launch(x, y, margin, cosine, g=None, guard=False):
@@ -131,10 +152,21 @@ def _launch(x, y, margin, cosine, g=None, guard=False):
         gx, gy = torch.empty_like(x), torch.empty_like(y)
         args, grid = (g, gx, gx, gx, gy), (triton.cdiv(D, cfg["BLOCK_D"]),)
     jitted(_small_mh_kernel)[grid](
-        x, y, *args,
-        B, D, x.stride(0), y.stride(0), 0 if g is None else g.stride(0), float(margin),
-        COSINE=bool(cosine), BACKWARD=g is not None, GUARD=bool(guard),
-        BLOCK_B=cfg["BLOCK_B"], BLOCK_K=cfg["BLOCK_K"], BLOCK_D=cfg["BLOCK_D"],
+        x,
+        y,
+        *args,
+        B,
+        D,
+        x.stride(0),
+        y.stride(0),
+        0 if g is None else g.stride(0),
+        float(margin),
+        COSINE=bool(cosine),
+        BACKWARD=g is not None,
+        GUARD=bool(guard),
+        BLOCK_B=cfg["BLOCK_B"],
+        BLOCK_K=cfg["BLOCK_K"],
+        BLOCK_D=cfg["BLOCK_D"],
         num_warps=cfg["num_warps"],
     )
     return (out, anchors) if g is None else (gx, gy)
@@ -165,12 +197,18 @@ class MaxViolationSmall(torch.autograd.Function):
 
 def usable(x: torch.Tensor, y: torch.Tensor) -> bool:
     """A paired batch this kernel takes: same dtype (fp32/fp16/bf16), 1 ≤ B ≤ MAX_B, D ≥ 1."""
-    return (TRITON_AVAILABLE and x.dtype == y.dtype and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
-            and 1 <= x.shape[0] <= MAX_B and x.shape[1] >= 1)
+    return (
+        TRITON_AVAILABLE
+        and x.dtype == y.dtype
+        and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        and 1 <= x.shape[0] <= MAX_B
+        and x.shape[1] >= 1
+    )
 
 
-def max_violation_small(x: torch.Tensor, y: torch.Tensor, margin: float, cosine: bool = True,
-                        guard: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+def max_violation_small(
+    x: torch.Tensor, y: torch.Tensor, margin: float, cosine: bool = True, guard: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The 2B max-violation terms of the paired batch x, y (B ≤ 128, D), float32, and their
     anchors ``[0 … B−1, 0 … B−1]``; see the module docstring. ``guard``: add ``0·Σx + 0·Σy`` to
     every term (NaN/Inf in an input → NaN terms, as :func:`vse_losses.functional.nan_guard`)."""

@@ -28,27 +28,47 @@ Imports without triton, like every ``triton_*`` module (:mod:`~vse_losses.ops.tr
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 
 from .triton_common import (  # triton, tl: None without triton
-    choose_groups, even_shape, is_interpreting, jitted, num_sms, score_tile, tl,
+    choose_groups,
+    even_shape,
+    is_interpreting,
+    jitted,
+    num_sms,
+    score_tile,
+    tl,
 )
 
 _INT32_MAX = 2147483647
 
 
 def _negative_max_kernel(
-    x_ptr, y_ptr, xl_ptr, yl_ptr, rx_ptr, ry_ptr,  # rx, ry: row / column scales (SCALED)
-    row_val_ptr, row_idx_ptr,          # (Q, B) partials
-    col_val_ptr, col_idx_ptr,          # (P, M) partials, pre-filled with -inf / 0
-    B, M, D,
-    stride_x, stride_y,
-    RB_PER, CT_PER,
-    SELF_REF: tl.constexpr, SCALED: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+    x_ptr,
+    y_ptr,
+    xl_ptr,
+    yl_ptr,
+    rx_ptr,
+    ry_ptr,  # rx, ry: row / column scales (SCALED)
+    row_val_ptr,
+    row_idx_ptr,  # (Q, B) partials
+    col_val_ptr,
+    col_idx_ptr,  # (P, M) partials, pre-filled with -inf / 0
+    B,
+    M,
+    D,
+    stride_x,
+    stride_y,
+    RB_PER,
+    CT_PER,
+    SELF_REF: tl.constexpr,
+    SCALED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    EVEN_M: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_K: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
     pid_q = tl.program_id(1)
@@ -134,7 +154,7 @@ def _default_config(dtype: torch.dtype, interpret: bool, even: bool, aligned: bo
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=4)
 
 
-def _reduce_partials(val: torch.Tensor, idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _reduce_partials(val: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Combine (G, L) partial maxima: max over G, lowest index among equal maxima; -inf -> 0."""
     if val.shape[0] == 1:
         # one program wrote every entry: it keeps index 0 wherever no negative beat -inf
@@ -159,10 +179,10 @@ def negative_max_triton(
     y_labels: torch.Tensor,
     self_ref: bool = False,
     *,
-    scales: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-    _groups: Optional[Tuple[int, int]] = None,
-    _config: Optional[dict] = None,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+    _groups: tuple[int, int] | None = None,
+    _config: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row and column max/argmax of ``x @ y.T`` over negative pairs, fused in one pass.
 
     Args:
@@ -185,14 +205,17 @@ def negative_max_triton(
     B, D = x.shape
     M = y.shape[0]
     if x_labels.shape != (B,) or y_labels.shape != (M,):
-        raise ValueError(f"labels must be 1-D of lengths {B} and {M}, got {tuple(x_labels.shape)} "
-                         f"and {tuple(y_labels.shape)}")
+        raise ValueError(
+            f"labels must be 1-D of lengths {B} and {M}, got {tuple(x_labels.shape)} and {tuple(y_labels.shape)}"
+        )
     dev = x.device
     if B == 0 or M == 0:
-        return (torch.full((B,), float("-inf"), device=dev, dtype=torch.float32),
-                torch.zeros((B,), device=dev, dtype=torch.int64),
-                torch.full((M,), float("-inf"), device=dev, dtype=torch.float32),
-                torch.zeros((M,), device=dev, dtype=torch.int64))
+        return (
+            torch.full((B,), float("-inf"), device=dev, dtype=torch.float32),
+            torch.zeros((B,), device=dev, dtype=torch.int64),
+            torch.full((M,), float("-inf"), device=dev, dtype=torch.float32),
+            torch.zeros((M,), device=dev, dtype=torch.int64),
+        )
     if D == 0:  # every score is 0
         x = x.new_zeros((B, 1))
         y = y.new_zeros((M, 1))
@@ -232,15 +255,33 @@ def negative_max_triton(
     else:
         rx, ry = (s.to(device=dev, dtype=torch.float32).contiguous() for s in scales)
     jitted(_negative_max_kernel)[(P, Q)](
-        x, y, xl, yl, rx, ry,
-        row_pv, row_pi, col_pv, col_pi,
-        B, M, D,
-        x.stride(0), y.stride(0),
-        rb_per, ct_per,
-        SELF_REF=bool(self_ref), SCALED=scales is not None,
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
-        EVEN_M=(B % BM == 0), EVEN_N=(M % BN == 0), EVEN_K=(D % BK == 0),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        x,
+        y,
+        xl,
+        yl,
+        rx,
+        ry,
+        row_pv,
+        row_pi,
+        col_pv,
+        col_pi,
+        B,
+        M,
+        D,
+        x.stride(0),
+        y.stride(0),
+        rb_per,
+        ct_per,
+        SELF_REF=bool(self_ref),
+        SCALED=scales is not None,
+        BLOCK_M=BM,
+        BLOCK_N=BN,
+        BLOCK_K=BK,
+        EVEN_M=(B % BM == 0),
+        EVEN_N=(M % BN == 0),
+        EVEN_K=(D % BK == 0),
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     row_val, row_idx = _reduce_partials(row_pv, row_pi)
     col_val, col_idx = _reduce_partials(col_pv, col_pi)

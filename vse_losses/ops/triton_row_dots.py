@@ -8,21 +8,31 @@ traffic). One program per block of pairs; an index vector of None means row n it
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .chunked_row_dots import RowDots, row_dots_forward_chunked
 from .triton_common import (  # triton, tl: None without triton
-    is_interpreting, jitted, tl, triton,
+    is_interpreting,
+    jitted,
+    tl,
+    triton,
 )
 
 
 def _row_dots_kernel(
-    q_ptr, k_ptr, qi_ptr, ki_ptr, out_ptr,
-    N, D, stride_q, stride_k,
-    GATHER_Q: tl.constexpr, GATHER_K: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    qi_ptr,
+    ki_ptr,
+    out_ptr,
+    N,
+    D,
+    stride_q,
+    stride_k,
+    GATHER_Q: tl.constexpr,
+    GATHER_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     ok = rows < N
@@ -43,8 +53,9 @@ def _row_dots_kernel(
     tl.store(out_ptr + rows, acc, mask=ok)
 
 
-def row_dots_forward_triton(q: torch.Tensor, k: torch.Tensor, qi: Optional[torch.Tensor], ki: Optional[torch.Tensor],
-                            n: int) -> torch.Tensor:
+def row_dots_forward_triton(
+    q: torch.Tensor, k: torch.Tensor, qi: torch.Tensor | None, ki: torch.Tensor | None, n: int
+) -> torch.Tensor:
     """(n,) float32: ``q[qi_n] · k[ki_n]`` (row n where an index is None). Rows of two dtypes, or
     without features, take the torch forward (the kernel reads one dtype)."""
     if q.dtype != k.dtype or q.shape[1] == 0:
@@ -55,16 +66,27 @@ def row_dots_forward_triton(q: torch.Tensor, k: torch.Tensor, qi: Optional[torch
         return out
     cfg = _config(q.shape[1], is_interpreting())
     jitted(_row_dots_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]),)](
-        q, k, out if qi is None else qi.contiguous(), out if ki is None else ki.contiguous(), out,
-        n, q.shape[1], q.stride(0), k.stride(0),
-        GATHER_Q=qi is not None, GATHER_K=ki is not None,
-        BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
+        q,
+        k,
+        out if qi is None else qi.contiguous(),
+        out if ki is None else ki.contiguous(),
+        out,
+        n,
+        q.shape[1],
+        q.stride(0),
+        k.stride(0),
+        GATHER_Q=qi is not None,
+        GATHER_K=ki is not None,
+        BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_D=cfg["BLOCK_D"],
+        num_warps=cfg["num_warps"],
     )
     return out
 
 
-def row_dots_triton(q: torch.Tensor, k: torch.Tensor, qi: Optional[torch.Tensor] = None,
-                    ki: Optional[torch.Tensor] = None) -> torch.Tensor:
+def row_dots_triton(
+    q: torch.Tensor, k: torch.Tensor, qi: torch.Tensor | None = None, ki: torch.Tensor | None = None
+) -> torch.Tensor:
     """:func:`~vse_losses.ops.chunked_row_dots.row_dots_chunked` with this file's forward pass."""
     return RowDots.apply(q, k, qi, ki, row_dots_forward_triton)
 
