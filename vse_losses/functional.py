@@ -42,12 +42,13 @@ import torch.nn.functional as F
 
 from . import _checks
 from . import distributed as _dist
-from .norms import Norm, violation_norm
+from .norms import Norm, lp_norm, smooth_max, violation_norm
 from .pairs import pair_masks, positive_pairs, resolve_labels
 from .planner import (
     distributed_terms,
     nan_guard,
     query_violation_terms,
+    selected_hinge_sum,
     violation_terms,
     violation_terms_from_scores,
 )
@@ -67,9 +68,14 @@ __all__ = [
     "mixed_violation_loss",
     "log_sum_exp_violation_loss",
     "info_nce_loss",
+    # the building blocks, importable from here as they were before the planner existed
+    "resolve_labels",
+    "lp_norm",
+    "smooth_max",
+    "nan_guard",
+    "selected_hinge_sum",
+    "distributed_terms",
 ]
-# also importable from here, as before the planner existed: resolve_labels, lp_norm, nan_guard,
-# selected_hinge_sum, distributed_terms
 
 
 def _loss(
