@@ -63,25 +63,18 @@ class HingeNormPairsChunked(torch.autograd.Function):
         do_i2t = ctx.do_i2t and g1 is not None
         do_t2i = ctx.do_t2i and g2 is not None
         for r0, r1, j0, j1, S in tiles:
-            dS = torch.zeros_like(S)
+            dS = None
             if do_i2t and j1 > j0:
                 H = (tiles.rows_of_pairs(S, r0, j0, j1) - tw[j0:j1, None]).clamp_(min=0.0)
                 W = _weights(H, T1[j0:j1, None], g1[j0:j1, None].to(wide), p)
-                if tiles.diagonal:
-                    dS += W
-                else:
-                    dS.index_add_(0, a[j0:j1] - r0, W)
                 gt[j0:j1] -= W.sum(1)
+                dS = tiles.scatter_rows(dS, W, r0, r1, j0, j1)
             if do_t2i:
                 H = ((S if tiles.diagonal else S[:, p_idx]) - tw[None, :]).clamp_(min=0.0)
                 W = _weights(H, T2[None, :], g2[None, :].to(wide), p)
-                if tiles.diagonal:
-                    dS += W
-                else:
-                    dS.index_add_(1, p_idx, W)
                 gt -= W.sum(0)
-            gx[r0:r1] = tiles.mm(dS, tiles.y)
-            tiles.mm.add_product(gy, dS.t(), x[r0:r1])
+                dS = tiles.scatter_cols(dS, W, p_idx)
+            tiles.backprop(dS, r0, r1, gx, gy)
         return gx.to(x.dtype), gy.to(y.dtype), gt.to(t.dtype), None, None, None, None, None, None, None, None, None
 
 

@@ -87,44 +87,18 @@ class LsePairsChunked(torch.autograd.Function):
         for r0, r1, j0, j1, S in tiles:
             dS = None
             if do_i2t and j1 > j0:
-                W, wz = _weights(
-                    tiles.rows_of_pairs(S, r0, j0, j1),
-                    tw[j0:j1, None],
-                    L1[j0:j1, None],
-                    tau,
-                    g1[j0:j1, None].to(wide),
-                    1,
-                    need_tau,
-                )
-                if tiles.diagonal:
-                    dS = W
-                else:
-                    dS = torch.zeros_like(S).index_add_(0, a[j0:j1] - r0, W)
+                H = tiles.rows_of_pairs(S, r0, j0, j1)
+                W, wz = _weights(H, tw[j0:j1, None], L1[j0:j1, None], tau, g1[j0:j1, None].to(wide), 1, need_tau)
                 gt[j0:j1] -= W.sum(1)
                 gtau = gtau - wz if need_tau else gtau
+                dS = tiles.scatter_rows(dS, W, r0, r1, j0, j1)
             if do_t2i:
-                W, wz = _weights(
-                    S if tiles.diagonal else S[:, p_idx],
-                    tw[None, :],
-                    L2[None, :],
-                    tau,
-                    g2[None, :].to(wide),
-                    0,
-                    need_tau,
-                )
-                if dS is None:
-                    dS = torch.zeros_like(S)
-                if tiles.diagonal:
-                    dS += W
-                else:
-                    dS.index_add_(1, p_idx, W)
+                H = S if tiles.diagonal else S[:, p_idx]
+                W, wz = _weights(H, tw[None, :], L2[None, :], tau, g2[None, :].to(wide), 0, need_tau)
                 gt -= W.sum(0)
                 gtau = gtau - wz if need_tau else gtau
-            if dS is None:
-                gx[r0:r1] = 0
-                continue
-            gx[r0:r1] = tiles.mm(dS, tiles.y)
-            tiles.mm.add_product(gy, dS.t(), x[r0:r1])
+                dS = tiles.scatter_cols(dS, W, p_idx)
+            tiles.backprop(dS, r0, r1, gx, gy)
         gtau = gtau.to(ctx.tau_dtype) if need_tau else None
         return (gx.to(x.dtype), gy.to(y.dtype), gt.to(t.dtype), gtau, None, None, None, None, None, None, None, None)
 

@@ -147,3 +147,29 @@ class PairTiles:
     def rows_of_pairs(self, S, r0, j0, j1):
         """(j1 − j0, M): the tile's rows of the pairs j0..j1 (whose a lies in the tile)."""
         return S if self.diagonal else S[self.a[j0:j1] - r0]
+
+    def scatter_rows(self, dS, W, r0, r1, j0, j1):
+        """dS (the tile's score gradient, or None: zeros) plus the pairs j0..j1's row weights W
+        (one row per pair) on the rows of those pairs."""
+        if self.diagonal:
+            return W if dS is None else dS.add_(W)
+        if dS is None:
+            dS = W.new_zeros((r1 - r0, W.shape[1]))
+        return dS.index_add_(0, self.a[j0:j1] - r0, W)
+
+    def scatter_cols(self, dS, W, p_idx):
+        """dS (or None: zeros) plus the column weights W (one column per pair) on the columns
+        ``p_idx`` of the pairs."""
+        if self.diagonal:
+            return W if dS is None else dS.add_(W)
+        if dS is None:
+            dS = W.new_zeros((W.shape[0], self.y.shape[0]))
+        return dS.index_add_(1, p_idx, W)
+
+    def backprop(self, dS, r0, r1, gx, gy):
+        """The tile's share of ``∂x = dS y`` (rows r0..r1, written) and ``∂y = dSᵀ x`` (added)."""
+        if dS is None:  # no direction asked for a gradient
+            gx[r0:r1] = 0
+            return
+        gx[r0:r1] = self.mm(dS, self.y)
+        self.mm.add_product(gy, dS.t(), self.x[r0:r1])
