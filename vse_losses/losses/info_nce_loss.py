@@ -1,9 +1,8 @@
-from .. import _checks
 from ..functional import Norm
-from .base_violation_loss import BaseViolationLoss
+from .log_sum_exp_violation_loss import LogSumExpViolationLoss
 
 
-class InfoNCELoss(BaseViolationLoss):
+class InfoNCELoss(LogSumExpViolationLoss):
     """InfoNCE, CLIP's loss, with this library's label semantics: per positive pair and direction
 
         log(1 + Σ_n exp((s_n − s(a, p))/τ)) = −log softmax of the positive among itself and its negatives
@@ -12,8 +11,8 @@ class InfoNCELoss(BaseViolationLoss):
 
     The paired call with the default ``MeanReducer`` is CLIP's symmetric loss
     ``½(CE(S/τ, arange) + CE(Sᵀ/τ, arange))``. With labels every positive pair is its own term and
-    an anchor's other positives are not among its negatives. It is the margin-free end of
-    :class:`LogSumExpViolationLoss` divided by τ, at any margin.
+    an anchor's other positives are not among its negatives. It is :class:`LogSumExpViolationLoss`
+    divided by τ, at any margin.
 
     Args:
         temperature: τ > 0, a number or a 0-dim tensor (which may require grad, as CLIP learns
@@ -23,17 +22,7 @@ class InfoNCELoss(BaseViolationLoss):
     """
 
     def __init__(self, temperature=0.07, margin: float = 0.0, **kwargs):
-        self._temperature = _checks.check_temperature(temperature)
-        super().__init__(margin=margin, **kwargs)
-        self.add_to_recordable_attributes(list_of_names=["temperature"], is_stat=False)
-
-    @property
-    def temperature(self):
-        return self._temperature
-
-    @temperature.setter
-    def temperature(self, value) -> None:
-        self._temperature = _checks.check_temperature(value)
+        super().__init__(temperature=temperature, margin=margin, **kwargs)
 
     def norm(self) -> Norm:
-        return Norm("infonce", temperature=self._temperature)
+        return Norm("infonce", temperature=self.temperature)
