@@ -129,7 +129,7 @@ def violation_terms(
         and local
         and directions == "both"
         and norm.kind == "max"
-        and x.shape[0] <= 128
+        and x.shape[0] == y.shape[0] <= backend.max_violation_small_batch
         and x.dtype == y.dtype
         and x.shape[1] > 0
     ):

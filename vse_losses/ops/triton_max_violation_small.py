@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 
 from .triton_common import (  # triton, tl: None without triton
-    TRITON_AVAILABLE,
     is_interpreting,
     jitted,
     tl,
@@ -193,17 +192,6 @@ class MaxViolationSmall(torch.autograd.Function):
         x, y = ctx.saved_tensors
         gx, gy = _launch(x, y, ctx.margin, ctx.cosine, g.to(torch.float32))
         return gx, gy, None, None, None
-
-
-def usable(x: torch.Tensor, y: torch.Tensor) -> bool:
-    """A paired batch this kernel takes: same dtype (fp32/fp16/bf16), 1 ≤ B ≤ MAX_B, D ≥ 1."""
-    return (
-        TRITON_AVAILABLE
-        and x.dtype == y.dtype
-        and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
-        and 1 <= x.shape[0] <= MAX_B
-        and x.shape[1] >= 1
-    )
 
 
 def max_violation_small(
