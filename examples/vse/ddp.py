@@ -6,6 +6,7 @@ takes its negatives from all N shards, so N processes with batch b train like on
 Evaluation, checkpoints and logs are rank 0's. Without torchrun (no RANK in the environment)
 everything here is a no-op.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,6 +29,9 @@ class Context:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+SINGLE = Context()  # one process, no torchrun
 
 
 def setup(device: torch.device) -> Context:
@@ -64,6 +68,17 @@ def mean(value: float, ctx: Context, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.item() / ctx.world
+
+
+def average_gradients(params, ctx: Context) -> None:
+    """The gradients of ``params`` averaged over the ranks, as DDP does for the model's (for
+    parameters outside the DDP-wrapped model: the learned temperature)."""
+    if not ctx.active:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= ctx.world
 
 
 def barrier(ctx: Context) -> None:

@@ -5,14 +5,20 @@ line overrides them (``--num_epochs 40 --resume runs/x/checkpoint.pth.tar`` exte
 The embedded demo (no ``--data_path``) replaces some defaults by small values; an option given
 on the command line always wins over those too.
 """
+
 from __future__ import annotations
 
 import argparse
 import math
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
 
-LOSSES = ("sh", "mh", "topk", "lp")
+LOSSES = ("sh", "mh", "topk", "lp", "lse", "infonce")
+TEMPERATURE_LOSSES = ("lse", "infonce")
+# --temperature's default per loss: the library's (LogSumExpViolationLoss's 0.05, InfoNCELoss's
+# 0.07, CLIP's initial value)
+DEFAULT_TEMPERATURE = {"lse": 0.05, "infonce": 0.07}
+MAX_LOGIT_SCALE = 100.0  # a learned 1/τ is clamped at 100, as CLIP does
 
 # What the embedded demo uses instead of the original defaults (the paper's sizes are for COCO on
 # a GPU). Chosen so that `python examples/train_coco.py` ends within 10 minutes on 2 CPU cores.
@@ -38,6 +44,11 @@ DEMO_NOTES = {
     "crop_size": f"{DEMO_SYNTHETIC_SIZE} for the embedded dataset, i.e. its --synthetic_size",
 }
 
+# Defaults that another option changes (the text after "; " in "(default: X; ...)").
+OTHER_NOTES = {
+    "margin": "0 with --loss infonce, which is CLIP's loss without a margin",
+}
+
 
 def _default_note(dest: str, default) -> str:
     """`` (default: X)`` for the help of option ``dest``, with what the embedded dataset uses
@@ -45,6 +56,8 @@ def _default_note(dest: str, default) -> str:
     (None, "") state theirs in their help; flags (store_true) are off unless the demo turns them on."""
     if dest in DEMO_NOTES:
         demo = DEMO_NOTES[dest]
+    elif dest in OTHER_NOTES:
+        demo = OTHER_NOTES[dest]
     elif dest in DEMO_DEFAULTS:
         demo = f"{_shown(DEMO_DEFAULTS[dest])} for the embedded dataset"
     else:
@@ -63,8 +76,9 @@ def _shown(value) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train VSE++ (Faghri et al., BMVC 2018) with the vse_losses losses. With no --data_path "
-                    "it trains on an embedded synthetic dataset and picks small sizes so it ends in minutes: "
-                    "the defaults marked 'for the embedded dataset'. An option given always wins.")
+        "it trains on an embedded synthetic dataset and picks small sizes so it ends in minutes: "
+        "the defaults marked 'for the embedded dataset'. An option given always wins."
+    )
 
     def a(*flags, help: str, **kwargs):
         action = p.add_argument(*flags, help=help, **kwargs)
@@ -72,8 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- the original VSE++ train.py options (names and defaults kept) ---
     a("--data_path", default=None, metavar="DIR", help="dataset root (default: none, the embedded synthetic dataset)")
-    a("--data_name", default="precomp",
-      help="{coco,f8k,f30k,...}_precomp (features), coco|f8k|f30k (images + Karpathy JSON), or synthetic")
+    a(
+        "--data_name",
+        default="precomp",
+        help="{coco,f8k,f30k,...}_precomp (features), coco|f8k|f30k (images + Karpathy JSON), or synthetic",
+    )
     a("--margin", type=float, default=0.2, help="rank loss margin")
     a("--num_epochs", type=int, default=30, help="epochs to train")
     a("--batch_size", type=int, default=128, help="image-caption pairs per batch (per process under torchrun)")
@@ -85,11 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     a("--learning_rate", type=float, default=2e-4, help="initial learning rate (Adam)")
     a("--lr_update", type=int, default=15, help="divide the learning rate by 10 every lr_update epochs")
     a("--workers", type=int, default=10, help="data loader processes")
-    a("--log_step", type=int, default=10,
-      help="iterations between progress reports: a line (iteration, loss, learning rate, speed) when stdout is "
-           "not a terminal, the loss of the progress bar when it is")
-    a("--val_step", type=int, default=500,
-      help="iterations between extra validations (logged only; 0: at epoch ends only)")
+    a(
+        "--log_step",
+        type=int,
+        default=10,
+        help="iterations between progress reports: a line (iteration, loss, learning rate, speed) when stdout is "
+        "not a terminal, the loss of the progress bar when it is",
+    )
+    a(
+        "--val_step",
+        type=int,
+        default=500,
+        help="iterations between extra validations (logged only; 0: at epoch ends only)",
+    )
     a("--logger_name", default="runs/runX", metavar="DIR", help="directory for checkpoints, metrics and the plot")
     a("--resume", default="", metavar="PATH", help="checkpoint to resume from, exactly (default: none)")
     a("--max_violation", action="store_true", help="MH loss (VSE++) instead of SH (VSE0)")
@@ -100,23 +125,58 @@ def build_parser() -> argparse.ArgumentParser:
     a("--measure", default="cosine", choices=["cosine"], help="similarity (cosine, as in the paper)")
     a("--use_abs", action="store_true", help="absolute value of the embeddings (order-embedding style)")
     a("--no_imgnorm", action="store_true", help="do not l2-normalise image embeddings")
-    a("--vocab_path", default=None, metavar="DIR",
-      help="read {DIR}/{data_name}_vocab.json, or build it from the training split and write it there "
-           "(default: build it, write nothing; the checkpoint always stores it)")
+    a(
+        "--vocab_path",
+        default=None,
+        metavar="DIR",
+        help="read {DIR}/{data_name}_vocab.json, or build it from the training split and write it there "
+        "(default: build it, write nothing; the checkpoint always stores it)",
+    )
     a("--reset_train", action="store_true", help="accepted for compatibility (training always runs in train mode)")
     # --- this library ---
-    a("--loss", choices=LOSSES, default=None,
-      help="sh | mh | topk | lp (default: sh; mh with --max_violation or --warmup_steps)")
+    a(
+        "--loss",
+        choices=LOSSES,
+        default=None,
+        help="sh | mh | topk | lp | lse (LogSumExpViolationLoss, a smoothed mh) | infonce (InfoNCELoss, CLIP's "
+        "loss); the hinge losses and lse are summed over the batch as in the original, infonce is averaged "
+        "over its terms as in CLIP, and the same --learning_rate suits both since Adam's steps do not "
+        "depend on the loss's scale (default: sh; mh with --max_violation or --warmup_steps)",
+    )
     a("--topk_k", type=int, default=2, help="k of --loss topk (1 = MH, >= batch = SH)")
     a("--lp_p", type=float, default=4.0, help="p of --loss lp (1 = SH, inf = MH)")
+    a(
+        "--temperature",
+        type=float,
+        default=None,
+        help="tau of --loss lse and infonce; with --learn_temperature its initial value, and --resume goes on "
+        "from the learned one "
+        f"(default: {DEFAULT_TEMPERATURE['lse']} with --loss lse, {DEFAULT_TEMPERATURE['infonce']} with --loss "
+        "infonce)",
+    )
+    a(
+        "--learn_temperature",
+        action="store_true",
+        help="learn tau as CLIP does: a parameter logit_scale = log(1/tau) trained with the model by the same "
+        f"optimiser, 1/tau clamped at {MAX_LOGIT_SCALE:g}; --loss lse or infonce. lse grows with tau, so "
+        "a learned tau only falls there, towards mh: learning it is meant for infonce",
+    )
     a("--warmup_steps", type=int, default=0, help="if > 0: mix SH into MH linearly over this many iterations")
     a("--impl", default="auto", choices=["auto", "dense", "chunked", "triton"], help="vse_losses implementation")
     a("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
     a("--seed", type=int, default=0, help="seed of the model initialisation and data order")
-    a("--cnn_weights", default=None, metavar="PATH",
-      help="local torchvision state_dict for the CNN, nothing is downloaded (default: none, random initialisation)")
-    a("--text_encoder", default=None, metavar="DIR",
-      help="local Hugging Face model directory instead of the GRU (default: none, the GRU)")
+    a(
+        "--cnn_weights",
+        default=None,
+        metavar="PATH",
+        help="local torchvision state_dict for the CNN, nothing is downloaded (default: none, random initialisation)",
+    )
+    a(
+        "--text_encoder",
+        default=None,
+        metavar="DIR",
+        help="local Hugging Face model directory instead of the GRU (default: none, the GRU)",
+    )
     a("--val_images", type=int, default=1000, help="validate on the first N dev images (the original used 1000)")
     # --- the embedded dataset ---
     a("--data_seed", type=int, default=0, help="seed of the embedded dataset")
@@ -124,12 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--synthetic_dev", type=int, default=1000, help="embedded dataset: dev images")
     a("--synthetic_test", type=int, default=1000, help="embedded dataset: test images (1000 for the 1K protocol)")
     a("--synthetic_size", type=int, default=DEMO_SYNTHETIC_SIZE, help="embedded dataset: image side in pixels")
-    a("--data_cache", default=None, metavar="DIR",
-      help="where the embedded dataset is cached (default: $VSE_DATA_CACHE, else examples/data_cache)")
+    a(
+        "--data_cache",
+        default=None,
+        metavar="DIR",
+        help="where the embedded dataset is cached (default: $VSE_DATA_CACHE, else examples/data_cache)",
+    )
     return p
 
 
-def explicit_options(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> Dict[str, object]:
+def explicit_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str, object]:
     """The options actually written on the command line (not their defaults)."""
     sentinel = argparse.ArgumentParser(add_help=False)
     for action in parser._actions:  # a copy of the parser whose defaults are all SUPPRESS
@@ -144,13 +208,13 @@ def explicit_options(parser: argparse.ArgumentParser, argv: Optional[List[str]])
     return vars(ns)
 
 
-def parse(argv: Optional[List[str]] = None) -> Tuple[argparse.Namespace, Dict[str, object]]:
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, object]]:
     parser = build_parser()
     opt = parser.parse_args(argv)
     return opt, explicit_options(parser, argv)
 
 
-def finalize(opt: argparse.Namespace, explicit: Dict[str, object], log=print) -> argparse.Namespace:
+def finalize(opt: argparse.Namespace, explicit: dict[str, object], log=print) -> argparse.Namespace:
     """Derived fields and the demo's defaults (only for options not given explicitly)."""
     if opt.data_path is None and ("data_name" not in explicit or opt.data_name == "precomp"):
         opt.data_name = "synthetic"
@@ -164,6 +228,9 @@ def finalize(opt: argparse.Namespace, explicit: Dict[str, object], log=print) ->
             log("embedded demo: " + " ".join(_flag(k, v) for k, v in chosen.items()) + " (any option given wins)")
     validate(opt)
     opt.loss = resolve_loss(opt)
+    if opt.loss == "infonce" and "margin" not in explicit:
+        opt.margin = 0.0  # CLIP's loss; a --margin given makes it an additive-margin softmax
+    resolve_temperature(opt)
     opt.precomp = opt.data_name == "precomp" or opt.data_name.endswith("_precomp")
     return opt
 
@@ -174,17 +241,17 @@ def _flag(k, v) -> str:
     return f"--{k} {v}"
 
 
-def _at_least(low: float) -> Tuple[Callable[[float], bool], str]:
+def _at_least(low: float) -> tuple[Callable[[float], bool], str]:
     return (lambda v: v >= low), f"must be >= {low:g}"
 
 
-def _finite_at_least(low: float) -> Tuple[Callable[[float], bool], str]:
+def _finite_at_least(low: float) -> tuple[Callable[[float], bool], str]:
     return (lambda v: math.isfinite(v) and v >= low), f"must be a finite number >= {low:g}"
 
 
 # What each numeric option accepts: (test, what the error says). validate() checks each option on
 # its own, so a bad value is reported under its own flag before anything is built.
-CHECKS: Dict[str, Tuple[Callable[[float], bool], str]] = {
+CHECKS: dict[str, tuple[Callable[[float], bool], str]] = {
     "margin": _finite_at_least(0),
     "num_epochs": _at_least(0),
     "batch_size": _at_least(1),
@@ -202,6 +269,7 @@ CHECKS: Dict[str, Tuple[Callable[[float], bool], str]] = {
     "topk_k": _at_least(1),
     "lp_p": ((lambda v: v >= 1), "must be >= 1 (inf allowed: the max violation)"),
     "warmup_steps": _at_least(0),
+    "temperature": ((lambda v: math.isfinite(v) and v > 0), "must be a finite number > 0"),
     "val_images": _at_least(1),
     "data_seed": _at_least(0),
     "synthetic_train": _at_least(1),
@@ -225,6 +293,7 @@ def check_impl(impl: str, device) -> None:
     """ConfigError(``--impl``) when ``--impl triton`` cannot run on ``device`` (no CUDA, or no recent
     triton): a two-pair loss computed there, before training. The other implementations run anywhere."""
     import torch
+
     import vse_losses
 
     from .errors import ConfigError
@@ -255,7 +324,28 @@ def resolve_loss(opt) -> str:
     return loss
 
 
-def merge_resumed(stored: Dict[str, object], current: argparse.Namespace, explicit: Dict[str, object]) -> argparse.Namespace:
+def resolve_temperature(opt) -> None:
+    """--temperature's default for the loss, and the checks that involve the loss (after
+    :func:`resolve_loss`)."""
+    from .errors import ConfigError
+
+    if opt.loss not in TEMPERATURE_LOSSES:
+        if getattr(opt, "learn_temperature", False):
+            raise ConfigError("--learn_temperature", f"needs --loss lse or infonce, got --loss {opt.loss}")
+        return
+    if opt.temperature is None:
+        opt.temperature = DEFAULT_TEMPERATURE[opt.loss]
+    if opt.learn_temperature and opt.temperature < 1 / MAX_LOGIT_SCALE:
+        raise ConfigError(
+            "--temperature",
+            f"must be >= {1 / MAX_LOGIT_SCALE:g} with --learn_temperature (1/tau is "
+            f"clamped at {MAX_LOGIT_SCALE:g}, as in CLIP), got {opt.temperature}",
+        )
+
+
+def merge_resumed(
+    stored: dict[str, object], current: argparse.Namespace, explicit: dict[str, object]
+) -> argparse.Namespace:
     """The stored options, overridden by those given on this command line; checked, and the loss
     resolved again, as :func:`finalize` does for a fresh run."""
     merged = argparse.Namespace(**{**vars(current), **stored})
@@ -264,8 +354,16 @@ def merge_resumed(stored: Dict[str, object], current: argparse.Namespace, explic
     merged.resume = current.resume
     if "loss" not in explicit and ("max_violation" in explicit or "warmup_steps" in explicit):
         merged.loss = None  # derived again from the new --max_violation / --warmup_steps
+    if "learn_temperature" in explicit and not stored.get("learn_temperature"):
+        from .errors import ConfigError
+
+        raise ConfigError(
+            "--learn_temperature",
+            "cannot be switched on when resuming a run that did not learn its temperature: start a new run",
+        )
     validate(merged)
     merged.loss = resolve_loss(merged)
+    resolve_temperature(merged)
     return merged
 
 

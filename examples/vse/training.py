@@ -4,6 +4,7 @@
 its loss and optimiser, the state restored from ``--resume``, the epochs, the final test. Every
 step that reports something takes the ``log`` to report to (under torchrun only rank 0's prints).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 
@@ -36,14 +38,18 @@ def silent(message: str) -> None:
 
 # ----------------------------------------------------------------------------- pieces
 
-def build_loss(opt, distributed: bool = False):
-    """The vse_losses criterion ``opt`` names, summed over the batch as in the original; with
-    ``distributed`` (torchrun) its negatives come from every rank's batch. The options were checked
-    one by one (``options.validate``); a ValueError the library still raises is one line."""
-    import vse_losses
-    from pytorch_metric_learning.reducers import SumReducer
 
-    common = dict(margin=opt.margin, reducer=SumReducer(), impl=opt.impl, distributed=distributed)
+def build_loss(opt, distributed: bool = False):
+    """The vse_losses criterion ``opt`` names, summed over the batch as in the original (InfoNCE:
+    averaged over its terms, as in CLIP); with ``distributed`` (torchrun) its negatives come from
+    every rank's batch. The options were checked one by one (``options.validate``); a ValueError
+    the library still raises is one line."""
+    from pytorch_metric_learning.reducers import MeanReducer, SumReducer
+
+    import vse_losses
+
+    reducer = MeanReducer() if opt.loss == "infonce" else SumReducer()
+    common = dict(margin=opt.margin, reducer=reducer, impl=opt.impl, distributed=distributed)
     warmup = None
     try:
         if opt.warmup_steps > 0:
@@ -55,6 +61,10 @@ def build_loss(opt, distributed: bool = False):
             loss = vse_losses.MaxViolationLoss(**common)
         elif opt.loss == "topk":
             loss = vse_losses.TopKViolationLoss(k=opt.topk_k, **common)
+        elif opt.loss == "lse":
+            loss = vse_losses.LogSumExpViolationLoss(temperature=opt.temperature, **common)
+        elif opt.loss == "infonce":
+            loss = vse_losses.InfoNCELoss(temperature=opt.temperature, **common)
         else:
             loss = vse_losses.LpViolationLoss(p=opt.lp_p, **common)
     except ValueError as e:
@@ -65,14 +75,56 @@ def build_loss(opt, distributed: bool = False):
 def loss_name(opt) -> str:
     if opt.warmup_steps > 0:
         return f"SH→MH warm-up over {opt.warmup_steps} iterations (MixedViolationLoss + SHToMHWarmup)"
-    return {"sh": "SH (SumHingeLoss)", "mh": "MH (MaxViolationLoss)", "topk": f"top-{opt.topk_k} (TopKViolationLoss)",
-            "lp": f"ℓ{opt.lp_p:g} (LpViolationLoss)"}[opt.loss]
+    if opt.loss in options.TEMPERATURE_LOSSES:
+        name = {"lse": "log-sum-exp (LogSumExpViolationLoss)", "infonce": "InfoNCE (InfoNCELoss)"}[opt.loss]
+        if opt.learn_temperature:
+            return (
+                f"{name}, temperature learned (logit_scale = log(1/τ) from τ = {opt.temperature:g}, "
+                f"1/τ ≤ {options.MAX_LOGIT_SCALE:g})"
+            )
+        return f"{name}, temperature {opt.temperature:g}"
+    return {
+        "sh": "SH (SumHingeLoss)",
+        "mh": "MH (MaxViolationLoss)",
+        "topk": f"top-{opt.topk_k} (TopKViolationLoss)",
+        "lp": f"ℓ{opt.lp_p:g} (LpViolationLoss)",
+    }[opt.loss]
+
+
+def reduction_name(opt) -> str:
+    return "averaged over its terms (as CLIP)" if opt.loss == "infonce" else "summed over the batch"
+
+
+class LearnedTemperature(torch.nn.Module):
+    """CLIP's learned temperature: ``logit_scale = log(1/τ)``, a parameter trained by the model's
+    optimiser, clamped after each step so that 1/τ ≤ 100; the loss gets ``τ = 1/exp(logit_scale)``
+    as a tensor, so that its gradient reaches ``logit_scale``."""
+
+    def __init__(self, temperature: float, device=None):
+        super().__init__()
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / temperature), device=device))
+
+    def temperature(self) -> torch.Tensor:
+        """τ = 1/exp(logit_scale), a 0-dim tensor carrying the gradient."""
+        return torch.exp(-self.logit_scale)
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        self.logit_scale.clamp_(max=math.log(options.MAX_LOGIT_SCALE))
+
+    @property
+    def value(self) -> float:
+        return float(torch.exp(-self.logit_scale.detach()))
 
 
 def test_split_name(opt) -> str:
     """COCO precomp keeps its 5000 test images in ``testall`` (``test`` is the first 1000)."""
-    if opt.precomp and opt.data_name.startswith("coco") and opt.data_path and \
-            os.path.isfile(os.path.join(opt.data_path, opt.data_name, "testall_ims.npy")):
+    if (
+        opt.precomp
+        and opt.data_name.startswith("coco")
+        and opt.data_path
+        and os.path.isfile(os.path.join(opt.data_path, opt.data_name, "testall_ims.npy"))
+    ):
         return "testall"
     return "test"
 
@@ -84,10 +136,10 @@ def lr_at(opt, epoch: int) -> float:
 
 # ----------------------------------------------------------------------------- outputs
 
-CSV_FIELDS = ["epoch", "iterations", "lr", "mix", "train_loss", "epoch_time_s"] + list(evaluation.KEYS)
+CSV_FIELDS = ["epoch", "iterations", "lr", "mix", "temperature", "train_loss", "epoch_time_s"] + list(evaluation.KEYS)
 
 
-def write_csv(history: List[dict], path: str) -> None:
+def write_csv(history: list[dict], path: str) -> None:
     with checkpoint.atomic_file(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
@@ -95,7 +147,7 @@ def write_csv(history: List[dict], path: str) -> None:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-def write_plot(history: List[dict], path: str) -> None:
+def write_plot(history: list[dict], path: str) -> None:
     """Training loss and dev R@K per epoch (PNG)."""
     try:
         import matplotlib
@@ -132,6 +184,7 @@ def write_plot(history: List[dict], path: str) -> None:
 
 # ----------------------------------------------------------------------------- progress
 
+
 class Progress:
     """The progress of one epoch. On a terminal (stdout a tty): a tqdm bar, its loss updated every
     ``--log_step`` iterations. Anywhere else (a log file, nohup, CI, a notebook): a line every
@@ -141,21 +194,28 @@ class Progress:
 
     epoch from 1, then iterations done in this epoch / iterations per epoch; ``loss`` is the mean
     over the iterations since the previous line of this epoch (or its start; the loss of a batch
-    is summed over its pairs, as in the original),
+    is summed over its pairs, as in the original; InfoNCE's is its mean over its terms),
     ``epoch mean`` the mean over the epoch so far (the figure of the epoch's summary line and
-    metrics.csv); the speed is measured over the same iterations, validations excluded."""
+    metrics.csv); the speed is measured over the same iterations, validations excluded. With
+    ``--learn_temperature`` the line has ``temperature 0.0693`` (τ after the line's last step)
+    after the learning rate."""
 
-    def __init__(self, epoch: int, num_epochs: int, n_batches: int, log_step: int, lr: float,
-                 log: Log, bar: bool):
+    def __init__(self, epoch: int, num_epochs: int, n_batches: int, log_step: int, lr: float, log: Log, bar: bool):
         self.epoch, self.n_batches, self.log_step, self.lr, self.log = epoch, n_batches, log_step, lr, log
         self.total, self.batches = 0.0, 0
+        self.temperature: float | None = None
         self._start_window()
         self.bar = None
         if bar:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{num_epochs}", file=sys.stdout, leave=False,
-                            dynamic_ncols=True)
+            self.bar = tqdm(
+                total=n_batches,
+                desc=f"epoch {epoch + 1}/{num_epochs}",
+                file=sys.stdout,
+                leave=False,
+                dynamic_ncols=True,
+            )
 
     def _start_window(self) -> None:
         self.window_loss, self.window_batches, self.window_samples = 0.0, 0, 0
@@ -166,8 +226,10 @@ class Progress:
         """The mean loss of the epoch so far."""
         return self.total / max(self.batches, 1)
 
-    def step(self, iteration: int, loss: float, samples: int) -> None:
-        """One iteration done: ``iteration`` counted over the run, ``loss`` its value, ``samples`` pairs."""
+    def step(self, iteration: int, loss: float, samples: int, temperature: float | None = None) -> None:
+        """One iteration done: ``iteration`` counted over the run, ``loss`` its value, ``samples``
+        pairs, ``temperature`` the learned τ after it (None: not learned)."""
+        self.temperature = temperature
         self.total += loss
         self.batches += 1
         self.window_loss += loss
@@ -180,13 +242,19 @@ class Progress:
 
     def _report(self, iteration: int) -> None:
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{self.mean:.3f}", refresh=False)
+            post = {"loss": f"{self.mean:.3f}"}
+            if self.temperature is not None:
+                post["temperature"] = f"{self.temperature:.4f}"
+            self.bar.set_postfix(post, refresh=False)
         else:
             seconds = max(time.perf_counter() - self.window_start, 1e-9)
-            self.log(f"Epoch: [{self.epoch + 1}][{self.batches}/{self.n_batches}]  iteration {iteration}  "
-                     f"loss {self.window_loss / self.window_batches:.3f} (epoch mean {self.mean:.3f})  "
-                     f"lr {self.lr:.3g}  {self.window_batches / seconds:.2f} it/s, "
-                     f"{self.window_samples / seconds:.0f} samples/s")
+            tau = "" if self.temperature is None else f"temperature {self.temperature:.4f}  "
+            self.log(
+                f"Epoch: [{self.epoch + 1}][{self.batches}/{self.n_batches}]  iteration {iteration}  "
+                f"loss {self.window_loss / self.window_batches:.3f} (epoch mean {self.mean:.3f})  "
+                f"lr {self.lr:.3g}  {tau}{self.window_batches / seconds:.2f} it/s, "
+                f"{self.window_samples / seconds:.0f} samples/s"
+            )
         self._start_window()
 
     def pause(self) -> None:
@@ -213,27 +281,49 @@ def stdout_is_terminal() -> bool:
 
 # ----------------------------------------------------------------------------- one epoch
 
+
 @dataclass
 class Learner:
-    """What training updates: the model, its loss (and the loss's warm-up), the optimiser."""
+    """What training updates: the model, its loss (and the loss's warm-up), the optimiser, and
+    the learned temperature (``--learn_temperature``; else None)."""
 
     model: torch.nn.Module
     loss_fn: Any
-    warmup: Optional[Any]
-    params: List[torch.nn.Parameter]
+    warmup: Any | None
+    params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
+    temperature: LearnedTemperature | None = None
 
 
-def train_epoch(model, loader, learner: Learner, opt, device, state: dict, epoch: int,
-                on_val_step: Callable[[], Any], ctx: ddp.Context = ddp.Context(), log: Log = console) -> float:
+def train_epoch(
+    model,
+    loader,
+    learner: Learner,
+    opt,
+    device,
+    state: dict,
+    epoch: int,
+    on_val_step: Callable[[], Any],
+    ctx: ddp.Context = ddp.SINGLE,
+    log: Log = console,
+) -> float:
     """One epoch of ``model`` (``learner.model``, or its DDP wrapper); the epoch's mean loss."""
     model.train()
-    progress = Progress(epoch, opt.num_epochs, len(loader), opt.log_step, learner.optimizer.param_groups[0]["lr"],
-                        log, bar=ctx.is_main and stdout_is_terminal())
+    progress = Progress(
+        epoch,
+        opt.num_epochs,
+        len(loader),
+        opt.log_step,
+        learner.optimizer.param_groups[0]["lr"],
+        log,
+        bar=ctx.is_main and stdout_is_terminal(),
+    )
     for images, text, _, img_ids in loader:
         images = images.to(device, non_blocking=True)
         text = {k: v.to(device, non_blocking=True) for k, v in text.items()}
         img_ids = img_ids.to(device)
+        if learner.temperature is not None:
+            learner.loss_fn.temperature = learner.temperature.temperature()  # a tensor: it gets the gradient
         img_emb, cap_emb = model(images, text)
         # Label-aware call: two captions of one image in a batch are not each other's negatives.
         try:
@@ -241,18 +331,30 @@ def train_epoch(model, loader, learner: Learner, opt, device, state: dict, epoch
         except ValueError as e:  # the options were checked before training; anything left is one line
             raise ConfigError("loss", str(e)) from None
         if not torch.isfinite(loss):
-            raise ConfigError("training", f"the loss became {loss.item()} at iteration {state['Eiters'] + 1}; "
-                              "try a lower --learning_rate or --grad_clip")
+            raise ConfigError(
+                "training",
+                f"the loss became {loss.item()} at iteration {state['Eiters'] + 1}; "
+                "try a lower --learning_rate or --grad_clip",
+            )
         learner.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if opt.grad_clip > 0:
+        if learner.temperature is not None:
+            ddp.average_gradients(learner.temperature.parameters(), ctx)  # DDP averages the model's only
+        if opt.grad_clip > 0:  # the model's parameters; the temperature's one number is left to Adam
             torch.nn.utils.clip_grad_norm_(learner.params, opt.grad_clip)
         learner.optimizer.step()
+        if learner.temperature is not None:
+            learner.temperature.clamp_()
         if learner.warmup is not None:
             learner.warmup.step()
         state["Eiters"] += 1
         # under torchrun: the loss of the global batch, and the pairs of every rank
-        progress.step(state["Eiters"], ddp.mean(loss.item(), ctx, device), len(img_ids) * ctx.world)
+        progress.step(
+            state["Eiters"],
+            ddp.mean(loss.item(), ctx, device),
+            len(img_ids) * ctx.world,
+            None if learner.temperature is None else learner.temperature.value,
+        )
         if opt.val_step > 0 and state["Eiters"] % opt.val_step == 0:
             progress.pause()
             on_val_step()
@@ -264,7 +366,8 @@ def train_epoch(model, loader, learner: Learner, opt, device, state: dict, epoch
 
 # ----------------------------------------------------------------------------- the run, step by step
 
-def run(opt: argparse.Namespace, explicit: Dict[str, object]) -> Dict[str, float]:
+
+def run(opt: argparse.Namespace, explicit: dict[str, object]) -> dict[str, float]:
     """Train as ``opt`` says (``explicit``: the options written on the command line), then test."""
     t_start = time.time()
     opt, ckpt = resolve_options(opt, explicit, console)
@@ -277,7 +380,7 @@ def run(opt: argparse.Namespace, explicit: Dict[str, object]) -> Dict[str, float
         ddp.teardown(ctx)
 
 
-def resolve_options(opt: argparse.Namespace, explicit: Dict[str, object], log: Log):
+def resolve_options(opt: argparse.Namespace, explicit: dict[str, object], log: Log):
     """The run's options, checked, and the checkpoint it continues (``--resume``; else None)."""
     if not opt.resume:
         return options.finalize(opt, explicit, log=log), None
@@ -287,8 +390,9 @@ def resolve_options(opt: argparse.Namespace, explicit: Dict[str, object], log: L
     return opt, ckpt
 
 
-def train_and_test(opt, ckpt: Optional[dict], device: torch.device, ctx: ddp.Context, log: Log,
-                   t_start: float) -> Dict[str, float]:
+def train_and_test(
+    opt, ckpt: dict | None, device: torch.device, ctx: ddp.Context, log: Log, t_start: float
+) -> dict[str, float]:
     """The steps of a run, in order; the test metrics (rank 0; ``{}`` on the other ranks)."""
     options.check_impl(opt.impl, device)
     checkpoint.seed_everything(opt.seed)
@@ -305,7 +409,7 @@ def train_and_test(opt, ckpt: Optional[dict], device: torch.device, ctx: ddp.Con
     return test_best(opt, learner.model, tokenizer, device, log, t_start)
 
 
-def load_data(opt, log: Log) -> Tuple[data.SplitData, data.SplitData]:
+def load_data(opt, log: Log) -> tuple[data.SplitData, data.SplitData]:
     """The training split and the dev split (its first ``--val_images``); sets ``opt.img_dim``
     from the features of a precomp dataset."""
     data.layout(opt.data_name)
@@ -315,21 +419,25 @@ def load_data(opt, log: Log) -> Tuple[data.SplitData, data.SplitData]:
         from . import synthetic
 
         test = data.load_split(opt, "test", log=log)
-        log(f"embedded dataset: {train.n_images}/{dev.n_images}/{test.n_images} train/dev/test images, 5 captions "
+        log(
+            f"embedded dataset: {train.n_images}/{dev.n_images}/{test.n_images} train/dev/test images, 5 captions "
             f"each, {opt.synthetic_size}x{opt.synthetic_size} px, data seed {opt.data_seed}; best achievable R@1 on "
             f"test = {synthetic.best_recall_at_1(test.descriptions):.1f}% in both directions (identical descriptions "
             f"tie; chance 0.1%); {synthetic.hard_negative_rate(test.descriptions):.0f}% of test images have a test "
-            "image one attribute away")
+            "image one attribute away"
+        )
     else:
         log(f"data: {train.source}: {train.n_images} train images, {dev.n_images} dev images (5 captions each)")
     if opt.precomp:
         if opt.img_dim is not None and opt.img_dim != train.img_dim:
-            raise ConfigError("--img_dim", f"{opt.img_dim} given but the features in {train.source} have {train.img_dim}")
+            raise ConfigError(
+                "--img_dim", f"{opt.img_dim} given but the features in {train.source} have {train.img_dim}"
+            )
         opt.img_dim = train.img_dim
     return train, dev
 
 
-def load_vocab(opt, ckpt: Optional[dict], train: data.SplitData, ctx: ddp.Context, log: Log) -> Vocabulary:
+def load_vocab(opt, ckpt: dict | None, train: data.SplitData, ctx: ddp.Context, log: Log) -> Vocabulary:
     """The checkpoint's vocabulary when resuming, else ``--vocab_path``'s, else one built from ``train``."""
     if ckpt is not None:
         return Vocabulary(ckpt["vocab"])
@@ -342,7 +450,13 @@ def build_learner(opt, vocab_size: int, device: torch.device, ctx: ddp.Context, 
     model = build_model(opt, vocab_size, log=log).to(device)
     loss_fn, warmup = build_loss(opt, distributed=ctx.active)
     params = [p for p in model.parameters() if p.requires_grad]
-    return Learner(model, loss_fn, warmup, params, torch.optim.Adam(params, lr=opt.learning_rate))
+    optimizer = torch.optim.Adam(params, lr=opt.learning_rate)
+    temperature = None
+    if getattr(opt, "learn_temperature", False):
+        # as CLIP: one more parameter for the same optimiser (its own group, same learning rate)
+        temperature = LearnedTemperature(opt.temperature, device=device)
+        optimizer.add_param_group({"params": list(temperature.parameters())})
+    return Learner(model, loss_fn, warmup, params, optimizer, temperature)
 
 
 def new_state() -> dict:
@@ -351,32 +465,49 @@ def new_state() -> dict:
 
 
 def restore(learner: Learner, ckpt: dict, opt) -> dict:
-    """The model, optimiser, warm-up and RNG states of ``ckpt``; returns its training state."""
+    """The model, optimiser, warm-up, learned temperature and RNG states of ``ckpt``; returns its
+    training state."""
     checkpoint.load_weights(learner.model, ckpt, opt.resume, hint="; do not change the sizes when resuming")
+    if learner.temperature is not None:
+        if not torch.is_tensor(ckpt.get("logit_scale")) or ckpt["logit_scale"].ndim != 0:
+            raise ConfigError(
+                opt.resume, "--learn_temperature is set but the checkpoint has no learned temperature (logit_scale)"
+            )
+        with torch.no_grad():
+            learner.temperature.logit_scale.copy_(ckpt["logit_scale"])
     try:
         learner.optimizer.load_state_dict(ckpt["optimizer"])
     except ValueError as e:
-        raise ConfigError(opt.resume, f"the optimiser state does not fit this model ({e}); "
-                          "do not change --finetune or the sizes when resuming") from None
+        raise ConfigError(
+            opt.resume,
+            f"the optimiser state does not fit this model ({e}); do not change --finetune or the sizes when resuming",
+        ) from None
     if learner.warmup is not None and ckpt.get("warmup"):
         learner.warmup.load_state_dict(ckpt["warmup"])
     checkpoint.set_rng_state(ckpt["rng"])
-    return {"epoch": int(ckpt["epoch"]), "Eiters": int(ckpt["Eiters"]), "best_rsum": float(ckpt["best_rsum"]),
-            "history": list(ckpt.get("history", []))}
+    return {
+        "epoch": int(ckpt["epoch"]),
+        "Eiters": int(ckpt["Eiters"]),
+        "best_rsum": float(ckpt["best_rsum"]),
+        "history": list(ckpt.get("history", [])),
+    }
 
 
 def describe_run(opt, learner: Learner, device: torch.device, ctx: ddp.Context) -> str:
     n_params = sum(p.numel() for p in learner.params)
-    return (f"model: image encoder {'linear on ' + str(opt.img_dim) + '-d features' if opt.precomp else opt.cnn_type}"
-            f"{'' if opt.precomp else (' (fine-tuned)' if opt.finetune else ' (frozen)')}, text encoder "
-            f"{opt.text_encoder or 'GRU'}, embed_size {opt.embed_size}; {n_params:,} trainable parameters; "
-            f"loss {loss_name(opt)}, margin {opt.margin}, summed over the batch; device {device}, "
-            f"{torch.get_num_threads()} CPU threads" + (f"; {ctx.world} processes (torchrun), --batch_size "
-                                                          f"{opt.batch_size} each" if ctx.active else ""))
+    return (
+        f"model: image encoder {'linear on ' + str(opt.img_dim) + '-d features' if opt.precomp else opt.cnn_type}"
+        f"{'' if opt.precomp else (' (fine-tuned)' if opt.finetune else ' (frozen)')}, text encoder "
+        f"{opt.text_encoder or 'GRU'}, embed_size {opt.embed_size}; {n_params:,} trainable parameters; "
+        f"loss {loss_name(opt)}, margin {opt.margin:g}, {reduction_name(opt)}; device {device}, "
+        f"{torch.get_num_threads()} CPU threads"
+        + (f"; {ctx.world} processes (torchrun), --batch_size {opt.batch_size} each" if ctx.active else "")
+    )
 
 
-def validate(tag: str, model, dev: data.SplitData, tokenizer, opt, device, ctx: ddp.Context,
-             log: Log) -> Dict[str, float]:
+def validate(
+    tag: str, model, dev: data.SplitData, tokenizer, opt, device, ctx: ddp.Context, log: Log
+) -> dict[str, float]:
     """The dev metrics (rank 0 evaluates, the other ranks wait and get ``{}``), logged under ``tag``."""
     ddp.barrier(ctx)
     if not ctx.is_main:
@@ -384,13 +515,25 @@ def validate(tag: str, model, dev: data.SplitData, tokenizer, opt, device, ctx: 
         return {}
     m = evaluation.evaluate_split(model, dev, tokenizer, opt, device, fold5=False)
     ddp.barrier(ctx)
-    log(f"{tag}: dev i2t R@1/5/10 {m['i2t_r1']:.1f}/{m['i2t_r5']:.1f}/{m['i2t_r10']:.1f}, "
-        f"t2i {m['t2i_r1']:.1f}/{m['t2i_r5']:.1f}/{m['t2i_r10']:.1f}, rsum {m['rsum']:.1f}")
+    log(
+        f"{tag}: dev i2t R@1/5/10 {m['i2t_r1']:.1f}/{m['i2t_r5']:.1f}/{m['i2t_r10']:.1f}, "
+        f"t2i {m['t2i_r1']:.1f}/{m['t2i_r5']:.1f}/{m['t2i_r10']:.1f}, rsum {m['rsum']:.1f}"
+    )
     return m
 
 
-def train_epochs(opt, learner: Learner, state: dict, train: data.SplitData, dev: data.SplitData, tokenizer,
-                 vocab: Vocabulary, device: torch.device, ctx: ddp.Context, log: Log) -> None:
+def train_epochs(
+    opt,
+    learner: Learner,
+    state: dict,
+    train: data.SplitData,
+    dev: data.SplitData,
+    tokenizer,
+    vocab: Vocabulary,
+    device: torch.device,
+    ctx: ddp.Context,
+    log: Log,
+) -> None:
     """Epochs ``state["epoch"]`` to ``--num_epochs``, each followed by a validation and (rank 0)
     the checkpoints, metrics.csv and metrics.png."""
     train_model = ddp.wrap(learner.model, device, ctx)
@@ -398,45 +541,83 @@ def train_epochs(opt, learner: Learner, state: dict, train: data.SplitData, dev:
         lr = lr_at(opt, epoch)
         for g in learner.optimizer.param_groups:
             g["lr"] = lr
-        loader = data.train_loader(train, tokenizer, opt.batch_size, opt.workers, opt.crop_size,
-                                   seed=opt.seed * 1_000_003 + epoch, rank=ctx.rank, world=ctx.world)
+        loader = data.train_loader(
+            train,
+            tokenizer,
+            opt.batch_size,
+            opt.workers,
+            opt.crop_size,
+            seed=opt.seed * 1_000_003 + epoch,
+            rank=ctx.rank,
+            world=ctx.world,
+        )
         t0 = time.time()
 
         def on_val_step():
             validate(f"iteration {state['Eiters']}", learner.model, dev, tokenizer, opt, device, ctx, log)
 
-        mean_loss = train_epoch(train_model, loader, learner, opt, device, state, epoch=epoch,
-                                on_val_step=on_val_step, ctx=ctx, log=log)
-        m = validate(f"epoch {epoch + 1}/{opt.num_epochs} (loss {mean_loss:.3f}, {time.time() - t0:.0f} s)",
-                     learner.model, dev, tokenizer, opt, device, ctx, log)
+        mean_loss = train_epoch(
+            train_model, loader, learner, opt, device, state, epoch=epoch, on_val_step=on_val_step, ctx=ctx, log=log
+        )
+        m = validate(
+            f"epoch {epoch + 1}/{opt.num_epochs} (loss {mean_loss:.3f}, {time.time() - t0:.0f} s)",
+            learner.model,
+            dev,
+            tokenizer,
+            opt,
+            device,
+            ctx,
+            log,
+        )
         state["epoch"] = epoch + 1
         if not ctx.is_main:
             continue
         warn_if_collapsed(m, opt, state, log)
-        is_best = record_epoch(state, m, lr, mean_loss, time.time() - t0, learner.warmup)
+        is_best = record_epoch(state, m, lr, mean_loss, time.time() - t0, learner.warmup, temperature_of(learner, opt))
         save_checkpoints(opt, learner, state, vocab, is_best)
         write_csv(state["history"], os.path.join(opt.logger_name, "metrics.csv"))
         write_plot(state["history"], os.path.join(opt.logger_name, "metrics.png"))
 
 
-def warn_if_collapsed(m: Dict[str, float], opt, state: dict, log: Log) -> None:
+def warn_if_collapsed(m: dict[str, float], opt, state: dict, log: Log) -> None:
     """A notice, once per run, when dev recall is at chance level."""
     if m["rsum"] < 20 and not state.get("warned_collapse"):
         state["warned_collapse"] = True
         plateau = 2 * opt.margin * opt.batch_size
-        log(f"notice: dev recall is at chance level (chance rsum is about 3): the embeddings may have collapsed "
-            f"to one point{f', where MH-like losses sit at 2·margin per pair (≈{plateau:g} per batch)' if opt.loss in ('mh', 'topk') else ''}. "
+        where = f", where MH-like losses sit at 2·margin per pair (≈{plateau:g} per batch)"
+        log(
+            f"notice: dev recall is at chance level (chance rsum is about 3): the embeddings may have collapsed "
+            f"to one point{where if opt.loss in ('mh', 'topk') else ''}. "
             "MH from random initialisation often does this; --warmup_steps, a lower --learning_rate or "
-            "pretrained --cnn_weights help")
+            "pretrained --cnn_weights help"
+        )
 
 
-def record_epoch(state: dict, m: Dict[str, float], lr: float, mean_loss: float, seconds: float, warmup) -> bool:
+def temperature_of(learner: Learner, opt):
+    """The loss's τ at the end of the epoch: the learned value, --temperature, or "" (no τ)."""
+    if learner.temperature is not None:
+        return learner.temperature.value
+    return opt.temperature if opt.loss in options.TEMPERATURE_LOSSES else ""
+
+
+def record_epoch(
+    state: dict, m: dict[str, float], lr: float, mean_loss: float, seconds: float, warmup, temperature=""
+) -> bool:
     """The epoch's row of the history and the best dev rsum; whether this epoch is the best so far."""
     is_best = m["rsum"] > state["best_rsum"]
     state["best_rsum"] = max(m["rsum"], state["best_rsum"])
-    state["history"].append({"epoch": state["epoch"], "iterations": state["Eiters"], "lr": lr,
-                             "mix": warmup.mix if warmup is not None else "", "train_loss": mean_loss,
-                             "epoch_time_s": seconds, **m})
+    state["history"].append(
+        {
+            "epoch": state["epoch"],
+            "iterations": state["Eiters"],
+            "lr": lr,
+            "mix": warmup.mix if warmup is not None else "",
+            "temperature": temperature,
+            "train_loss": mean_loss,
+            "epoch_time_s": seconds,
+            **m,
+        }
+    )
     return is_best
 
 
@@ -444,18 +625,25 @@ def save_checkpoints(opt, learner: Learner, state: dict, vocab: Vocabulary, is_b
     """checkpoint.pth.tar, and model_best.pth.tar when ``is_best``: everything an exact resume needs."""
     ckpt_state = {
         "format_version": checkpoint.FORMAT_VERSION,
-        "epoch": state["epoch"], "Eiters": state["Eiters"], "best_rsum": state["best_rsum"],
-        "model": learner.model.state_dict(), "optimizer": learner.optimizer.state_dict(),
+        "epoch": state["epoch"],
+        "Eiters": state["Eiters"],
+        "best_rsum": state["best_rsum"],
+        "model": learner.model.state_dict(),
+        "optimizer": learner.optimizer.state_dict(),
         "warmup": learner.warmup.state_dict() if learner.warmup is not None else {},
-        "opt": checkpoint.plain_options(opt), "vocab": vocab.to_list(),
-        "history": state["history"], "rng": checkpoint.rng_state(),
+        "opt": checkpoint.plain_options(opt),
+        "vocab": vocab.to_list(),
+        "history": state["history"],
+        "rng": checkpoint.rng_state(),
     }
+    if learner.temperature is not None:
+        ckpt_state["logit_scale"] = learner.temperature.logit_scale.detach().cpu().clone()
     checkpoint.atomic_save(ckpt_state, os.path.join(opt.logger_name, "checkpoint.pth.tar"))
     if is_best:
         checkpoint.atomic_save(ckpt_state, os.path.join(opt.logger_name, "model_best.pth.tar"))
 
 
-def test_best(opt, model, tokenizer, device: torch.device, log: Log, t_start: float) -> Dict[str, float]:
+def test_best(opt, model, tokenizer, device: torch.device, log: Log, t_start: float) -> dict[str, float]:
     """The test metrics of the model that was best on dev, printed and written to test_metrics.json."""
     best_path = os.path.join(opt.logger_name, "model_best.pth.tar")
     if os.path.isfile(best_path):
@@ -470,7 +658,7 @@ def test_best(opt, model, tokenizer, device: torch.device, log: Log, t_start: fl
     return m
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     opt, explicit = options.parse(argv)
     try:
         run(opt, explicit)

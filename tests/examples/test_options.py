@@ -1,9 +1,9 @@
 """The command lines: --help states every option's real default once, and each bad value is an
 error under its own flag."""
+
 import re
 
 import pytest
-
 from vse import evaluate_cli, options
 from vse.training import main
 
@@ -80,8 +80,9 @@ def test_train_help_states_the_defaults_that_apply(capsys, monkeypatch, tmp_path
         if stated_demo is None:
             assert demo_value == value, f"{flag}: the embedded dataset uses {demo_value!r}, help does not say so"
         else:
-            assert _as(stated_demo, demo_value) == demo_value, \
+            assert _as(stated_demo, demo_value) == demo_value, (
                 f"{flag}: help says {stated_demo!r} on the embedded dataset, {demo_value!r} applies"
+            )
 
 
 def test_train_help_conditional_defaults(tmp_path):
@@ -115,12 +116,32 @@ def test_evaluate_help_states_the_defaults_that_apply(capsys, monkeypatch):
 
 # ------------------------------------------------------------------ one flag per bad value
 
-@pytest.mark.parametrize("flag,value", [
-    ("--margin", "-0.1"), ("--margin", "nan"), ("--batch_size", "0"), ("--topk_k", "0"), ("--lp_p", "0.5"),
-    ("--lp_p", "nan"), ("--warmup_steps", "-1"), ("--learning_rate", "0"), ("--grad_clip", "-1"),
-    ("--workers", "-1"), ("--log_step", "0"), ("--embed_size", "0"), ("--word_dim", "0"), ("--lr_update", "0"),
-    ("--val_images", "0"), ("--data_seed", "-1"), ("--synthetic_train", "0"), ("--num_layers", "0"),
-])
+
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--margin", "-0.1"),
+        ("--margin", "nan"),
+        ("--batch_size", "0"),
+        ("--topk_k", "0"),
+        ("--lp_p", "0.5"),
+        ("--lp_p", "nan"),
+        ("--warmup_steps", "-1"),
+        ("--learning_rate", "0"),
+        ("--grad_clip", "-1"),
+        ("--workers", "-1"),
+        ("--log_step", "0"),
+        ("--embed_size", "0"),
+        ("--word_dim", "0"),
+        ("--lr_update", "0"),
+        ("--val_images", "0"),
+        ("--data_seed", "-1"),
+        ("--synthetic_train", "0"),
+        ("--num_layers", "0"),
+        ("--temperature", "0"),
+        ("--temperature", "nan"),
+    ],
+)
 def test_bad_value_is_reported_under_its_flag(tmp_path, capsys, synth_args, flag, value):
     # the loss options too: each is checked on its own, whichever --loss is chosen
     assert main(synth_args + ["--logger_name", str(tmp_path / "r"), flag, value]) == 2
@@ -130,7 +151,25 @@ def test_bad_value_is_reported_under_its_flag(tmp_path, capsys, synth_args, flag
 
 
 def test_edge_values_are_accepted(tmp_path):
-    opt = _quiet_finalize(["--data_path", str(tmp_path), "--loss", "lp", "--lp_p", "inf", "--margin", "0",
-                           "--grad_clip", "0", "--workers", "0", "--val_step", "0", "--num_epochs", "0"])
+    opt = _quiet_finalize(
+        [
+            "--data_path",
+            str(tmp_path),
+            "--loss",
+            "lp",
+            "--lp_p",
+            "inf",
+            "--margin",
+            "0",
+            "--grad_clip",
+            "0",
+            "--workers",
+            "0",
+            "--val_step",
+            "0",
+            "--num_epochs",
+            "0",
+        ]
+    )
     assert opt.lp_p == float("inf") and opt.loss == "lp"
     assert _quiet_finalize(["--data_path", str(tmp_path), "--loss", "topk", "--topk_k", "1"]).topk_k == 1
