@@ -3,10 +3,15 @@
 
     python examples/compare_losses.py                      # SH, MH and ℓ4 on the embedded data, seeds 0 1 2
     python examples/compare_losses.py --variants sh mh --seeds 0 -- --num_epochs 2
+    python examples/compare_losses.py --variants lse infonce   # the temperature losses, default τ
+
+Variants: sh, mh (--max_violation), lp (ℓ4), topk (top-4), warmup (SH→MH over 800 iterations),
+lse (LogSumExpViolationLoss, τ 0.05), infonce (InfoNCELoss, CLIP's loss, τ 0.07).
 
 Everything after ``--`` goes to every train_coco.py run. Runs whose ``test_metrics.json``
 already exists are not repeated (delete the run directory to redo one).
 """
+
 import argparse
 import json
 import os
@@ -21,6 +26,8 @@ VARIANTS = {
     "lp": ["--loss", "lp", "--lp_p", "4"],
     "topk": ["--loss", "topk", "--topk_k", "4"],
     "warmup": ["--warmup_steps", "800"],
+    "lse": ["--loss", "lse"],  # τ 0.05, margin 0.2, summed like the hinge losses
+    "infonce": ["--loss", "infonce"],  # CLIP's loss: τ 0.07, no margin, the mean over its terms
 }
 SHOWN = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 
@@ -29,8 +36,8 @@ def main():
     argv = sys.argv[1:]
     extra = []
     if "--" in argv:
-        extra = argv[argv.index("--") + 1:]
-        argv = argv[:argv.index("--")]
+        extra = argv[argv.index("--") + 1 :]
+        argv = argv[: argv.index("--")]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["sh", "mh", "lp"], choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -65,8 +72,12 @@ def main():
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             cells.append(f"{statistics.mean(vals):.1f} ± {sd:.1f}")
         print(f"| {variant} ({len(ms)} seeds) | " + " | ".join(cells) + " |")
-    print("\nper run (i2t R@1 / t2i R@1): " + "; ".join(
-        f"{v}: " + ", ".join(f"{m['i2t_r1']:.1f}/{m['t2i_r1']:.1f}" for m in ms) for v, ms in results.items()))
+    print(
+        "\nper run (i2t R@1 / t2i R@1): "
+        + "; ".join(
+            f"{v}: " + ", ".join(f"{m['i2t_r1']:.1f}/{m['t2i_r1']:.1f}" for m in ms) for v, ms in results.items()
+        )
+    )
 
 
 if __name__ == "__main__":
