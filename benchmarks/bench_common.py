@@ -20,7 +20,7 @@ import gc
 import os
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,19 +34,28 @@ if _ROOT not in sys.path:
 import vse_losses  # noqa: E402
 
 MARGIN = 0.2
-OOM_ERRORS: Tuple[type, ...] = tuple(
+OOM_ERRORS: tuple[type, ...] = tuple(
     {getattr(torch, "OutOfMemoryError", RuntimeError), getattr(torch.cuda, "OutOfMemoryError", RuntimeError)}
     - {RuntimeError}
 )
 
+CLIP_TEMPERATURE = 0.07  # InfoNCE's τ in its rows and in the dense-CLIP anchor (CLIP's initial value)
+
 # loss name -> (class name, constructor kwargs); the short names are the table's row labels
-LOSSES: Dict[str, Tuple[str, dict]] = {
+LOSSES: dict[str, tuple[str, dict]] = {
     "SH": ("SumHingeLoss", {}),
     "MH": ("MaxViolationLoss", {}),
     "TopK5": ("TopKViolationLoss", {"k": 5}),
     "Lp2": ("LpViolationLoss", {"p": 2.0}),
     "Mix0.5": ("MixedViolationLoss", {"mix": 0.5}),
 }
+# the temperature losses (margin 0.2 for LSE, the margin-free InfoNCE of CLIP); apart from LOSSES,
+# which gpu_check.py's checks iterate over
+TEMPERATURE_LOSSES: dict[str, tuple[str, dict]] = {
+    "LSE": ("LogSumExpViolationLoss", {"temperature": 0.05}),
+    "InfoNCE": ("InfoNCELoss", {"temperature": CLIP_TEMPERATURE, "margin": 0.0}),
+}
+ALL_LOSSES: dict[str, tuple[str, dict]] = {**LOSSES, **TEMPERATURE_LOSSES}
 
 # anchors (defined in docs/design.md, "Benchmark anchors")
 ANCHORS = {
@@ -55,6 +64,8 @@ ANCHORS = {
     "compiled-dense-MH": "torch.compile(dynamic=True) of the dense MH formula",
     "PML-BatchHard-Triplet": "PML BatchHardMiner + TripletMarginLoss, cross-modal via ref_emb, one direction",
     "product": "the B×D @ D×B product alone, forward (tiled into a reused buffer where B×B does not fit)",
+    "dense-CLIP": "CLIP's loss as usually written: normalise, S = x yᵀ/τ, F.cross_entropy both ways, mean",
+    "Inf-CL": "Inf-CL's inf_cl.cal_inf_loss both ways, mean (CUDA, where the inf_cl package is importable)",
 }
 
 
@@ -63,7 +74,7 @@ ANCHORS = {
 # --------------------------------------------------------------------------------------------
 
 
-def triton_impl_available() -> Tuple[bool, str]:
+def triton_impl_available() -> tuple[bool, str]:
     """Whether ``impl="triton"`` can run here, and why not."""
     if not torch.cuda.is_available():
         return False, "no CUDA device"
@@ -76,7 +87,7 @@ def triton_impl_available() -> Tuple[bool, str]:
     return True, ""
 
 
-def pml_available() -> Tuple[bool, str]:
+def pml_available() -> tuple[bool, str]:
     try:
         import pytorch_metric_learning  # noqa: F401
         from pytorch_metric_learning import distances, losses, miners  # noqa: F401
@@ -90,7 +101,8 @@ def device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     import platform
 
-    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def sync(device: torch.device) -> None:
@@ -135,7 +147,7 @@ def naive(im: torch.Tensor, s: torch.Tensor, max_violation: bool) -> torch.Tenso
     return cost_s.sum() + cost_im.sum()
 
 
-_COMPILED: Dict[str, Callable] = {}
+_COMPILED: dict[str, Callable] = {}
 
 
 def compiled_naive() -> Callable:
@@ -144,9 +156,40 @@ def compiled_naive() -> Callable:
     return _COMPILED["naive"]
 
 
+def clip_formula(x: torch.Tensor, y: torch.Tensor, temperature: float = CLIP_TEMPERATURE) -> torch.Tensor:
+    """CLIP's loss as a user writes it: normalise, logits ``S = x yᵀ/τ``, cross-entropy of the
+    rows and of the columns against the diagonal, their mean (= ``InfoNCE`` with ``MeanReducer``)."""
+    x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    logits = x @ y.t() / temperature
+    labels = torch.arange(x.shape[0], device=x.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+def inf_cl_formula(temperature: float = CLIP_TEMPERATURE) -> Callable:
+    """CLIP's loss through Inf-CL (``inf_cl.cal_inf_loss``, its tiled triton kernels), symmetric as
+    Inf-CL's own test writes it; raises RuntimeError where it cannot run."""
+    try:
+        from inf_cl import cal_inf_loss
+    except Exception as e:  # noqa: BLE001  not installed, or its triton cannot load
+        raise RuntimeError(f"inf_cl not importable ({type(e).__name__}: {e})") from None
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not x.is_cuda:
+            raise RuntimeError("Inf-CL runs on CUDA only")
+        D = x.shape[1]
+        head = next((h for h in (256, 128, 64, 32, 16) if D % h == 0), None)
+        if head is None:
+            raise RuntimeError(f"Inf-CL needs D a multiple of 16, got D={D}")
+        xn, yn = F.normalize(x, dim=1), F.normalize(y, dim=1)
+        scale = torch.tensor(1 / temperature, device=x.device)
+        return (cal_inf_loss(xn, yn, scale=scale, head_dim=head) + cal_inf_loss(yn, xn, scale=scale, head_dim=head)) / 2
+
+    return run
+
+
 def make_loss(loss: str, impl: str):
-    cls_name, kwargs = LOSSES[loss]
-    return getattr(vse_losses, cls_name)(margin=MARGIN, impl=impl, **kwargs)
+    cls_name, kwargs = ALL_LOSSES[loss]
+    return getattr(vse_losses, cls_name)(**{"margin": MARGIN, **kwargs}, impl=impl)
 
 
 def fwd_bwd(x: torch.Tensor, y: torch.Tensor, loss_of: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -158,8 +201,9 @@ def fwd_bwd(x: torch.Tensor, y: torch.Tensor, loss_of: Callable[[], torch.Tensor
     return run
 
 
-def product_fn(x: torch.Tensor, y: torch.Tensor, max_bytes: Optional[int] = None,
-               buffer_in_call: bool = False) -> Tuple[Callable[[], None], str]:
+def product_fn(
+    x: torch.Tensor, y: torch.Tensor, max_bytes: int | None = None, buffer_in_call: bool = False
+) -> tuple[Callable[[], None], str]:
     """``x @ y.T`` without gradient. Where the B×M result would exceed ``max_bytes`` it is computed
     in row tiles into one buffer (the same flops, the memory of one tile), allocated in each call
     with ``buffer_in_call`` (so that it counts in the call's peak memory) or once here."""
@@ -181,7 +225,7 @@ def product_fn(x: torch.Tensor, y: torch.Tensor, max_bytes: Optional[int] = None
     return run, f"product (tiled, {rows} rows)"
 
 
-def anchor_fn(name: str, x: torch.Tensor, y: torch.Tensor, product_max_bytes: Optional[int] = None):
+def anchor_fn(name: str, x: torch.Tensor, y: torch.Tensor, product_max_bytes: int | None = None):
     """The closure of an anchor row; raises ``RuntimeError`` with a reason where it cannot run."""
     if name == "product":
         return product_fn(x, y, product_max_bytes, buffer_in_call=True)[0]
@@ -207,6 +251,13 @@ def anchor_fn(name: str, x: torch.Tensor, y: torch.Tensor, product_max_bytes: Op
             return tml(x, labels, idx, y, labels)
 
         return fwd_bwd(x, y, pml_bh)
+    if name == "dense-CLIP":
+        return fwd_bwd(x, y, lambda: clip_formula(x, y))
+    if name == "Inf-CL":
+        if not x.is_cuda:
+            raise RuntimeError("Inf-CL runs on CUDA only")
+        f = inf_cl_formula()
+        return fwd_bwd(x, y, lambda: f(x, y))
     raise KeyError(name)
 
 
@@ -234,7 +285,7 @@ def _cpu_peak_bytes(run: Callable[[], None]) -> int:
         _EventType = None
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run()
-    allocs: List[Tuple[int, int]] = []
+    allocs: list[tuple[int, int]] = []
     tree = getattr(prof.profiler.kineto_results, "experimental_event_tree", None)
     if _EventType is not None and tree is not None:
         stack = list(tree())
@@ -274,9 +325,9 @@ def peak_memory_mib(run: Callable[[], None], device: torch.device, clear=()) -> 
     return _cpu_peak_bytes(run) / 2**20
 
 
-def median_time_s(run: Callable[[], None], device: torch.device, reps: int) -> Tuple[float, List[float]]:
+def median_time_s(run: Callable[[], None], device: torch.device, reps: int) -> tuple[float, list[float]]:
     """Median wall time of ``reps`` calls (CUDA events on the GPU)."""
-    ts: List[float] = []
+    ts: list[float] = []
     for _ in range(reps):
         if device.type == "cuda":
             a = torch.cuda.Event(enable_timing=True)

@@ -52,12 +52,15 @@ def bench_config() -> dict:
     return {
         "device": dev,
         "sizes": sizes,
-        # sizes where only the MH rows and the MH/product anchors run (CPU default: the largest)
-        "big_sizes": set() if (gpu or os.environ.get("VSE_BENCH_FULL") == "1" or "VSE_BENCH_SIZES" in os.environ)
+        # sizes where only the target rows run (test_bench_losses.BIG_ROWS; CPU default: the largest)
+        "big_sizes": set()
+        if (gpu or os.environ.get("VSE_BENCH_FULL") == "1" or "VSE_BENCH_SIZES" in os.environ)
         else {max(sizes)},
         "D": int(os.environ.get("VSE_BENCH_D", 1024 if gpu else 256)),
-        "dtypes": [getattr(torch, s.strip()) for s in
-                   os.environ.get("VSE_BENCH_DTYPES", "bfloat16,float32" if gpu else "float32").split(",")],
+        "dtypes": [
+            getattr(torch, s.strip())
+            for s in os.environ.get("VSE_BENCH_DTYPES", "bfloat16,float32" if gpu else "float32").split(",")
+        ],
         "compile": os.environ.get("VSE_BENCH_COMPILE", "1") != "0",
     }
 
@@ -68,9 +71,11 @@ if os.environ.get("VSE_BENCH_THREADS"):
 
 def pytest_report_header(config):
     c = bench_config()
-    return (f"vse_losses benchmarks: device={c['device']} D={c['D']} sizes={c['sizes']} "
-            f"dtypes={[str(d).replace('torch.', '') for d in c['dtypes']]} torch={torch.__version__} "
-            f"threads={torch.get_num_threads()} OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    return (
+        f"vse_losses benchmarks: device={c['device']} D={c['D']} sizes={c['sizes']} "
+        f"dtypes={[str(d).replace('torch.', '') for d in c['dtypes']]} torch={torch.__version__} "
+        f"threads={torch.get_num_threads()} OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,8 @@ For every (device, dtype, D) in the JSON it writes
 - a markdown table of the median forward+backward time per row and batch size, with the ratio
   to the bare product measured in the same run, and a table of peak memory
   (``extra_info["peak_memory_mib"]``);
-- the ratios the issue's targets are stated in (MH chunked/triton against dense and the product);
+- the ratios the targets are stated in (MH chunked/triton against dense, InfoNCE chunked/triton
+  against the dense CLIP formula, and both against the product);
 - two PNG plots, time and peak memory against B on log-log axes, one line per loss×impl and
   anchor: ``<plots>/<prefix>_<device>_<dtype>_time.png`` and ``..._memory.png``.
 
@@ -22,14 +23,23 @@ import json
 import os
 import sys
 from collections import defaultdict
-from typing import Dict, List, Tuple
 
-ANCHOR_ORDER = ["product", "dense-formula-MH", "dense-formula-SH", "compiled-dense-MH", "PML-BatchHard-Triplet"]
-LOSS_ORDER = ["MH", "SH", "TopK5", "Lp2", "Mix0.5"]
+ANCHOR_ORDER = [
+    "product",
+    "dense-formula-MH",
+    "dense-formula-SH",
+    "compiled-dense-MH",
+    "PML-BatchHard-Triplet",
+    "dense-CLIP",
+    "Inf-CL",
+]
+LOSS_ORDER = ["MH", "SH", "TopK5", "Lp2", "Mix0.5", "LSE", "InfoNCE"]
+# the ratios the targets are stated in: loss -> the rows its fast impls are compared with
+TARGET_REFS = {"MH": ("MH/dense", "dense-formula-MH"), "InfoNCE": ("dense-CLIP", "InfoNCE/dense", "Inf-CL")}
 IMPL_ORDER = ["dense", "chunked", "triton"]
 
 
-def row_key(row: str) -> Tuple[int, int, int, str]:
+def row_key(row: str) -> tuple[int, int, int, str]:
     if row in ANCHOR_ORDER:
         return (1, ANCHOR_ORDER.index(row), 0, row)
     loss, _, impl = row.partition("/")
@@ -38,15 +48,18 @@ def row_key(row: str) -> Tuple[int, int, int, str]:
     return (0, li, ii, row)
 
 
-def load(paths: List[str]):
+def load(paths: list[str]):
     """→ {(device_type, device, dtype, D): {row: {B: record}}}, plus the machine_info of the first file."""
-    groups: Dict[tuple, Dict[str, Dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
+    groups: dict[tuple, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
     meta = {}
     for path in paths:
         with open(path) as f:
             data = json.load(f)
-        meta = meta or {"machine_info": data.get("machine_info", {}), "datetime": data.get("datetime"),
-                        "commit_info": data.get("commit_info", {})}
+        meta = meta or {
+            "machine_info": data.get("machine_info", {}),
+            "datetime": data.get("datetime"),
+            "commit_info": data.get("commit_info", {}),
+        }
         for b in data.get("benchmarks", []):
             ei = b.get("extra_info", {})
             if "row" not in ei:
@@ -79,7 +92,7 @@ def fmt_mib(m) -> str:
     return f"{m:.1f}" if m >= 1 else f"{m:.2f}"
 
 
-def group_markdown(key, rows: Dict[str, Dict[int, dict]]) -> str:
+def group_markdown(key, rows: dict[str, dict[int, dict]]) -> str:
     dev_type, dev, dtype, D = key
     sizes = sorted({B for r in rows.values() for B in r})
     names = sorted(rows, key=row_key)
@@ -115,17 +128,27 @@ def group_markdown(key, rows: Dict[str, Dict[int, dict]]) -> str:
     return "\n".join(out)
 
 
-def target_lines(rows, sizes, dev_type) -> List[str]:
-    """MH fast impls against dense and the product, at every B where both ran."""
+def target_lines(rows, sizes, dev_type) -> list[str]:
+    """The fast impls of MH and InfoNCE against their references and the product, at every B where
+    both ran."""
+    out = []
+    for loss, refs in TARGET_REFS.items():
+        lines = _ratio_lines(rows, sizes, loss, refs)
+        if lines:
+            out += [f"{loss} ratios (same run):", ""] + lines + [""]
+    return out
+
+
+def _ratio_lines(rows, sizes, loss: str, refs) -> list[str]:
     lines = []
     for impl in ("chunked", "triton"):
-        fast = rows.get(f"MH/{impl}", {})
+        fast = rows.get(f"{loss}/{impl}", {})
         for B in sizes:
             if B not in fast:
                 continue
             f = fast[B]
             parts = []
-            for ref_name in ("MH/dense", "dense-formula-MH"):
+            for ref_name in refs:
                 ref = rows.get(ref_name, {}).get(B)
                 if ref:
                     mem = (f["peak_mib"] / ref["peak_mib"]) if ref["peak_mib"] else float("nan")
@@ -137,9 +160,7 @@ def target_lines(rows, sizes, dev_type) -> List[str]:
             if prod:
                 parts.append(f"{f['median_ms'] / prod['median_ms']:.2f}× the product")
             if parts:
-                lines.append(f"- MH/{impl} at B={B:,}: " + "; ".join(parts))
-    if lines:
-        lines = ["MH ratios (same run):", ""] + lines + [""]
+                lines.append(f"- {loss}/{impl} at B={B:,}: " + "; ".join(parts))
     return lines
 
 
@@ -153,14 +174,19 @@ def line_style(name: str) -> dict:
     cmap = matplotlib.colormaps["tab10"]
     if name in ANCHOR_ORDER:
         i = ANCHOR_ORDER.index(name)
-        return {"color": "black" if i == 0 else cmap(4 + i), "marker": "s", "linestyle": "--", "linewidth": 2.2}
+        return {
+            "color": "black" if i == 0 else matplotlib.colormaps["Dark2"](i - 1),
+            "marker": "s",
+            "linestyle": "--",
+            "linewidth": 2.2,
+        }
     loss, _, impl = name.partition("/")
     li = LOSS_ORDER.index(loss) if loss in LOSS_ORDER else 9
     marker, ls = IMPL_STYLE.get(impl, ("x", "-"))
     return {"color": cmap(li), "marker": marker, "linestyle": ls, "linewidth": 1.4}
 
 
-def plot_group(key, rows, plot_dir: str, prefix: str) -> List[str]:
+def plot_group(key, rows, plot_dir: str, prefix: str) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,8 +195,10 @@ def plot_group(key, rows, plot_dir: str, prefix: str) -> List[str]:
     dev_type, dev, dtype, D = key
     names = sorted(rows, key=row_key)
     files = []
-    for what, field, ylabel in (("time", "median_ms", "median forward+backward time (ms)"),
-                                ("memory", "peak_mib", "peak memory beyond inputs (MiB)")):
+    for what, field, ylabel in (
+        ("time", "median_ms", "median forward+backward time (ms)"),
+        ("memory", "peak_mib", "peak memory beyond inputs (MiB)"),
+    ):
         fig, ax = plt.subplots(figsize=(8.5, 5.5))
         for name in names:
             pts = sorted((B, r[field]) for B, r in rows[name].items() if r.get(field) and r[field] > 0)
@@ -206,9 +234,12 @@ def main(argv=None) -> int:
     mi = meta.get("machine_info", {})
     ci = meta.get("commit_info") or {}
     commit = f"commit {str(ci.get('id', '?'))[:10]}{' + uncommitted changes' if ci.get('dirty') else ''}"
-    head = [f"Measured {meta.get('datetime', '?')} on {mi.get('node', '?')} "
-            f"({mi.get('cpu', {}).get('brand_raw', mi.get('processor', '?'))}), "
-            f"python {mi.get('python_version', '?')}, {commit}.", ""]
+    head = [
+        f"Measured {meta.get('datetime', '?')} on {mi.get('node', '?')} "
+        f"({mi.get('cpu', {}).get('brand_raw', mi.get('processor', '?'))}), "
+        f"python {mi.get('python_version', '?')}, {commit}.",
+        "",
+    ]
     parts = []
     md_dir = os.path.dirname(os.path.abspath(args.md)) if args.md else os.getcwd()
     for key in sorted(groups):

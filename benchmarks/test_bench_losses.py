@@ -5,12 +5,13 @@
 
 Rows (``extra_info["row"]``):
 
-- ``<loss>/<impl>``: a vse_losses class (SH, MH, TopK5, Lp2, Mix0.5; margin 0.2, default
-  ``MeanReducer``, cosine) called in the paired form ``loss(img, cap)``, impl dense, chunked and,
-  with CUDA and triton, triton;
+- ``<loss>/<impl>``: a vse_losses class (SH, MH, TopK5, Lp2, Mix0.5 with margin 0.2; LSE, τ 0.05,
+  margin 0.2; InfoNCE, τ 0.07, margin 0; default ``MeanReducer``, cosine) called in the paired
+  form ``loss(img, cap)``, impl dense, chunked and, with CUDA and triton, triton;
 - the anchors of ``docs/design.md`` (``bench_common.ANCHORS``): the dense formula
-  (MH and SH), its ``torch.compile``, PML BatchHardMiner + TripletMarginLoss, and the product
-  ``x @ y.T`` alone (forward).
+  (MH and SH), its ``torch.compile``, PML BatchHardMiner + TripletMarginLoss, the product
+  ``x @ y.T`` alone (forward), CLIP's dense formula (``dense-CLIP``, InfoNCE's reference) and,
+  on CUDA where the ``inf_cl`` package is importable, Inf-CL (skipped with the reason elsewhere).
 
 Each benchmark first calls its row once (warm-up: compilation, autotuning), then once more to
 measure peak memory (``extra_info["peak_memory_mib"]``, method in
@@ -23,10 +24,9 @@ from __future__ import annotations
 import os
 import time
 
+import bench_common as bc
 import pytest
 import torch
-
-import bench_common as bc
 from conftest import bench_config
 
 CFG = bench_config()
@@ -35,8 +35,19 @@ ON_GPU = DEV.type == "cuda"
 TRITON_OK, TRITON_WHY = bc.triton_impl_available() if ON_GPU else (False, "no CUDA device")
 IMPLS = ["dense", "chunked"] + (["triton"] if ON_GPU else [])
 
-# rows that also run at the "big" CPU size (the MH target and what its ratios are taken against)
-BIG_ROWS = {"MH/dense", "MH/chunked", "MH/triton", "dense-formula-MH", "product"}
+# rows that also run at the "big" CPU size (the MH and InfoNCE targets and what their ratios are
+# taken against)
+BIG_ROWS = {
+    "MH/dense",
+    "MH/chunked",
+    "MH/triton",
+    "dense-formula-MH",
+    "product",
+    "InfoNCE/chunked",
+    "InfoNCE/triton",
+    "dense-CLIP",
+    "Inf-CL",
+}
 
 
 def _cases():
@@ -44,11 +55,13 @@ def _cases():
     for dtype in CFG["dtypes"]:
         for B in CFG["sizes"]:
             rows = [("anchor", a, None) for a in bc.ANCHORS]
-            rows += [("loss", f"{loss}/{impl}", (loss, impl)) for loss in bc.LOSSES for impl in IMPLS]
+            rows += [("loss", f"{loss}/{impl}", (loss, impl)) for loss in bc.ALL_LOSSES for impl in IMPLS]
             for kind, row, spec in rows:
                 if B in CFG["big_sizes"] and row not in BIG_ROWS:
                     continue
                 if row == "compiled-dense-MH" and not CFG["compile"]:
+                    continue
+                if row == "Inf-CL" and not ON_GPU:  # a CUDA-only anchor: no skipped row per CPU size
                     continue
                 dt = str(dtype).replace("torch.", "")
                 out.append(pytest.param(kind, row, spec, dtype, B, id=f"{row}-{dt}-B{B}"))

@@ -1,0 +1,139 @@
+"""The benchmark rows and tools on the CPU at tiny sizes: every row runs, the CLIP anchor computes
+InfoNCE's function, ``pytest benchmarks --benchmark-only``, ``cpu_target.py`` and ``report.py``
+work end to end."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.join(ROOT, "benchmarks")
+
+
+def _module(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bc = _module("bench_common")
+
+
+def _env(**extra):
+    return dict(
+        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra
+    )
+
+
+def _grads(run, x, y):
+    run()
+    return x.grad.clone(), y.grad.clone()
+
+
+@pytest.mark.parametrize("impl", ["dense", "chunked"])
+def test_dense_clip_anchor_is_infonce(impl):
+    """The anchor InfoNCE is measured against computes the same loss and gradients."""
+    x, y = bc.make_inputs(96, 16, torch.float64, torch.device("cpu"))
+    with torch.no_grad():  # not unit norm: both normalise
+        x.mul_(torch.linspace(0.5, 2, 96, dtype=torch.float64)[:, None])
+    value = bc.clip_formula(x, y)
+    assert bc.make_loss("InfoNCE", impl)(x, y).item() == pytest.approx(value.item(), rel=1e-10)
+    ga = _grads(bc.anchor_fn("dense-CLIP", x, y), x, y)
+    gl = _grads(bc.loss_fn("InfoNCE", impl, x, y), x, y)
+    for a, b in zip(ga, gl):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_every_cpu_row_runs():
+    x, y = bc.make_inputs(40, 8, torch.float32, torch.device("cpu"))
+    for loss in bc.ALL_LOSSES:
+        for impl in ("dense", "chunked"):
+            bc.loss_fn(loss, impl, x, y)()
+            assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0, (loss, impl)
+    for name in bc.ANCHORS:
+        if name in ("compiled-dense-MH", "Inf-CL"):  # compiles for ~20 s; CUDA only
+            continue
+        bc.anchor_fn(name, x, y)()
+    assert {"LSE", "InfoNCE"} <= set(bc.ALL_LOSSES) and not {"LSE", "InfoNCE"} & set(bc.LOSSES)
+
+
+def test_inf_cl_anchor_refuses_the_cpu_cleanly():
+    x, y = bc.make_inputs(8, 16, torch.float32, torch.device("cpu"))
+    with pytest.raises(RuntimeError):  # the benchmark turns it into a skip with the reason
+        bc.anchor_fn("Inf-CL", x, y)()
+
+
+def test_benchmark_only_then_report(tmp_path):
+    out = tmp_path / "bench.json"
+    env = _env(VSE_BENCH_DEVICE="cpu", VSE_BENCH_SIZES="64", VSE_BENCH_D="16", VSE_BENCH_COMPILE="0")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "benchmarks",
+            "--benchmark-only",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "InfoNCE or LSE or CLIP or product",
+            f"--benchmark-json={out}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = {b["extra_info"]["row"] for b in json.loads(out.read_text())["benchmarks"]}
+    assert rows == {"LSE/dense", "LSE/chunked", "InfoNCE/dense", "InfoNCE/chunked", "dense-CLIP", "product"}
+    md = tmp_path / "table.md"
+    rep = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "report.py"), str(out), "--md", str(md)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    text = md.read_text()
+    assert "| InfoNCE/chunked |" in text and "| dense-CLIP |" in text
+    assert "- InfoNCE/chunked at B=64: vs dense-CLIP: time" in text
+
+
+@pytest.mark.parametrize(
+    "loss,ref,beside", [("InfoNCE", "dense-CLIP", "InfoNCE/dense"), ("MH", "MH/dense", "dense-formula-MH")]
+)
+def test_cpu_target_script(loss, ref, beside):
+    run = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(BENCH, "cpu_target.py"),
+            "--loss",
+            loss,
+            "--B",
+            "64",
+            "--D",
+            "16",
+            "--rounds",
+            "2",
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    table = [ln.split()[0] for ln in run.stdout.splitlines() if ln and not ln.startswith(("#", "row"))]
+    assert table[:3] == [ref, f"{loss}/chunked", beside]  # the reference first, the rows interleaved
+    limit = "1×" if loss == "InfoNCE" else "0.5×"
+    assert f"target against {ref}: memory ≤ 1/8: " in run.stdout and f"time ≤ {limit}: " in run.stdout
