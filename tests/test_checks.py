@@ -117,6 +117,11 @@ def test_functional_bad_inputs():
 
 
 def test_triton_on_cpu_says_what_to_do(monkeypatch):
+    # triton reads TRITON_INTERPRET once, when first imported: import it under the suite's setting
+    # first, or a later test would get compiled-mode kernels on the CPU
+    from vse_losses.ops import triton_available
+
+    triton_available()
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="impl='chunked' on the CPU"):
         vse_losses.MaxViolationLoss(impl="triton")(torch.randn(4, 3), torch.randn(4, 3))
