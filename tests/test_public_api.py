@@ -63,3 +63,22 @@ def test_names_importable(module):
     mod = importlib.import_module(module)
     missing = [n for n in NAMES[module] if not hasattr(mod, n)]
     assert not missing, f"{module} lost {missing}"
+
+
+def test_selected_hinge_sum_keeps_its_impl_keyword():
+    # the old call form (impl=...), every impl a kernel of: Σ_j [α − s_ap + q_n·k_{idx_nj}]_+
+    import torch
+
+    from vse_losses.functional import selected_hinge_sum
+
+    g = torch.Generator().manual_seed(0)
+    q, keys = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(6, 3, generator=g, dtype=torch.float64)
+    idx = torch.tensor([[1, 2], [0, 5], [3, 4], [2, 2]])
+    vals = torch.zeros(4, 2, dtype=torch.float64)
+    s_ap = torch.tensor([0.1, -0.2, 0.3, 0.0], dtype=torch.float64)
+    expected = torch.stack(
+        [sum(torch.clamp(0.2 - s_ap[n] + q[n] @ keys[j], min=0) for j in idx[n].tolist()) for n in range(4)]
+    )
+    for impl in ("dense", "chunked", "auto"):
+        got = selected_hinge_sum(q, keys, vals, idx, s_ap, 0.2, impl=impl)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

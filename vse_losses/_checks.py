@@ -120,8 +120,7 @@ def check_inputs(emb, labels, ref_emb, ref_labels, names=("embeddings", "labels"
     """Every check of one call's tensors, for the losses, the functions and the miners alike.
 
     ``names``: what the caller calls the four arguments (the functions say img, labels, cap,
-    ref_labels; a score matrix is checked as ``emb`` with ``ref_emb`` None, its columns as the
-    second side)."""
+    ref_labels). Without ``ref_emb`` (one modality) ``ref_labels`` label the same rows."""
     emb_name, lab_name, ref_name, ref_lab_name = names
     if ref_emb is None:
         check_embeddings(emb_name, emb)
@@ -130,9 +129,15 @@ def check_inputs(emb, labels, ref_emb, ref_labels, names=("embeddings", "labels"
     check_labels(lab_name, labels, emb.shape[0], emb_name)
     if ref_emb is not None:
         check_labels(ref_lab_name, ref_labels, ref_emb.shape[0], ref_name)
-    else:  # one modality (ref_labels of the same rows), or a score matrix's columns
-        n = emb.shape[1] if emb_name == "scores" else emb.shape[0]
-        check_labels(ref_lab_name, ref_labels, n, f"{emb_name} (columns)" if emb_name == "scores" else emb_name)
+    else:
+        check_labels(ref_lab_name, ref_labels, emb.shape[0], emb_name)
+
+
+def check_scores(scores, labels, ref_labels) -> None:
+    """A precomputed (B, M) score matrix and the labels of its rows and columns."""
+    check_embeddings("scores", scores)
+    check_labels("labels", labels, scores.shape[0], "scores")
+    check_labels("ref_labels", ref_labels, scores.shape[1], "scores (columns)")
 
 
 def split_paired_call(labels, ref_emb, caller: str = "loss"):

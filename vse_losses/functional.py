@@ -89,7 +89,7 @@ def _loss(
     if scores is not None:
         if img is not None or cap is not None:
             raise ValueError("pass either embeddings (img, cap) or scores=, not both")
-        _checks.check_inputs(scores, labels, None, ref_labels, names=("scores", "labels", "", "ref_labels"))
+        _checks.check_scores(scores, labels, ref_labels)
         if distributed and _dist.world_size() > 1:
             raise ValueError(
                 "distributed=True needs the embeddings (img, cap) to gather them; a precomputed scores= "
@@ -100,7 +100,8 @@ def _loss(
         lab, ref_lab = resolve_labels(labels, ref_labels, B, M, False, scores.device)
         pos, neg = pair_masks(lab, ref_lab, False)
         terms, _ = violation_terms_from_scores(scores, pos, neg, margin=margin, norm=norm, directions=directions)
-        return _reduce(terms + nan_guard(scores, None), reduction, nan_guard(scores, None))
+        guard = nan_guard(scores, None)
+        return _reduce(terms + guard, reduction, guard)
     if img is None:
         raise ValueError("pass image embeddings img (B, D), or a score matrix as scores=")
     _checks.check_inputs(img, labels, cap, ref_labels, names=("img", "labels", "cap", "ref_labels"))

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from . import distributed as _dist
 from .norms import Norm, smooth_max, violation_norm
-from .ops import Backend, resolve_backend
+from .ops import Backend, kernel_backend, resolve_backend
 from .pairs import pair_masks, positive_pairs, resolve_labels
 
 MH = Norm("max")  # the default norm of violation_terms
@@ -370,6 +370,7 @@ def selected_hinge_sum(
     margin: float,
     complete: bool = False,
     q_rows: torch.Tensor | None = None,
+    impl: str = "chunked",
     backend: Backend | None = None,
 ) -> torch.Tensor:
     """Σ_j [α − s_ap + q_n·keys[idx_nj]]_+ over the selected hardest negatives of each pair n.
@@ -379,10 +380,11 @@ def selected_hinge_sum(
     s_ap: (P,). The hinge is monotone, so the k largest hinges are the hinges of the k largest
     scores. The selected scores are recomputed by the backend's ``row_dots``, so the backward is
     a scatter over the saved indices, O(P·k·D), with no copy of the rows kept. ``complete``:
-    every pair is known to have k negatives (no −inf in vals). ``backend``: default chunked.
+    every pair is known to have k negatives (no −inf in vals). ``backend``, or ``impl`` resolved
+    here: what computes the dots.
     """
     if backend is None:
-        backend = resolve_backend("chunked", q, 0)
+        backend = kernel_backend(impl, q)
     P, k = idx.shape
     qi = q_rows
     if k > 1:

@@ -40,6 +40,7 @@ __all__ = [
     "DENSE",
     "CHUNKED",
     "resolve_backend",
+    "kernel_backend",
     "resolve_impl",
     "triton_available",
     "triton_runs",
@@ -170,8 +171,9 @@ def resolve_impl(impl: str, x: torch.Tensor, n_pairs: int) -> str:
     return resolve_backend(impl, x, n_pairs).name
 
 
-def _fast(impl: str, x: torch.Tensor) -> Backend:
-    # the functions below are kernels, not losses: "dense" and "auto" below the threshold mean chunked
+def kernel_backend(impl: str, x: torch.Tensor) -> Backend:
+    """The backend that runs single operations (the functions below): they are kernels, not
+    losses, so ``dense`` and ``auto`` on the CPU mean chunked."""
     backend = resolve_backend(impl, x, AUTO_CHUNKED_MIN_PAIRS)
     return CHUNKED if backend.dense else backend
 
@@ -189,7 +191,7 @@ def negative_topk(
     chunked kernel the search for same-label entries. ``scales``: ``(c_x (B,), c_y (M,))`` float32, the
     scores are then ``c_i c_j x_i·y_j`` (cosine similarity of raw embeddings, with c = 1/‖·‖).
     """
-    return _fast(impl, x).negative_topk(x, y, x_labels, y_labels, self_ref, k, paired=paired, scales=scales)
+    return kernel_backend(impl, x).negative_topk(x, y, x_labels, y_labels, self_ref, k, paired=paired, scales=scales)
 
 
 def hinge_norm_rows(q, keys, t, q_labels, k_labels, q_self, p: float, impl: str = "chunked"):
@@ -198,7 +200,7 @@ def hinge_norm_rows(q, keys, t, q_labels, k_labels, q_self, p: float, impl: str 
     q: (N, D), keys: (M, D), t: (N,); j is a negative of row i iff ``q_labels[i] != k_labels[j]``
     and ``j != q_self[i]`` (``-1``: none excluded). Differentiable in q, keys and t. → (N,) float32.
     """
-    return _fast(impl, q).hinge_norm_rows(q, keys, t, q_labels, k_labels, q_self, p)
+    return kernel_backend(impl, q).hinge_norm_rows(q, keys, t, q_labels, k_labels, q_self, p)
 
 
 def hinge_norm_pairs(
@@ -226,7 +228,9 @@ def hinge_norm_pairs(
     paired batch), and runs :func:`hinge_norm_rows` once per direction otherwise. ``paired``: the
     labels are ``arange(B)`` and the pairs (j, j), known without looking at them.
     """
-    return _fast(impl, x).hinge_norm_pairs(x, y, t, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i, paired)
+    return kernel_backend(impl, x).hinge_norm_pairs(
+        x, y, t, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i, paired
+    )
 
 
 def row_dots(q, k, qi=None, ki=None, impl: str = "chunked"):
@@ -234,4 +238,4 @@ def row_dots(q, k, qi=None, ki=None, impl: str = "chunked"):
 
     q: (Bq, D), k: (Bk, D); qi, ki: (N,) int64 row indices, or None for rows 0 … N−1 (aligned).
     """
-    return _fast(impl, q).row_dots(q, k, qi, ki)
+    return kernel_backend(impl, q).row_dots(q, k, qi, ki)
