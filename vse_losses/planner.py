@@ -136,8 +136,44 @@ def violation_terms(
         # the paired MH of a small batch, bound by launches rather than arithmetic: one kernel
         # forward (terms, anchors and the guard), one backward, nothing else
         return backend.max_violation_small(x, y, margin, cosine, guard=guard)
+    if backend.dense and paired and local:
+        return _paired_dense_terms(x, y, margin, norm, directions, cosine, guard)
     terms, anchors = _terms(x, y, labels, ref_labels, margin, norm, directions, backend, query_rows, query_cols, cosine)
     return (terms + nan_guard(x, y), anchors) if guard else (terms, anchors)
+
+
+def _paired_dense_terms(x, y, margin, norm, directions, cosine, guard):
+    """The dense terms of a paired batch (pair j is row j with column j), as the VSE++ formula
+    computes them: S, its diagonal d, and per direction the matrix ``α − d + S`` with the diagonal
+    masked, hinged (or divided by τ), normed along the negatives. No pair enumeration, no gathered
+    copies of S: at the batch sizes most people train with, a call costs what the formula costs."""
+    B = x.shape[0]
+    a, _ = resolve_labels(None, None, B, y.shape[0], False, x.device)  # ValueError unless B = M
+    if cosine:
+        x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    wide = torch.promote_types(x.dtype, torch.float32)
+    S = x.to(wide) @ y.to(wide).t()
+    d = S.diagonal()
+    eye = torch.eye(B, dtype=torch.bool, device=S.device)
+    terms = []
+    for direction, thresholds, dim in (("i2t", d[:, None], 1), ("t2i", d[None, :], 0)):
+        if directions not in ("both", direction):
+            continue
+        V = S - thresholds + margin  # entry (a, n) / (n, p): the violation of negative n
+        if norm.smooth:
+            # the masked diagonal is the positive itself: exp(0) is the 1 of log(1 + Σ exp(v/τ))
+            lse = torch.logsumexp((V / norm.temperature).masked_fill(eye, 0.0), dim)
+            terms.append(lse * norm.temperature if norm.kind == "lse" else lse)
+        else:
+            H = V.clamp(min=0).masked_fill(eye, 0.0)
+            terms.append(violation_norm(H if dim == 1 else H.t(), norm))
+    anchors = torch.cat([a] * len(terms)) if len(terms) > 1 else a
+    terms = torch.cat(terms) if len(terms) > 1 else terms[0]
+    # NaN/Inf in an input reaches every term through d and the normalisation, except in a batch
+    # of one pair (no negative) or through an unnormalised dot product (inf − inf is not always NaN)
+    if guard and (B < 2 or not cosine):
+        terms = terms + nan_guard(x, y)
+    return terms, anchors
 
 
 def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend, query_rows, query_cols, cosine):
