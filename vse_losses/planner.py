@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from . import distributed as _dist
 from .norms import Norm, smooth_max, violation_norm
-from .ops import Backend, kernel_backend, resolve_backend
+from .ops import Backend, checked_backend, kernel_backend, resolve_backend
 from .pairs import pair_masks, positive_pairs, resolve_labels
 
 MH = Norm("max")  # the default norm of violation_terms
@@ -121,6 +121,40 @@ def violation_terms(
     guard: add :func:`nan_guard` of x and y to every term (NaN/Inf in an input → NaN terms).
     """
     backend = resolve_backend(impl, x, x.shape[0] * (x if y is None else y).shape[0])
+    args = (x, y, labels, ref_labels, margin, norm, directions, query_rows, query_cols, cosine, guard)
+    config = _call_config("violation_terms", *args)
+    backend = checked_backend(impl, backend, config, lambda b: _probe(_violation_terms_on, b, *args))
+    return _violation_terms_on(backend, *args)
+
+
+def _call_config(op: str, *args) -> tuple:
+    """What selects the kernels of a call: shapes, dtypes and device of the tensors, the options."""
+
+    def key(v):
+        if torch.is_tensor(v):
+            return ("tensor", v.device, v.dtype, tuple(v.shape))
+        if isinstance(v, Norm):  # a tensor temperature is a launch argument, not an option
+            return (v.kind, v.k, v.p, v.mix, torch.is_tensor(v.temperature))
+        return v
+
+    return (op, *map(key, args))
+
+
+def _probe(fn, backend, x, y, *rest):
+    """``fn`` forward and backward on copies of x and y: every kernel of the call compiles and runs
+    once (whatever the caller's grad mode)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        xs = x.detach().clone().requires_grad_()
+        ys = None if y is None else y.detach().clone().requires_grad_()
+        terms, _ = fn(backend, xs, ys, *rest)
+        if terms.requires_grad:
+            terms.sum().backward()
+
+
+def _violation_terms_on(
+    backend, x, y, labels, ref_labels, margin, norm, directions, query_rows, query_cols, cosine, guard
+):
+    """:func:`violation_terms` on a resolved backend."""
     local = query_rows is None and query_cols is None
     paired = labels is None and ref_labels is None and y is not None  # pair j is (j, j)
     if (
