@@ -17,6 +17,7 @@ from .losses import (
     TopKViolationLoss,
 )
 from .miners import HardestNegativeMiner, TopKNegativeMiner
+from .ops import TritonFallbackWarning
 from .schedules import SHToMHWarmup
 
 register_with_cross_batch_memory()
@@ -36,4 +37,5 @@ __all__ = [
     "SHToMHWarmup",
     "HardestNegativeMiner",
     "TopKNegativeMiner",
+    "TritonFallbackWarning",
 ]
