@@ -162,6 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
         "a learned tau only falls there, towards mh: learning it is meant for infonce",
     )
     a("--warmup_steps", type=int, default=0, help="if > 0: mix SH into MH linearly over this many iterations")
+    a(
+        "--duplicates_as_negatives",
+        action="store_true",
+        help="the original loss exactly: two captions of one image in a batch are each other's negatives "
+        "(without it they are not: the loss gets the image ids as labels)",
+    )
+    a(
+        "--cnn_feature_norm",
+        action="store_true",
+        help="l2-normalise the CNN's features before the projection, as the original code does (on in models "
+        "of the original code)",
+    )
     a("--impl", default="auto", choices=["auto", "dense", "chunked", "triton"], help="vse_losses implementation")
     a("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
     a("--seed", type=int, default=0, help="seed of the model initialisation and data order")
