@@ -553,11 +553,16 @@ def test_duplicates_as_negatives_is_the_original_loss(loss):
     assert loss_fn(img, labels, ref_emb=cap, ref_labels=labels).item() != pytest.approx(expected, rel=1e-3)
 
 
-def test_train_with_duplicates_as_negatives(tmp_path):
+def test_train_with_duplicates_as_negatives_and_an_original_vocabulary(tmp_path, capsys):
     _precomp_data(str(tmp_path / "data"))
+    vocab_dir = str(tmp_path / "vocab")
+    save_vocab(os.path.join(vocab_dir, "toy_precomp_vocab.pkl"), VOCAB_WORDS, module="__main__")
     run = str(tmp_path / "run")
     args = ["--data_path", str(tmp_path / "data"), "--data_name", "toy_precomp", "--logger_name", run]
     args += ["--workers", "0", "--embed_size", "8", "--word_dim", "4", "--batch_size", "16", "--num_epochs", "1"]
-    assert train_main(args + ["--duplicates_as_negatives", "--val_step", "0"]) == 0
+    assert train_main(args + ["--duplicates_as_negatives", "--val_step", "0", "--vocab_path", vocab_dir]) == 0
+    assert "the original code's, tokenised by NLTK" in capsys.readouterr().out
     ckpt = checkpoint.load(os.path.join(run, "checkpoint.pth.tar"))
-    assert ckpt["opt"]["duplicates_as_negatives"] is True and ckpt["vocab_tokenizer"] == "regex"
+    assert ckpt["opt"]["duplicates_as_negatives"] is True
+    assert ckpt["vocab"] == VOCAB_WORDS and ckpt["vocab_tokenizer"] == "nltk"
+    assert not os.path.exists(os.path.join(vocab_dir, "toy_precomp_vocab.json"))
