@@ -129,8 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--vocab_path",
         default=None,
         metavar="DIR",
-        help="read {DIR}/{data_name}_vocab.json, or build it from the training split and write it there "
-        "(default: build it, write nothing; the checkpoint always stores it)",
+        help="read {DIR}/{data_name}_vocab.json, else the original code's {data_name}_vocab.pkl there (read "
+        "without running code, tokenised by NLTK as in the original), else build it from the training split and "
+        "write it there as JSON; --resume from an original checkpoint reads its .pkl from DIR "
+        "(default: build it, write nothing; the checkpoint always stores it; an original checkpoint's own "
+        "vocab_path)",
     )
     a("--reset_train", action="store_true", help="accepted for compatibility (training always runs in train mode)")
     # --- this library ---
