@@ -4,7 +4,7 @@
   state_dict, text encoder state_dict], ``opt`` an ``argparse.Namespace``, ``epoch``,
   ``best_rsum``, ``Eiters``) in torch's zip format, its legacy format, or the legacy format as
   Python 2 and torch 0.3 wrote it (byte strings, OrderedDicts as lists of pairs, tensors rebuilt by
-  ``torch._utils._rebuild_tensor``, storages saved on ``cuda:0``).
+  ``torch._utils._rebuild_tensor``, CUDA storages saved on ``cuda:0``).
 - :func:`save_vocab`: a pickled ``Vocabulary`` (``word2idx``, ``idx2word``, ``idx``) of a small
   class named like the original's, under module ``vocab`` or ``__main__``, Python 3 or 2.
 - :func:`original_coco_tree`: ``coco/annotations/coco_*_ids.npy``, ``captions_*2014.json`` and
@@ -42,7 +42,7 @@ class Py2Pickler(pickle._Pickler):
     """Pickles as Python 2 with torch 0.3 did: ``str`` as byte strings (UTF-8; ``bytes`` as they
     are, short ones only), OrderedDict as
     ``OrderedDict([[k, v], ...])``, tensors as ``_rebuild_tensor(storage, offset, size, stride)``,
-    storages located on ``cuda:0``."""
+    storages of ``torch.cuda`` types located on ``cuda:0``."""
 
     dispatch = dict(pickle._Pickler.dispatch)
 
@@ -74,7 +74,7 @@ class Py2Pickler(pickle._Pickler):
 
     def save_pers(self, pid):
         if isinstance(pid, tuple) and pid and pid[0] == "storage":  # say the storages were on the GPU
-            pid = pid[:3] + ("cuda:0",) + pid[4:]
+            pid = (pid[0], getattr(torch.cuda, pid[1].__name__), pid[2], "cuda:0") + pid[4:]
         super().save_pers(pid)
 
 
