@@ -313,7 +313,7 @@ def test_evaluate_original_precomp_checkpoint(tmp_path, capsys, fmt, opt_kw):
     if fmt == "py2":  # as Python 2 and torch 0.3 wrote it, from a GPU
         raw = open(path, "rb").read()
         assert b"ctorch._utils\n_rebuild_tensor\n" in raw and b"ctorch.cuda\nFloatStorage\n" in raw
-        assert b"U\x06cuda:0" in raw and b"U\x04opt" in raw and b"cargparse\nNamespace\n" in raw
+        assert b"U\x06cuda:0" in raw and b"U\x03opt" in raw and b"cargparse\nNamespace\n" in raw
         assert ckpt["opt"]["data_path"] == "/data/café"
 
     # evaluate.py: the original's figures
