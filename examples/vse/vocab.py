@@ -56,6 +56,8 @@ class Vocabulary:
     def __init__(self, words: Sequence[str], tokenizer: str = "regex"):
         if tokenizer not in TOKENIZERS:
             raise ValueError(f"unknown tokenizer {tokenizer!r}: use one of {', '.join(TOKENIZERS)}")
+        if tokenizer == "nltk":
+            _nltk_word_tokenize()  # a missing NLTK is one line now, not an error in a data loader process later
         self.tokenizer = tokenizer
         words = list(words)
         if tuple(words[: len(SPECIALS)]) != SPECIALS:
