@@ -147,8 +147,9 @@ def convert_checkpoint(obj: dict, path: str, vocab_path: str | None = None) -> d
     missing = [k for k in ("data_name", "embed_size", "word_dim") if k not in stored]
     if missing:
         raise DataError(path, f"an original VSE++ checkpoint whose options lack {', '.join(map(repr, missing))}")
-    defaults = vars(build_parser().parse_args([]))
-    measures = next(a.choices for a in build_parser()._actions if a.dest == "measure")
+    parser = build_parser()
+    defaults = vars(parser.parse_args([]))
+    measures = next(a.choices for a in parser._actions if a.dest == "measure")  # what our scores compute
     if stored.get("measure", "cosine") not in measures:
         raise DataError(
             path, f"trained with --measure {stored['measure']}, which this example does not compute (only {measures})"
@@ -158,7 +159,7 @@ def convert_checkpoint(obj: dict, path: str, vocab_path: str | None = None) -> d
     opt["cnn_weights"] = None
     opt["cnn_feature_norm"] = True  # the original's EncoderImageFull normalises the CNN's features
     opt["precomp"] = precomp = data_name.endswith("_precomp")
-    state = _image_state(model[0], precomp, str(opt.get("cnn_type", "vgg19")), path)
+    state = _image_state(model[0], precomp, str(opt["cnn_type"]), path)
     state.update((f"txt_enc.{k}", v) for k, v in model[1].items())
     if precomp:
         opt["img_dim"] = int(state["img_enc.fc.weight"].shape[1])
