@@ -16,7 +16,12 @@ import subprocess
 import sys
 
 
-def main(variants):
+# ptxas's name of each target: the "a" targets of Hopper and Blackwell datacentre parts are the ones
+# triton compiles for (wgmma, tcgen05)
+GPU_NAMES = {80: "sm_80", 86: "sm_86", 89: "sm_89", 90: "sm_90a", 100: "sm_100a", 120: "sm_120a"}
+
+
+def main(variants, arch=90):
     import torch
     import triton
 
@@ -26,7 +31,10 @@ def main(variants):
     except ImportError as e:
         print(f"no ahead-of-time compile API in triton {triton.__version__}: {e}")
         return 3
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    ptxas = os.path.join(bin_dir, "ptxas")
+    if arch >= 100 and os.path.isfile(ptxas + "-blackwell"):  # triton's newer ptxas for its Blackwell PTX
+        ptxas += "-blackwell"
     if not os.path.isfile(ptxas):
         print(f"triton {triton.__version__} has no bundled ptxas")
         return 3
@@ -97,16 +105,17 @@ def main(variants):
         )
         kernel = triton.compile(
             src,
-            target=GPUTarget("cuda", 90, 32),
+            target=GPUTarget("cuda", arch, 32),
             options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]),
         )
         out = subprocess.run(
-            [ptxas, "-v", "--gpu-name", "sm_90a", "-", "-o", os.devnull],
+            [ptxas, "-v", "--gpu-name", GPU_NAMES[arch], "-", "-o", os.devnull],
             input=kernel.asm["ptx"],
             capture_output=True,
             text=True,
-            check=True,
         )
+        if out.returncode != 0:
+            raise RuntimeError(f"ptxas {GPU_NAMES[arch]}: {(out.stderr or out.stdout).strip()[:2000]}")
         report = out.stdout + out.stderr
         spills = sum(int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", report))
         regs = [int(v) for v in re.findall(r"Used (\d+) registers", report)]
@@ -168,4 +177,4 @@ def main(variants):
 
 
 if __name__ == "__main__":
-    sys.exit(main(json.loads(sys.argv[1])))
+    sys.exit(main(json.loads(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 90))
