@@ -15,7 +15,6 @@ import re
 import subprocess
 import sys
 
-
 # ptxas's name of each target: the "a" targets of Hopper and Blackwell datacentre parts are the ones
 # triton compiles for (wgmma, tcgen05)
 GPU_NAMES = {80: "sm_80", 86: "sm_86", 89: "sm_89", 90: "sm_90a", 100: "sm_100a", 120: "sm_120a"}
@@ -138,13 +137,13 @@ def main(variants, arch=90):
         even, aligned = shape is True, shape in (True, "rows")
         flags = dict(EVEN_K=aligned, EVEN_N=even)
         if kind == "hinge_forward":
-            cfg = dict(hn._fwd_config(dtypes[dtype], False, even), **tiles)
+            cfg = dict(hn._fwd_config(dtypes[dtype], False, even, arch), **tiles)
             r = compile_one(hn._hinge_norm_fwd_kernel, dtype, cfg, dict(P_MODE=mode, EVEN_M=even, **flags))
         elif kind == "hinge_pairs_forward":
-            cfg = dict(hp._pairs_config(dtypes[dtype], False, mode, even), **tiles)
+            cfg = dict(hp._pairs_config(dtypes[dtype], False, mode, even, arch), **tiles)
             r = compile_one(hp._pairs_fwd_kernel, dtype, cfg, dict(P_MODE=mode, SELF_REF=True, EVEN_M=even, **flags))
-        elif kind == "small_mh":  # mode: 0 … 3 = (cosine, backward); even: B = MAX_B, else B = 16
-            cfg = dict(sm._config(sm.MAX_B if even else 16, dtypes[dtype], False), **tiles)
+        elif kind == "small_mh":  # mode: 0 … 3 = (cosine, backward); even: the arch's largest B, else B = 16
+            cfg = dict(sm._config(sm.max_batch_for(arch) if even else 16, dtypes[dtype], False), **tiles)
             const = dict(
                 COSINE=mode in (1, 3),
                 BACKWARD=mode in (2, 3),
@@ -162,12 +161,12 @@ def main(variants, arch=90):
             const = dict(GATHER_Q=bool(mode), GATHER_K=bool(mode), BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"])
             r = compile_one(rd._row_dots_kernel, dtype, dict(cfg, num_stages=3), const)
         elif kind == "hinge_weights":
-            cfg = dict(hn._weight_config(dtypes[dtype], False, mode, even), **tiles)
+            cfg = dict(hn._weight_config(dtypes[dtype], False, mode, even, arch), **tiles)
             const = dict(P_MODE=mode, ROW_TERM=True, COL_TERM=True, SELF_Q=True, SELF_K=True, EVEN_R=even, **flags)
             r = compile_one(hn._hinge_weight_kernel, dtype, cfg, const)
         else:
             self_ref, scaled = mode in (1, 3), mode in (2, 3)  # mode: 0 … 3
-            cfg = dict(nm._default_config(dtypes[dtype], False, even, aligned), **tiles)
+            cfg = dict(nm._default_config(dtypes[dtype], False, even, aligned, arch), **tiles)
             r = compile_one(
                 nm._negative_max_kernel, dtype, cfg, dict(SELF_REF=self_ref, SCALED=scaled, EVEN_M=even, **flags)
             )

@@ -163,7 +163,7 @@ def _violation_terms_on(
         and local
         and directions == "both"
         and norm.kind == "max"
-        and x.shape[0] == y.shape[0] <= backend.max_violation_small_batch
+        and x.shape[0] == y.shape[0] <= backend.max_violation_small_batch(x.device)
         and x.dtype == y.dtype
         and x.shape[1] > 0
     ):

@@ -69,8 +69,8 @@ class Backend:
     hinge_norm_rows: Callable | None = None
     hinge_norm_pairs: Callable | None = None
     mh_side: Callable | None = None
-    max_violation_small: Callable | None = None  # (x, y, margin, cosine, guard) for B ≤ its MAX_B
-    max_violation_small_batch: int = 0  # the largest B it takes
+    max_violation_small: Callable | None = None  # (x, y, margin, cosine, guard) for B ≤ the next
+    max_violation_small_batch: Callable | None = None  # (device) → the largest B it takes there
     lse_pairs: Callable | None = None
 
     @property
@@ -110,7 +110,7 @@ def _triton_backend() -> Backend:
     from .triton_hinge_norm import hinge_norm_rows_triton
     from .triton_hinge_norm_pairs import hinge_norm_pairs_triton
     from .triton_max_violation_backward import mh_side_triton
-    from .triton_max_violation_small import MAX_B, max_violation_small
+    from .triton_max_violation_small import max_batch, max_violation_small
     from .triton_negative_max import negative_max_triton
     from .triton_row_dots import row_dots_forward_triton
 
@@ -122,7 +122,7 @@ def _triton_backend() -> Backend:
         hinge_norm_pairs=hinge_norm_pairs_triton,
         mh_side=mh_side_triton,
         max_violation_small=max_violation_small,
-        max_violation_small_batch=MAX_B,
+        max_violation_small_batch=max_batch,
         lse_pairs=lse_pairs_chunked,  # no fused kernel yet: the torch tiles on the GPU
     )
 
