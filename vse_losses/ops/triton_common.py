@@ -224,10 +224,13 @@ def for_arch(cfg: dict, arch: int, dtype: torch.dtype, narrow: bool = False) -> 
     """An sm_90 tile configuration adapted to ``arch``. Before Hopper the tensor cores take both
     operands and the accumulator from registers (mma.sync, not wgmma), so the kernels that carry
     running statistics beside the score tile (``narrow``) spill at 128-wide tiles: there BLOCK_M and
-    BLOCK_N are capped at 64. Then :func:`fit_shared_memory`. Checked by compiling every variant
-    for each architecture (tests/ops/test_triton_compile.py)."""
+    BLOCK_N are capped at 64, and float32 operands load 16 columns at a time. Then
+    :func:`fit_shared_memory`. Checked by compiling every variant for each architecture
+    (tests/ops/test_triton_compile.py)."""
     if arch < 90 and narrow and "BLOCK_N" in cfg:
         cfg = dict(cfg, BLOCK_M=min(cfg["BLOCK_M"], 64), BLOCK_N=min(cfg["BLOCK_N"], 64))
+        if dtype == torch.float32:
+            cfg["BLOCK_K"] = min(cfg["BLOCK_K"], 16)
     itemsize = torch.empty((), dtype=dtype).element_size()
     return fit_shared_memory(cfg, arch, itemsize)
 

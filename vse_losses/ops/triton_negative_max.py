@@ -139,8 +139,12 @@ def _negative_max_kernel(
 # ----------------------------------------------------------------------------------------
 def _default_config(dtype: torch.dtype, interpret: bool, even: bool, aligned: bool, arch: int = 90) -> dict:
     """:func:`_default_tiles` for the GPU architecture ``arch`` (:func:`for_arch`; the running
-    maximum is one value per row and column, so the 128-wide tiles stay)."""
-    return for_arch(_default_tiles(dtype, interpret, even, aligned), arch, dtype)
+    maximum is one value per row and column, so the 128-wide tiles stay, but for float32 before
+    Hopper, whose 64×128 tiles spill a few bytes there)."""
+    cfg = _default_tiles(dtype, interpret, even, aligned)
+    if arch < 90 and dtype == torch.float32 and not interpret:
+        cfg = dict(cfg, BLOCK_M=64, BLOCK_N=64, num_warps=4)
+    return for_arch(cfg, arch, dtype)
 
 
 def _default_tiles(dtype: torch.dtype, interpret: bool, even: bool, aligned: bool) -> dict:
