@@ -177,30 +177,35 @@ def _violation_terms_on(
 
 
 def _paired_dense_terms(x, y, margin, norm, directions, cosine, guard):
-    """The dense terms of a paired batch (pair j is row j with column j), as the VSE++ formula
-    computes them: S, its diagonal d, and per direction the matrix ``α − d + S`` with the diagonal
-    masked, hinged (or divided by τ), normed along the negatives. No pair enumeration, no gathered
-    copies of S: at the batch sizes most people train with, a call costs what the formula costs."""
+    """The dense terms of a paired batch (pair j is row j with column j), as the formulas users
+    write compute them. Hinge norms (the VSE++ formula): S, its diagonal d, and per direction the
+    matrix ``[α − d + S]_+`` with the diagonal masked, normed along the negatives. Smooth maxima
+    (CLIP's formula): ``Z = (S − α·I)/τ``, whose diagonal is the positive's (s_pp − α)/τ, and
+    ``logsumexp(Z) − Z_pp`` along each direction, which is ``log(1 + Σ_n exp((α − s_pp + s_n)/τ))``.
+    No pair enumeration, no gathered copies of S: at the batch sizes most people train with, a
+    call costs what the formula costs."""
     B = x.shape[0]
     a, _ = resolve_labels(None, None, B, y.shape[0], False, x.device)  # ValueError unless B = M
     if cosine:
         x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
     wide = torch.promote_types(x.dtype, torch.float32)
     S = x.to(wide) @ y.to(wide).t()
-    d = S.diagonal()
-    eye = torch.eye(B, dtype=torch.bool, device=S.device)
     terms = []
-    for direction, thresholds, dim in (("i2t", d[:, None], 1), ("t2i", d[None, :], 0)):
-        if directions not in ("both", direction):
-            continue
-        V = S - thresholds + margin  # entry (a, n) / (n, p): the violation of negative n
-        if norm.smooth:
-            # the masked diagonal is the positive itself: exp(0) is the 1 of log(1 + Σ exp(v/τ))
-            lse = torch.logsumexp((V / norm.temperature).masked_fill(eye, 0.0), dim)
-            terms.append(lse * norm.temperature if norm.kind == "lse" else lse)
-        else:
-            H = V.clamp(min=0).masked_fill(eye, 0.0)
-            terms.append(violation_norm(H if dim == 1 else H.t(), norm))
+    if norm.smooth:
+        Z = (S - margin * torch.eye(B, dtype=S.dtype, device=S.device) if margin else S) / norm.temperature
+        z = Z.diagonal()
+        for direction, dim in (("i2t", 1), ("t2i", 0)):
+            if directions in ("both", direction):
+                lse = torch.logsumexp(Z, dim) - z
+                terms.append(lse * norm.temperature if norm.kind == "lse" else lse)
+    else:
+        eye = torch.eye(B, dtype=torch.bool, device=S.device)
+        d = S.diagonal()
+        for direction, thresholds, dim in (("i2t", d[:, None], 1), ("t2i", d[None, :], 0)):
+            if directions in ("both", direction):
+                # entry (a, n) / (n, p): the hinged violation of negative n
+                H = (S - thresholds + margin).clamp(min=0).masked_fill(eye, 0.0)
+                terms.append(violation_norm(H if dim == 1 else H.t(), norm))
     anchors = torch.cat([a] * len(terms)) if len(terms) > 1 else a
     terms = torch.cat(terms) if len(terms) > 1 else terms[0]
     # NaN/Inf in an input reaches every term through d and the normalisation, except in a batch

@@ -63,6 +63,7 @@ __all__ = [
     "device_arch",
     "fit_shared_memory",
     "for_arch",
+    "mma_from_registers",
 ]
 
 
@@ -220,17 +221,25 @@ def fit_shared_memory(cfg: dict, arch: int, itemsize: int) -> dict:
     return dict(cfg, num_stages=stages)
 
 
+def mma_from_registers(arch: int) -> bool:
+    """The tensor cores take both operands and the accumulator from registers (mma.sync): before
+    Hopper, and on the consumer Blackwell parts (sm_120); not wgmma (sm_90) nor tcgen05 (sm_100)."""
+    return arch < 90 or arch >= 120
+
+
 def for_arch(cfg: dict, arch: int, dtype: torch.dtype, narrow: bool = False) -> dict:
-    """An sm_90 tile configuration adapted to ``arch``. Before Hopper the tensor cores take both
-    operands and the accumulator from registers (mma.sync, not wgmma), so the kernels that carry
-    running statistics beside the score tile (``narrow``) spill at 128-wide tiles: there BLOCK_M and
-    BLOCK_N are capped at 64, and float32 operands load 16 columns at a time. Then
-    :func:`fit_shared_memory`. Checked by compiling every variant for each architecture
-    (tests/ops/test_triton_compile.py)."""
-    if arch < 90 and narrow and "BLOCK_N" in cfg:
+    """An sm_90 tile configuration adapted to ``arch``, then :func:`fit_shared_memory`. Where the
+    tensor cores read registers (:func:`mma_from_registers`) the kernels that carry running
+    statistics beside the score tile (``narrow``) spill at 128-wide tiles: BLOCK_M and BLOCK_N are
+    capped at 64, and float32 tiles are 32 × 64 × 16 on 4 warps. On sm_100 every tile is at most 64
+    wide in N. Found by compiling every variant for each architecture; checked by
+    tests/ops/test_triton_compile.py."""
+    if "BLOCK_N" in cfg and narrow and mma_from_registers(arch):
         cfg = dict(cfg, BLOCK_M=min(cfg["BLOCK_M"], 64), BLOCK_N=min(cfg["BLOCK_N"], 64))
         if dtype == torch.float32:
-            cfg["BLOCK_K"] = min(cfg["BLOCK_K"], 16)
+            cfg.update(BLOCK_M=32, BLOCK_K=min(cfg["BLOCK_K"], 16), num_warps=4)
+    if "BLOCK_N" in cfg and arch // 10 == 10:
+        cfg = dict(cfg, BLOCK_N=min(cfg["BLOCK_N"], 64))
     itemsize = torch.empty((), dtype=dtype).element_size()
     return fit_shared_memory(cfg, arch, itemsize)
 

@@ -37,6 +37,7 @@ from .triton_common import (  # triton, tl: None without triton
     for_arch,
     is_interpreting,
     jitted,
+    mma_from_registers,
     num_sms,
     score_tile,
     tl,
@@ -140,10 +141,10 @@ def _negative_max_kernel(
 def _default_config(dtype: torch.dtype, interpret: bool, even: bool, aligned: bool, arch: int = 90) -> dict:
     """:func:`_default_tiles` for the GPU architecture ``arch`` (:func:`for_arch`; the running
     maximum is one value per row and column, so the 128-wide tiles stay, but for float32 before
-    Hopper, whose 64×128 tiles spill a few bytes there)."""
+    tensor cores read registers, whose 64×128 tiles spill a few bytes there)."""
     cfg = _default_tiles(dtype, interpret, even, aligned)
-    if arch < 90 and dtype == torch.float32 and not interpret:
-        cfg = dict(cfg, BLOCK_M=64, BLOCK_N=64, num_warps=4)
+    if mma_from_registers(arch) and dtype == torch.float32 and not interpret:
+        cfg = dict(cfg, BLOCK_M=64, BLOCK_N=64)
     return for_arch(cfg, arch, dtype)
 
 
