@@ -429,11 +429,11 @@ def _prep(x, y, labels, ref_labels):
 
 
 class LsePairsTriton(torch.autograd.Function):
-    """forward(x, y, t, tau, a, p_idx, labels, ref_labels, self_ref, do_i2t, do_t2i, paired) →
-    (L¹, L²), each (P,) float32; see the module docstring."""
+    """forward(x, y, t, tau, a, p_idx, labels, ref_labels, self_ref, do_i2t, do_t2i, paired, groups) →
+    (L¹, L²), each (P,) float32; see the module docstring. ``groups``: the forward's program grid, or None."""
 
     @staticmethod
-    def forward(ctx, x, y, t, tau, a, p_idx, labels, ref_labels, self_ref, do_i2t, do_t2i, paired):
+    def forward(ctx, x, y, t, tau, a, p_idx, labels, ref_labels, self_ref, do_i2t, do_t2i, paired, groups):
         xc, yc, lx, ly = _prep(x, y, labels, ref_labels)
         tv = float(tau)
         z_scale = LOG2E / tv
@@ -441,9 +441,9 @@ class LsePairsTriton(torch.autograd.Function):
         P = a.shape[0]
         row = col = None  # base-2 statistics of x's rows (i2t) and y's rows (t2i, S's columns)
         if P and do_i2t:
-            row, col = _statistics(xc, yc, lx, ly, not paired, self_ref, z_scale, do_t2i)
+            row, col = _statistics(xc, yc, lx, ly, not paired, self_ref, z_scale, do_t2i, groups)
         elif P and do_t2i:  # t2i alone: the rows of the transposed problem
-            col, _ = _statistics(yc, xc, ly, lx, not paired, self_ref, z_scale, False)
+            col, _ = _statistics(yc, xc, ly, lx, not paired, self_ref, z_scale, False, groups)
         zeros = torch.zeros(P, device=x.device, dtype=torch.float32)
         L1 = zeros if row is None else F.softplus(row[a] * LN2 - tw / tv)
         L2 = zeros if col is None else F.softplus(col[p_idx] * LN2 - tw / tv)
@@ -510,6 +510,7 @@ class LsePairsTriton(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
@@ -526,12 +527,14 @@ def lse_pairs_triton(
     do_i2t: bool = True,
     do_t2i: bool = True,
     paired: bool = False,
+    _groups: tuple[int, int] | None = None,
 ):
     """``(L¹, L²)``, each (P,) float32 (zeros for a direction not asked for), as
     :func:`~vse_losses.ops.chunked_lse_pairs.lse_pairs_chunked`: x (B, D), y (M, D) float32/float16/
     bfloat16, t (P,) thresholds, τ a float or a 0-dim tensor (differentiable), ``(a, p_idx)`` the
     positive pairs (any order), labels (B,), ref_labels (M,); ``paired``: labels ``arange`` on
-    both sides (the negatives are every i ≠ n, without reading the labels)."""
+    both sides (the negatives are every i ≠ n, without reading the labels). ``_groups``: the forward's
+    (P, Q) program grid, for tests."""
     return LsePairsTriton.apply(
-        x, y, t, tau, a, p_idx, labels, ref_labels, bool(self_ref), bool(do_i2t), bool(do_t2i), bool(paired)
+        x, y, t, tau, a, p_idx, labels, ref_labels, bool(self_ref), bool(do_i2t), bool(do_t2i), bool(paired), _groups
     )
