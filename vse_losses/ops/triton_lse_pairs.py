@@ -104,7 +104,6 @@ def _lse_fwd_kernel(
     CT_PER,
     z_scale,  # log2(e)/τ
     LABELS: tl.constexpr,
-    SELF_REF: tl.constexpr,
     COLS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -115,8 +114,9 @@ def _lse_fwd_kernel(
 ):
     """The base-2 log-sum-exp statistics of ``z = S·z_scale`` over the negatives of every row (and,
     with COLS, every column), from one pass over the score tiles. (i, n) is a negative iff
-    ``xl_i != yl_n`` and, with SELF_REF, i ≠ n; without LABELS (the paired batch, labels arange)
-    iff i ≠ n."""
+    ``xl_i != yl_n``; without LABELS (the paired batch, labels arange) iff i ≠ n. One modality
+    (self_ref) needs nothing more: its labels are the same on both sides, so (i, i) is never a
+    negative."""
     pid_p = tl.program_id(0)
     pid_q = tl.program_id(1)
     nrb = tl.cdiv(B, BLOCK_M)
@@ -141,8 +141,6 @@ def _lse_fwd_kernel(
             if LABELS:
                 yl = tl.load(yl_ptr + cols, mask=col_ok, other=0)
                 valid = xl[:, None] != yl[None, :]
-                if SELF_REF:
-                    valid = valid & (rows[:, None] != cols[None, :])
             else:
                 valid = rows[:, None] != cols[None, :]
             if not EVEN_M:
@@ -183,7 +181,6 @@ def _lse_weight_kernel(
     stride_w,
     z_scale,  # log2(e)/τ
     LABELS: tl.constexpr,
-    SELF_REF: tl.constexpr,
     ROW_TERM: tl.constexpr,
     COL_TERM: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -213,8 +210,6 @@ def _lse_weight_kernel(
         lq = tl.load(lq_ptr + rows, mask=row_ok, other=0)
         lk = tl.load(lk_ptr + cols, mask=col_ok, other=0)
         valid = lq[:, None] != lk[None, :]
-        if SELF_REF:
-            valid = valid & (rows[:, None] != cols[None, :])
     else:
         valid = rows[:, None] != cols[None, :]
     valid = valid & row_ok[:, None] & col_ok[None, :]
@@ -269,7 +264,7 @@ def _finish(m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return top + torch.log2((s * torch.exp2(m - base)).sum(0))
 
 
-def _statistics(q, k, lq, lk, labels, self_ref, z_scale, cols, _groups=None):
+def _statistics(q, k, lq, lk, labels, z_scale, cols, _groups=None):
     """Base-2 log-sum-exp statistics of ``q kᵀ·z_scale`` over the negatives: per row of q (N,) and,
     with ``cols``, per row of k (M,), else None. ``_groups``: the (P, Q) program grid (tests)."""
     N, D = q.shape
@@ -302,7 +297,6 @@ def _statistics(q, k, lq, lk, labels, self_ref, z_scale, cols, _groups=None):
         ct_per,
         float(z_scale),
         LABELS=labels,
-        SELF_REF=self_ref,
         COLS=cols,
         BLOCK_M=BM,
         BLOCK_N=BN,
@@ -316,7 +310,7 @@ def _statistics(q, k, lq, lk, labels, self_ref, z_scale, cols, _groups=None):
     return _finish(rm, rs), (_finish(cm, cs) if cols else None)
 
 
-def _weight_chunks(q, k, lq, lk, labels, self_ref, z_scale, q_term, k_term, w_dtype):
+def _weight_chunks(q, k, lq, lk, labels, z_scale, q_term, k_term, w_dtype):
     """``(r0, W)`` for chunks of rows of q: W (R, M) the weights of rows r0 .. r0 + R against every
     key (see ``_lse_weight_kernel``). q_term / k_term: ``(r, g)`` float32 over the rows of q / the
     keys (base-2 statistics with −∞ replaced by 0, weight sums), or None."""
@@ -351,7 +345,6 @@ def _weight_chunks(q, k, lq, lk, labels, self_ref, z_scale, q_term, k_term, w_dt
             W.stride(0),
             float(z_scale),
             LABELS=labels,
-            SELF_REF=self_ref,
             ROW_TERM=q_term is not None,
             COL_TERM=k_term is not None,
             BLOCK_M=BM,
@@ -366,7 +359,7 @@ def _weight_chunks(q, k, lq, lk, labels, self_ref, z_scale, q_term, k_term, w_dt
         yield r0, W
 
 
-def _products(x, y, lx, ly, labels, self_ref, z_scale, row_term, col_term, need_x, need_y, need_ws):
+def _products(x, y, lx, ly, labels, z_scale, row_term, col_term, need_x, need_y, need_ws):
     """``(∂x, ∂y, Σ W ⊙ S)`` of the weights W of the row term ``(R, G)`` over x's rows and the column
     term ``(C, G')`` over y's rows (either None); ∂x, ∂y in x's and y's dtypes (None where not
     asked for), Σ W ⊙ S a float32 scalar (with ``need_ws``)."""
@@ -391,7 +384,7 @@ def _products(x, y, lx, ly, labels, self_ref, z_scale, row_term, col_term, need_
     if need_y and (y.dtype == torch.float32 or M * D * 4 <= ACC_BYTES):
         acc = torch.zeros((M, D), device=y.device, dtype=torch.float32)  # one pass: ∂y accumulated
     if need_x or need_ws or acc is not None:
-        chunks = _weight_chunks(x, y, lx, ly, labels, self_ref, z_scale, row_term, col_term, mm.operand_dtype)
+        chunks = _weight_chunks(x, y, lx, ly, labels, z_scale, row_term, col_term, mm.operand_dtype)
         for r0, W in chunks:
             r1 = r0 + W.shape[0]
             if need_x or need_ws:
@@ -407,7 +400,7 @@ def _products(x, y, lx, ly, labels, self_ref, z_scale, row_term, col_term, need_
         gy = acc.mul_(scale).to(y.dtype)
     elif need_y:  # the transposed problem's rows: y against x, the terms swapped
         gy = torch.empty_like(y)
-        for c0, W in _weight_chunks(y, x, ly, lx, labels, self_ref, z_scale, col_term, row_term, mm.operand_dtype):
+        for c0, W in _weight_chunks(y, x, ly, lx, labels, z_scale, col_term, row_term, mm.operand_dtype):
             gy[c0 : c0 + W.shape[0]] = mm(W, x_op).mul_(scale)
     return gx, gy, ws * scale
 
@@ -429,11 +422,11 @@ def _prep(x, y, labels, ref_labels):
 
 
 class LsePairsTriton(torch.autograd.Function):
-    """forward(x, y, t, tau, a, p_idx, labels, ref_labels, self_ref, do_i2t, do_t2i, paired, groups) →
+    """forward(x, y, t, tau, a, p_idx, labels, ref_labels, do_i2t, do_t2i, paired, groups) →
     (L¹, L²), each (P,) float32; see the module docstring. ``groups``: the forward's program grid, or None."""
 
     @staticmethod
-    def forward(ctx, x, y, t, tau, a, p_idx, labels, ref_labels, self_ref, do_i2t, do_t2i, paired, groups):
+    def forward(ctx, x, y, t, tau, a, p_idx, labels, ref_labels, do_i2t, do_t2i, paired, groups):
         xc, yc, lx, ly = _prep(x, y, labels, ref_labels)
         tv = float(tau)
         z_scale = LOG2E / tv
@@ -441,14 +434,14 @@ class LsePairsTriton(torch.autograd.Function):
         P = a.shape[0]
         row = col = None  # base-2 statistics of x's rows (i2t) and y's rows (t2i, S's columns)
         if P and do_i2t:
-            row, col = _statistics(xc, yc, lx, ly, not paired, self_ref, z_scale, do_t2i, groups)
+            row, col = _statistics(xc, yc, lx, ly, not paired, z_scale, do_t2i, groups)
         elif P and do_t2i:  # t2i alone: the rows of the transposed problem
-            col, _ = _statistics(yc, xc, ly, lx, not paired, self_ref, z_scale, False, groups)
+            col, _ = _statistics(yc, xc, ly, lx, not paired, z_scale, False, groups)
         zeros = torch.zeros(P, device=x.device, dtype=torch.float32)
         L1 = zeros if row is None else F.softplus(row[a] * LN2 - tw / tv)
         L2 = zeros if col is None else F.softplus(col[p_idx] * LN2 - tw / tv)
         ctx.save_for_backward(xc, yc, t, a, p_idx, lx, ly, row, col)
-        ctx.tau, ctx.z_scale, ctx.labels, ctx.self_ref = tv, z_scale, not paired, self_ref
+        ctx.tau, ctx.z_scale, ctx.labels = tv, z_scale, not paired
         ctx.tau_dtype = tau.dtype if torch.is_tensor(tau) else None
         ctx.dtypes = (x.dtype, y.dtype)
         return L1, L2
@@ -482,7 +475,6 @@ class LsePairsTriton(torch.autograd.Function):
                 lx,
                 ly,
                 ctx.labels,
-                ctx.self_ref,
                 ctx.z_scale,
                 row_term,
                 col_term,
@@ -502,7 +494,6 @@ class LsePairsTriton(torch.autograd.Function):
             None if gy is None else gy.to(y_dtype),
             gt.to(t.dtype),
             gtau,
-            None,
             None,
             None,
             None,
@@ -533,8 +524,9 @@ def lse_pairs_triton(
     :func:`~vse_losses.ops.chunked_lse_pairs.lse_pairs_chunked`: x (B, D), y (M, D) float32/float16/
     bfloat16, t (P,) thresholds, τ a float or a 0-dim tensor (differentiable), ``(a, p_idx)`` the
     positive pairs (any order), labels (B,), ref_labels (M,); ``paired``: labels ``arange`` on
-    both sides (the negatives are every i ≠ n, without reading the labels). ``_groups``: the forward's
-    (P, Q) program grid, for tests."""
+    both sides (the negatives are every i ≠ n, without reading the labels). ``self_ref`` (y is x,
+    ref_labels are labels) asks for nothing more: a sample's pair with itself has equal labels.
+    ``_groups``: the forward's (P, Q) program grid, for tests."""
     return LsePairsTriton.apply(
-        x, y, t, tau, a, p_idx, labels, ref_labels, bool(self_ref), bool(do_i2t), bool(do_t2i), bool(paired), _groups
+        x, y, t, tau, a, p_idx, labels, ref_labels, bool(do_i2t), bool(do_t2i), bool(paired), _groups
     )
