@@ -264,12 +264,13 @@ def _finish(m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return top + torch.log2((s * torch.exp2(m - base)).sum(0))
 
 
-def _statistics(q, k, lq, lk, labels, z_scale, cols, _groups=None):
+def _statistics(q, k, lq, lk, labels, z_scale, cols, _groups=None, *, config: dict | None = None):
     """Base-2 log-sum-exp statistics of ``q kᵀ·z_scale`` over the negatives: per row of q (N,) and,
-    with ``cols``, per row of k (M,), else None. ``_groups``: the (P, Q) program grid (tests)."""
+    with ``cols``, per row of k (M,), else None. ``_groups``: the (P, Q) program grid (tests);
+    ``config``: tile overrides (gpu_check's tile sweep)."""
     N, D = q.shape
     M = k.shape[0]
-    cfg = _fwd_config(q.dtype, is_interpreting(), even_shape(N, M, D), cols)
+    cfg = dict(_fwd_config(q.dtype, is_interpreting(), even_shape(N, M, D), cols), **(config or {}))
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     nrb, nct = triton.cdiv(N, BM), triton.cdiv(M, BN)
     P, Q = _groups or choose_groups(nrb, nct, N, M, num_sms(q.device), max_partial_bytes=128 * 2**20)
@@ -310,10 +311,11 @@ def _statistics(q, k, lq, lk, labels, z_scale, cols, _groups=None):
     return _finish(rm, rs), (_finish(cm, cs) if cols else None)
 
 
-def _weight_chunks(q, k, lq, lk, labels, z_scale, q_term, k_term, w_dtype):
+def _weight_chunks(q, k, lq, lk, labels, z_scale, q_term, k_term, w_dtype, *, config: dict | None = None):
     """``(r0, W)`` for chunks of rows of q: W (R, M) the weights of rows r0 .. r0 + R against every
     key (see ``_lse_weight_kernel``). q_term / k_term: ``(r, g)`` float32 over the rows of q / the
-    keys (base-2 statistics with −∞ replaced by 0, weight sums), or None."""
+    keys (base-2 statistics with −∞ replaced by 0, weight sums), or None. ``config``: tile
+    overrides but BLOCK_M (gpu_check's tile sweep)."""
     N, D = q.shape
     M = k.shape[0]
     BM = _weight_config(q.dtype, is_interpreting())["BLOCK_M"]
@@ -323,7 +325,7 @@ def _weight_chunks(q, k, lq, lk, labels, z_scale, q_term, k_term, w_dtype):
     rk, gk = k_term or (unused, unused)
     for r0 in range(0, N, step):
         R = min(step, N - r0)
-        cfg = _weight_config(q.dtype, is_interpreting(), even_shape(R, M, D))
+        cfg = {**_weight_config(q.dtype, is_interpreting(), even_shape(R, M, D)), **(config or {}), "BLOCK_M": BM}
         BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
         W = torch.empty((R, M), device=q.device, dtype=w_dtype)
         jitted(_lse_weight_kernel)[(triton.cdiv(R, BM), triton.cdiv(M, BN))](
