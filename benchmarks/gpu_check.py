@@ -28,7 +28,7 @@ and InfoNCE up to B=65,536.
    as PASS/MISS lines.
 4. A tile sweep: the fused Triton kernels alone at B=65,536 with their default tiles and the
    alternatives that also compile without spills, as ratios to the product of the same shape, so
-   that one GPU session can choose the defaults (``--no-sweep`` leaves it out; about 40 s). Where an
+   that one GPU session can choose the defaults (``--no-sweep`` leaves it out; about 60 s). Where an
    alternative hardest-negative tile beats the default by over 3 %, MaxViolationLoss is timed
    again at B=65,536 with it and with the default, side by side.
 
@@ -438,7 +438,8 @@ def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadli
     MH's backward, the SH/ℓp backward's weight kernel (one chunk of rows × B, cuBLAS excluded), and
     InfoNCE's lse_pairs: the forward (both directions), the backward's weights (the same rows × B),
     and its whole backward (weights and cuBLAS products) in one pass (∂y accumulated in float32)
-    and in two (∂y from a second pass over column chunks, what B=65,536 takes by default)."""
+    and in two (∂y from a second pass over column chunks, what B=65,536 takes by default; also with
+    chunks of weights twice the default)."""
     from vse_losses.ops import triton_hinge_norm as hn
     from vse_losses.ops.triton_hinge_norm_pairs import _pairs_forward
     from vse_losses.ops.triton_negative_max import negative_max_triton
@@ -526,14 +527,14 @@ def _lse_sweep_jobs(x, y, lab, R: int) -> list:
         for _ in lp._weight_chunks(x[:R], y, lab, lab, False, z, (row[:R], g[:R]), terms[1], w_dtype, config=cfg):
             pass
 
-    def backward(acc_bytes):
+    def backward(acc_bytes, chunk=lp.W_CHUNK_ELEMENTS):
         def run(cfg):
-            saved = lp.ACC_BYTES
-            lp.ACC_BYTES = acc_bytes
+            saved = lp.ACC_BYTES, lp.W_CHUNK_ELEMENTS
+            lp.ACC_BYTES, lp.W_CHUNK_ELEMENTS = acc_bytes, chunk
             try:
                 lp._products(x, y, lab, lab, False, z, *terms, True, True, False)
             finally:
-                lp.ACC_BYTES = saved
+                lp.ACC_BYTES, lp.W_CHUNK_ELEMENTS = saved
 
         return run
 
@@ -543,6 +544,7 @@ def _lse_sweep_jobs(x, y, lab, R: int) -> list:
     ]
     jobs += [(f"lse weights {R}×B", c, weights) for c in [None] + SWEEP_LSE_WEIGHTS]
     jobs += [("lse backward, one pass", None, backward(2**62)), ("lse backward, two passes", None, backward(0))]
+    jobs += [("lse backward, two passes, 2× chunks", None, backward(0, 2 * lp.W_CHUNK_ELEMENTS))]
     return jobs
 
 
@@ -727,8 +729,8 @@ def main(argv=None) -> int:
     if not args.no_sweep and tri_ok and (dev.type == "cuda" or interpreted):
         sweep_B = 64 if smoke else 65536
         log(f"\nTile sweep (B={sweep_B:,}, D={D}, {str(dtype).replace('torch.', '')}; kernels alone):")
-        sweep = run_tile_sweep(dev, sweep_B, D, dtype, T_START + budget + (30 if smoke else 40))
-        retimed = retime_mh(dev, sweep_B, D, dtype, sweep, T_START + budget + (40 if smoke else 60))
+        sweep = run_tile_sweep(dev, sweep_B, D, dtype, T_START + budget + (30 if smoke else 60))
+        retimed = retime_mh(dev, sweep_B, D, dtype, sweep, T_START + budget + (40 if smoke else 80))
         if args.md and sweep:
             rows = "\n".join(f"| {r['kernel']} | {r['tiles']} | {r['ms']:.3f} | {r['x_product']:.2f}× |" for r in sweep)
             rows += "".join(
