@@ -20,9 +20,9 @@ Forward (``_lse_fwd_kernel``): one pass over the score tiles, in base 2 (``z = S
 exp2 being the hardware's instruction), float32 whatever the input dtype. Program (pid_p, pid_q)
 owns RB_PER row blocks × CT_PER column tiles: a row keeps a running ``(m, s = Σ 2^(z − m))`` in
 registers over the program's tiles and stores it as row partial pid_q; a column merges each tile
-into column partial pid_p, which only this program touches. The partials (a few per row and
-column) are combined in torch. One direction alone is the rows of its own problem (t2i: x and y
-swapped), so the kernel has no column work then.
+into column partial pid_p, which only this program touches. The partials (one per column group
+for a row, one per row group for a column) are combined in torch. One direction alone is the
+rows of its own problem (t2i: x and y swapped), so the kernel has no column work then.
 
 Backward: with ``σ¹_j = sigmoid(R_{a_j} − t_j/τ)`` (= Σ_n of pair j's softmax weights),
 ``c¹_j = g¹_j σ¹_j/τ`` (c² likewise) and the per-row and per-column sums ``G_i = Σ_{j: a_j = i}
