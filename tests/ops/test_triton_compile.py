@@ -54,7 +54,16 @@ ROWS = [
 ] + [("negative_max", "bf16", mode, "rows") for mode in range(4)]
 # mode: rows gathered by index; "even" True: D = 1024, False: D = 100
 ROW_DOTS = [("row_dots", dtype, mode, even) for dtype in ("bf16", "fp32") for mode in (0, 1) for even in (True, False)]
-VARIANTS = HINGE + NEGMAX + SMALL + MH_SIDE + ROWS + ROW_DOTS
+# lse_pairs: forward mode 0 … 3 = (labels, both directions' statistics), weights mode: labels
+LSE = [
+    (kernel, dtype, mode, shape)
+    for kernel, modes in (("lse_forward", range(4)), ("lse_weights", (0, 1)))
+    for dtype in ("bf16", "fp32")
+    for mode in modes
+    for shape in (True, False, "rows")
+    if not (dtype == "fp32" and shape == "rows")
+]
+VARIANTS = HINGE + NEGMAX + SMALL + MH_SIDE + ROWS + ROW_DOTS + LSE
 
 
 def variant_id(v):

@@ -109,6 +109,7 @@ def _triton_backend() -> Backend:
     # imported at first use: importing triton is slow, and the interpreter is chosen at first launch
     from .triton_hinge_norm import hinge_norm_rows_triton
     from .triton_hinge_norm_pairs import hinge_norm_pairs_triton
+    from .triton_lse_pairs import lse_pairs_triton
     from .triton_max_violation_backward import mh_side_triton
     from .triton_max_violation_small import max_batch, max_violation_small
     from .triton_negative_max import negative_max_triton
@@ -123,7 +124,7 @@ def _triton_backend() -> Backend:
         mh_side=mh_side_triton,
         max_violation_small=max_violation_small,
         max_violation_small_batch=max_batch,
-        lse_pairs=lse_pairs_chunked,  # no fused kernel yet: the torch tiles on the GPU
+        lse_pairs=lse_pairs_triton,
     )
 
 
