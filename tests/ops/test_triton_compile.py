@@ -137,6 +137,12 @@ ARCH_VARIANTS = (
     + [("negative_max", "fp32", 1, True)]
     + [("small_mh", d, 3, True) for d in ("bf16", "fp32")]
     + [("mh_side", "fp32", 1, False), ("row_dots", "bf16", 1, False)]
+    + [
+        (k, d, m, e)
+        for k, m in (("lse_forward", 3), ("lse_weights", 1))
+        for d in ("bf16", "fp32")
+        for e in (True, False)
+    ]
 )
 
 

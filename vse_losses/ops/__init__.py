@@ -195,17 +195,21 @@ def checked_backend(impl: str, backend: Backend, config: Hashable, probe: Callab
     :class:`TritonFallbackWarning` naming the cause; under ``impl="triton"`` a ``RuntimeError``
     names it. ``ValueError`` (bad input) and out-of-memory errors are the caller's and propagate.
     """
-    if backend.name != "triton" or config in _TRITON_OK or torch.compiler.is_compiling():
+    if backend.name != "triton" or config in _TRITON_OK:
         return backend
+    if config in _TRITON_FAILED:
+        return CHUNKED
+    if torch.compiler.is_compiling():
+        return backend
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return backend  # a probe's backward cannot run inside a CUDA graph capture
     from .triton_common import is_interpreting
 
     if is_interpreting() and not PROBE_INTERPRETED:  # the interpreter compiles nothing
         return backend
-    if config in _TRITON_FAILED:
-        return CHUNKED
     try:
         probe(backend)
-    except (ValueError, torch.OutOfMemoryError):
+    except (ValueError, torch.cuda.OutOfMemoryError):
         raise
     except Exception as e:  # noqa: BLE001  whatever triton, ptxas or the driver raise
         lines = str(e).strip().splitlines()
