@@ -27,6 +27,7 @@ import time
 import bench_common as bc
 import pytest
 import torch
+
 from conftest import bench_config
 
 CFG = bench_config()
