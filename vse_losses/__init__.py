@@ -5,6 +5,7 @@ loss = MaxViolationLoss(margin=0.2)(img_emb, cap_emb)
 """
 
 from . import functional
+from .collapse import CollapseAlarm, CollapseWarning
 from ._pml_registration import register_with_cross_batch_memory
 from .losses import (
     BaseViolationLoss,
@@ -34,6 +35,8 @@ __all__ = [
     "LogSumExpViolationLoss",
     "InfoNCELoss",
     "SHToMHWarmup",
+    "CollapseAlarm",
+    "CollapseWarning",
     "HardestNegativeMiner",
     "TopKNegativeMiner",
 ]

@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a("--warmup_steps", type=int, default=0, help="if > 0: mix SH into MH linearly over this many iterations")
     a("--impl", default="auto", choices=["auto", "dense", "chunked", "triton"], help="vse_losses implementation")
+    a(
+        "--collapse_window",
+        type=int,
+        default=50,
+        help="warn (one line, and metrics.csv's collapse_alarm column) when the embeddings have sat at one point "
+        "per modality for this many iterations (vse_losses.CollapseAlarm); 0: do not watch",
+    )
     a("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
     a("--seed", type=int, default=0, help="seed of the model initialisation and data order")
     a(
@@ -269,6 +276,7 @@ CHECKS: dict[str, tuple[Callable[[float], bool], str]] = {
     "topk_k": _at_least(1),
     "lp_p": ((lambda v: v >= 1), "must be >= 1 (inf allowed: the max violation)"),
     "warmup_steps": _at_least(0),
+    "collapse_window": _at_least(0),
     "temperature": ((lambda v: math.isfinite(v) and v > 0), "must be a finite number > 0"),
     "val_images": _at_least(1),
     "data_seed": _at_least(0),
