@@ -5,8 +5,8 @@ loss = MaxViolationLoss(margin=0.2)(img_emb, cap_emb)
 """
 
 from . import functional
-from .collapse import CollapseAlarm, CollapseWarning
 from ._pml_registration import register_with_cross_batch_memory
+from .collapse import CollapseAlarm, CollapseWarning
 from .losses import (
     BaseViolationLoss,
     InfoNCELoss,
