@@ -18,6 +18,7 @@ from .losses import (
     TopKViolationLoss,
 )
 from .miners import HardestNegativeMiner, TopKNegativeMiner
+from .order import OrderSimilarity
 from .schedules import SHToMHWarmup
 
 register_with_cross_batch_memory()
@@ -37,6 +38,7 @@ __all__ = [
     "SHToMHWarmup",
     "CollapseAlarm",
     "CollapseWarning",
+    "OrderSimilarity",
     "HardestNegativeMiner",
     "TopKNegativeMiner",
 ]
