@@ -122,7 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--finetune", action="store_true", help="train the CNN too")
     a("--cnn_type", default="vgg19", help="smallcnn or any torchvision classification model (resnet152, vgg19...)")
     a("--use_restval", action="store_true", help="COCO: train on restval too")
-    a("--measure", default="cosine", choices=["cosine"], help="similarity (cosine, as in the paper)")
+    a(
+        "--measure",
+        default="cosine",
+        choices=["cosine", "order"],
+        help="similarity of training and evaluation: cosine (as in the paper) or order (order embeddings, "
+        "-||max(0, caption - image)||, vse_losses.OrderSimilarity; with --use_abs, as the original recommends; "
+        "--impl auto, dense or chunked)",
+    )
     a("--use_abs", action="store_true", help="absolute value of the embeddings (order-embedding style)")
     a("--no_imgnorm", action="store_true", help="do not l2-normalise image embeddings")
     a(
@@ -234,6 +241,7 @@ def finalize(opt: argparse.Namespace, explicit: dict[str, object], log=print) ->
         if chosen:
             log("embedded demo: " + " ".join(_flag(k, v) for k, v in chosen.items()) + " (any option given wins)")
     validate(opt)
+    check_measure(opt, log)
     opt.loss = resolve_loss(opt)
     if opt.loss == "infonce" and "margin" not in explicit:
         opt.margin = 0.0  # CLIP's loss; a --margin given makes it an additive-margin softmax
@@ -295,6 +303,19 @@ def validate(opt: argparse.Namespace) -> None:
         value = getattr(opt, name, None)
         if value is not None and not ok(value):  # NaN fails every comparison
             raise ConfigError(f"--{name}", f"{requirement}, got {value}")
+
+
+def check_measure(opt: argparse.Namespace, log=None) -> None:
+    """--measure order has no Triton kernel (ConfigError for --impl triton); without --use_abs a
+    notice (``log``) says that the original uses the two together."""
+    from .errors import ConfigError
+
+    if getattr(opt, "measure", "cosine") != "order":
+        return
+    if opt.impl == "triton":
+        raise ConfigError("--impl", "triton has no kernel for --measure order; use auto, dense or chunked")
+    if log is not None and not opt.use_abs:
+        log("notice: --measure order without --use_abs; the original code uses them together (non-negative embeddings)")
 
 
 def check_impl(impl: str, device) -> None:
@@ -370,6 +391,7 @@ def merge_resumed(
             "cannot be switched on when resuming a run that did not learn its temperature: start a new run",
         )
     validate(merged)
+    check_measure(merged)
     merged.loss = resolve_loss(merged)
     resolve_temperature(merged)
     return merged

@@ -52,6 +52,8 @@ def build_loss(opt, distributed: bool = False):
     common = dict(margin=opt.margin, reducer=reducer, impl=opt.impl, distributed=distributed)
     warmup = None
     try:
+        if getattr(opt, "measure", "cosine") == "order":  # the terms from its score matrix, computed by --impl
+            common["distance"] = vse_losses.OrderSimilarity(impl=opt.impl)
         if opt.warmup_steps > 0:
             loss = vse_losses.MixedViolationLoss(mix=0.0, **common)
             warmup = vse_losses.SHToMHWarmup(loss, opt.warmup_steps)
@@ -520,7 +522,8 @@ def describe_run(opt, learner: Learner, device: torch.device, ctx: ddp.Context) 
         f"model: image encoder {'linear on ' + str(opt.img_dim) + '-d features' if opt.precomp else opt.cnn_type}"
         f"{'' if opt.precomp else (' (fine-tuned)' if opt.finetune else ' (frozen)')}, text encoder "
         f"{opt.text_encoder or 'GRU'}, embed_size {opt.embed_size}; {n_params:,} trainable parameters; "
-        f"loss {loss_name(opt)}, margin {opt.margin:g}, {reduction_name(opt)}; device {device}, "
+        f"loss {loss_name(opt)}, margin {opt.margin:g}, {reduction_name(opt)}, measure {opt.measure}"
+        f"{' (--use_abs)' if opt.use_abs else ''}; device {device}, "
         f"{torch.get_num_threads()} CPU threads"
         + (f"; {ctx.world} processes (torchrun), --batch_size {opt.batch_size} each" if ctx.active else "")
     )
