@@ -203,3 +203,11 @@ def test_nan_input_gives_nan_loss():
     x[1, 0] = float("nan")
     assert torch.isnan(vse_losses.MaxViolationLoss(distance=OrderSimilarity(impl="chunked"))(x, y))
     assert torch.isnan(max_violation_loss(x, y, similarity="order"))
+
+
+def test_functional_order_with_distributed_points_to_the_class(monkeypatch):
+    import vse_losses.functional as functional
+
+    monkeypatch.setattr(functional._dist, "world_size", lambda: 2)  # as if in a 2-process group
+    with pytest.raises(ValueError, match=r"distance=OrderSimilarity\(\), distributed=True"):
+        max_violation_loss(torch.randn(2, 3), torch.randn(2, 3), similarity="order", distributed=True)

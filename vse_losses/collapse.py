@@ -67,7 +67,8 @@ class CollapseAlarm:
     (counted from 1) and ``message`` the text of the warning. ``last`` holds the latest step's
     signals; ``run`` the current number of consecutive collapsed steps. A step where a modality has
     a single row neither counts nor breaks the run; a gap that is undefined (no positive or no
-    negative pair) is left out of that step's test. ``state_dict()``/``load_state_dict()`` save and restore it (resume).
+    negative pair) is left out of that step's test. ``state_dict()``/``load_state_dict()`` save
+    and restore the alarm (resume).
     """
 
     def __init__(self, window: int = 50, tol: float = 0.01, margin: float | None = None, warn: bool = True):
