@@ -345,7 +345,7 @@ def train_epoch(
             )
         if learner.alarm is not None and learner.alarm.update(img_emb, img_ids, ref_emb=cap_emb, ref_labels=img_ids):
             progress.pause()
-            log(f"warning: {learner.alarm.message}")
+            log(f"warning: {learner.alarm.message} (here: --warmup_steps, a lower --learning_rate, --loss lp or topk)")
             progress.resume()
         learner.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -26,6 +26,7 @@ def test_mh_collapse_is_reported_once(tmp_path, synth_args, capsys):
     lines = [ln for ln in out.splitlines() if ALARM in ln]
     assert len(lines) == 1, out
     assert "SHToMHWarmup" in lines[0] and "learning rate" in lines[0] and "margin 0.2" in lines[0]
+    assert "--warmup_steps" in lines[0] and "--loss lp" in lines[0]  # the remedies as this script's flags
     assert "dev recall is at chance level" not in out  # the alarm has said it, with the remedies
     fired = _column(run)
     # collapsed from the first few iterations, so the window of 20 ends early in the second epoch
