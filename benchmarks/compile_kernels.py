@@ -15,8 +15,12 @@ import re
 import subprocess
 import sys
 
+# ptxas's name of each target: the "a" targets of Hopper and Blackwell datacentre parts are the ones
+# triton compiles for (wgmma, tcgen05)
+GPU_NAMES = {80: "sm_80", 86: "sm_86", 89: "sm_89", 90: "sm_90a", 100: "sm_100a", 120: "sm_120a"}
 
-def main(variants):
+
+def main(variants, arch=90):
     import torch
     import triton
 
@@ -26,7 +30,10 @@ def main(variants):
     except ImportError as e:
         print(f"no ahead-of-time compile API in triton {triton.__version__}: {e}")
         return 3
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    ptxas = os.path.join(bin_dir, "ptxas")
+    if arch >= 100 and os.path.isfile(ptxas + "-blackwell"):  # triton's newer ptxas for its Blackwell PTX
+        ptxas += "-blackwell"
     if not os.path.isfile(ptxas):
         print(f"triton {triton.__version__} has no bundled ptxas")
         return 3
@@ -97,16 +104,17 @@ def main(variants):
         )
         kernel = triton.compile(
             src,
-            target=GPUTarget("cuda", 90, 32),
+            target=GPUTarget("cuda", arch, 32),
             options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]),
         )
         out = subprocess.run(
-            [ptxas, "-v", "--gpu-name", "sm_90a", "-", "-o", os.devnull],
+            [ptxas, "-v", "--gpu-name", GPU_NAMES[arch], "-", "-o", os.devnull],
             input=kernel.asm["ptx"],
             capture_output=True,
             text=True,
-            check=True,
         )
+        if out.returncode != 0:
+            raise RuntimeError(f"ptxas {GPU_NAMES[arch]}: {(out.stderr or out.stdout).strip()[:2000]}")
         report = out.stdout + out.stderr
         spills = sum(int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", report))
         regs = [int(v) for v in re.findall(r"Used (\d+) registers", report)]
@@ -129,13 +137,13 @@ def main(variants):
         even, aligned = shape is True, shape in (True, "rows")
         flags = dict(EVEN_K=aligned, EVEN_N=even)
         if kind == "hinge_forward":
-            cfg = dict(hn._fwd_config(dtypes[dtype], False, even), **tiles)
+            cfg = dict(hn._fwd_config(dtypes[dtype], False, even, arch), **tiles)
             r = compile_one(hn._hinge_norm_fwd_kernel, dtype, cfg, dict(P_MODE=mode, EVEN_M=even, **flags))
         elif kind == "hinge_pairs_forward":
-            cfg = dict(hp._pairs_config(dtypes[dtype], False, mode, even), **tiles)
+            cfg = dict(hp._pairs_config(dtypes[dtype], False, mode, even, arch), **tiles)
             r = compile_one(hp._pairs_fwd_kernel, dtype, cfg, dict(P_MODE=mode, SELF_REF=True, EVEN_M=even, **flags))
-        elif kind == "small_mh":  # mode: 0 … 3 = (cosine, backward); even: B = MAX_B, else B = 16
-            cfg = dict(sm._config(sm.MAX_B if even else 16, dtypes[dtype], False), **tiles)
+        elif kind == "small_mh":  # mode: 0 … 3 = (cosine, backward); even: the arch's largest B, else B = 16
+            cfg = dict(sm._config(sm.max_batch_for(arch) if even else 16, dtypes[dtype], False), **tiles)
             const = dict(
                 COSINE=mode in (1, 3),
                 BACKWARD=mode in (2, 3),
@@ -153,12 +161,12 @@ def main(variants):
             const = dict(GATHER_Q=bool(mode), GATHER_K=bool(mode), BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"])
             r = compile_one(rd._row_dots_kernel, dtype, dict(cfg, num_stages=3), const)
         elif kind == "hinge_weights":
-            cfg = dict(hn._weight_config(dtypes[dtype], False, mode, even), **tiles)
+            cfg = dict(hn._weight_config(dtypes[dtype], False, mode, even, arch), **tiles)
             const = dict(P_MODE=mode, ROW_TERM=True, COL_TERM=True, SELF_Q=True, SELF_K=True, EVEN_R=even, **flags)
             r = compile_one(hn._hinge_weight_kernel, dtype, cfg, const)
         else:
             self_ref, scaled = mode in (1, 3), mode in (2, 3)  # mode: 0 … 3
-            cfg = dict(nm._default_config(dtypes[dtype], False, even, aligned), **tiles)
+            cfg = dict(nm._default_config(dtypes[dtype], False, even, aligned, arch), **tiles)
             r = compile_one(
                 nm._negative_max_kernel, dtype, cfg, dict(SELF_REF=self_ref, SCALED=scaled, EVEN_M=even, **flags)
             )
@@ -168,4 +176,4 @@ def main(variants):
 
 
 if __name__ == "__main__":
-    sys.exit(main(json.loads(sys.argv[1])))
+    sys.exit(main(json.loads(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 90))

@@ -5,6 +5,8 @@
     python examples/evaluate.py CHECKPOINT --data_path DATA --split test     # Flickr30K, or COCO 5K
     python examples/evaluate.py CHECKPOINT --data_path DATA --data_name coco_precomp --split testall --fold5
                                                                              # COCO 1K (5 folds) and 5K
+    python examples/evaluate.py runs/coco_vse++/model_best.pth.tar --data_path DATA --vocab_path vocab
+                                                                             # a model of the original VSE++ code
 
 Prints the table train_coco.py prints (R@1, R@5, R@10, medr, meanr per direction, rsum).
 """

@@ -18,6 +18,7 @@ from .losses import (
     TopKViolationLoss,
 )
 from .miners import HardestNegativeMiner, TopKNegativeMiner
+from .ops import TritonFallbackWarning
 from .order import OrderSimilarity
 from .schedules import SHToMHWarmup
 
@@ -41,4 +42,5 @@ __all__ = [
     "OrderSimilarity",
     "HardestNegativeMiner",
     "TopKNegativeMiner",
+    "TritonFallbackWarning",
 ]

@@ -386,7 +386,10 @@ def run_timing(device, sizes, D, dtype, budget_s: float, log: Callable = print) 
         f"forward+backward (the product: forward only), D={D}, {dtype_name(dtype)}, median over interleaved rounds; "
         "× columns: the median of the ratios within a round"
     )
-    log(f"{'B':>6}  {'row':<44} {'impl':<8} {'ms':>9} {'× product':>10} {'× formula-MH':>13} {'× formula-SH':>13}")
+    log(
+        f"{'B':>6}  {'row':<44} {'impl':<8} {'ms':>9} {'× product':>10} {'× formula-MH':>13} {'× formula-SH':>13} "
+        f"{'aten ops':>9}"
+    )
     records = []
     for B in sizes:
         g = torch.Generator(device=device).manual_seed(B)
@@ -396,7 +399,7 @@ def run_timing(device, sizes, D, dtype, budget_s: float, log: Callable = print) 
         for rec in rows:
             log(
                 f"{B:>6}  {rec['row']:<44} {rec['impl']:<8} {rec['ms']:>9.3f} {rec['x_product']:>9.2f}× "
-                f"{rec['x_formula_mh']:>12.2f}× {rec['x_formula_sh']:>12.2f}×"
+                f"{rec['x_formula_mh']:>12.2f}× {rec['x_formula_sh']:>12.2f}× {rec['aten_ops']:>9}"
             )
         log(f"{'':>6}  ({rows[0]['rounds']} rounds)")
         records += rows
@@ -436,10 +439,11 @@ def time_rows(device: torch.device, x: torch.Tensor, y: torch.Tensor, budget_s: 
         _sync(device)
         return time.perf_counter() - t
 
-    first = []
+    first, ops = [], []
     for _, _, run in rows:
         run()  # warm-up: kernels compiled, buffers touched
         first.append(timed(run))
+        ops.append(aten_ops(run))
     n_rounds = int(min(21, max(3, budget_s / max(sum(first), 1e-9))))
     n_rounds += 1 - n_rounds % 2  # odd: the median is one round's
     times: list[list[float]] = [[] for _ in rows]
@@ -453,10 +457,28 @@ def time_rows(device: torch.device, x: torch.Tensor, y: torch.Tensor, budget_s: 
         rec = {"B": B, "D": x.shape[1], "dtype": dtype_name(x.dtype), "row": name, "impl": impl}
         rec["ms"] = statistics.median(times[i]) * 1e3
         rec["rounds"] = n_rounds
+        rec["aten_ops"] = ops[i]
         for anchor, j in (("product", 0), ("formula_mh", 1), ("formula_sh", 2)):
             rec[f"x_{anchor}"] = statistics.median(t / a for t, a in zip(times[i], times[j]))
         records.append(rec)
     return records
+
+
+def aten_ops(run: Callable) -> int:
+    """The aten operations one call of ``run`` dispatches, forward and backward: what a GPU pays in
+    launches at small B (a Triton kernel's launch is not an aten operation and is not counted)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count() as count:
+        run()
+    return count.n
 
 
 # --------------------------------------------------------------------------------------------

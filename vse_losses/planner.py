@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from . import distributed as _dist
 from .norms import Norm, smooth_max, violation_norm
-from .ops import Backend, kernel_backend, resolve_backend
+from .ops import Backend, checked_backend, kernel_backend, resolve_backend
 from .pairs import pair_masks, positive_pairs, resolve_labels
 
 MH = Norm("max")  # the default norm of violation_terms
@@ -121,6 +121,40 @@ def violation_terms(
     guard: add :func:`nan_guard` of x and y to every term (NaN/Inf in an input → NaN terms).
     """
     backend = resolve_backend(impl, x, x.shape[0] * (x if y is None else y).shape[0])
+    args = (x, y, labels, ref_labels, margin, norm, directions, query_rows, query_cols, cosine, guard)
+    config = _call_config("violation_terms", *args)
+    backend = checked_backend(impl, backend, config, lambda b: _probe(_violation_terms_on, b, *args))
+    return _violation_terms_on(backend, *args)
+
+
+def _call_config(op: str, *args) -> tuple:
+    """What selects the kernels of a call: shapes, dtypes and device of the tensors, the options."""
+
+    def key(v):
+        if torch.is_tensor(v):
+            return ("tensor", v.device, v.dtype, tuple(v.shape))
+        if isinstance(v, Norm):  # a tensor temperature is a launch argument, not an option
+            return (v.kind, v.k, v.p, v.mix, torch.is_tensor(v.temperature))
+        return v
+
+    return (op, *map(key, args))
+
+
+def _probe(fn, backend, x, y, *rest):
+    """``fn`` forward and backward on copies of x and y: every kernel of the call compiles and runs
+    once (whatever the caller's grad mode)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        xs = x.detach().clone().requires_grad_()
+        ys = None if y is None else y.detach().clone().requires_grad_()
+        terms, _ = fn(backend, xs, ys, *rest)
+        if terms.requires_grad:
+            terms.sum().backward()
+
+
+def _violation_terms_on(
+    backend, x, y, labels, ref_labels, margin, norm, directions, query_rows, query_cols, cosine, guard
+):
+    """:func:`violation_terms` on a resolved backend."""
     local = query_rows is None and query_cols is None
     paired = labels is None and ref_labels is None and y is not None  # pair j is (j, j)
     if (
@@ -129,15 +163,56 @@ def violation_terms(
         and local
         and directions == "both"
         and norm.kind == "max"
-        and x.shape[0] == y.shape[0] <= backend.max_violation_small_batch
+        and x.shape[0] == y.shape[0] <= backend.max_violation_small_batch(x.device)
         and x.dtype == y.dtype
         and x.shape[1] > 0
     ):
         # the paired MH of a small batch, bound by launches rather than arithmetic: one kernel
         # forward (terms, anchors and the guard), one backward, nothing else
         return backend.max_violation_small(x, y, margin, cosine, guard=guard)
+    if backend.dense and paired and local:
+        return _paired_dense_terms(x, y, margin, norm, directions, cosine, guard)
     terms, anchors = _terms(x, y, labels, ref_labels, margin, norm, directions, backend, query_rows, query_cols, cosine)
     return (terms + nan_guard(x, y), anchors) if guard else (terms, anchors)
+
+
+def _paired_dense_terms(x, y, margin, norm, directions, cosine, guard):
+    """The dense terms of a paired batch (pair j is row j with column j), as the formulas users
+    write compute them. Hinge norms (the VSE++ formula): S, its diagonal d, and per direction the
+    matrix ``[α − d + S]_+`` with the diagonal masked, normed along the negatives. Smooth maxima
+    (CLIP's formula): ``Z = (S − α·I)/τ``, whose diagonal is the positive's (s_pp − α)/τ, and
+    ``logsumexp(Z) − Z_pp`` along each direction, which is ``log(1 + Σ_n exp((α − s_pp + s_n)/τ))``.
+    No pair enumeration, no gathered copies of S: at the batch sizes most people train with, a
+    call costs what the formula costs."""
+    B = x.shape[0]
+    a, _ = resolve_labels(None, None, B, y.shape[0], False, x.device)  # ValueError unless B = M
+    if cosine:
+        x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    wide = torch.promote_types(x.dtype, torch.float32)
+    S = x.to(wide) @ y.to(wide).t()
+    terms = []
+    if norm.smooth:
+        Z = (S - margin * torch.eye(B, dtype=S.dtype, device=S.device) if margin else S) / norm.temperature
+        z = Z.diagonal()
+        for direction, dim in (("i2t", 1), ("t2i", 0)):
+            if directions in ("both", direction):
+                lse = torch.logsumexp(Z, dim) - z
+                terms.append(lse * norm.temperature if norm.kind == "lse" else lse)
+    else:
+        eye = torch.eye(B, dtype=torch.bool, device=S.device)
+        d = S.diagonal()
+        for direction, thresholds, dim in (("i2t", d[:, None], 1), ("t2i", d[None, :], 0)):
+            if directions in ("both", direction):
+                # entry (a, n) / (n, p): the hinged violation of negative n
+                H = (S - thresholds + margin).clamp(min=0).masked_fill(eye, 0.0)
+                terms.append(violation_norm(H if dim == 1 else H.t(), norm))
+    anchors = torch.cat([a] * len(terms)) if len(terms) > 1 else a
+    terms = torch.cat(terms) if len(terms) > 1 else terms[0]
+    # NaN/Inf in an input reaches every term through d and the normalisation, except in a batch
+    # of one pair (no negative) or through an unnormalised dot product (inf − inf is not always NaN)
+    if guard and (B < 2 or not cosine):
+        terms = terms + nan_guard(x, y)
+    return terms, anchors
 
 
 def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend, query_rows, query_cols, cosine):

@@ -1,11 +1,14 @@
 """Checkpoints: atomic writes, ``weights_only=True`` loads, and the RNG states of an exact resume.
 
 A checkpoint holds only tensors, dicts, lists, numbers and strings (the vocabulary as a list of
-words, the options as a dict) so that ``torch.load(path, weights_only=True)`` reads it.
+words, the options as a dict) so that ``torch.load(path, weights_only=True)`` reads it. The
+original VSE++ code's checkpoints (options as an ``argparse.Namespace``) are read the same way with
+that one class allowed, and converted (``original.py``).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -74,12 +77,19 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive
 LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # older torch.save: pickle + magic number
 
 
-def load(path: str, required=EVALUATE_KEYS) -> dict[str, Any]:
+def load(path: str, required=EVALUATE_KEYS, vocab_path: str | None = None) -> dict[str, Any]:
     """The checkpoint at ``path``, read with ``weights_only=True`` (no code in it can run). A file
     that is not one raises DataError saying what it is instead: missing, empty, not a PyTorch
     file, truncated, holding objects other than tensors and plain values, or another kind of
-    PyTorch file (a tensor, a bare state_dict, a dict without ``required``)."""
+    PyTorch file (a tensor, a bare state_dict, a dict without ``required``). A checkpoint of the
+    original VSE++ code comes back converted (``source`` = ``"original"``; its vocabulary read from
+    ``vocab_path``, see :func:`original.convert_checkpoint`), without an optimiser or RNG state."""
+    from . import original
+
     obj = _torch_load(path)
+    if original.is_original(obj):
+        obj = original.convert_checkpoint(obj, path, vocab_path)
+        required = tuple(k for k in required if k not in original.NOT_STORED)
     problem = _content_problem(obj, required)
     if problem:
         raise DataError(path, problem)
@@ -113,11 +123,30 @@ def _torch_load(path: str) -> Any:
             "was the copy or the save cut short?",
         )
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols before failing on them
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return _weights_only_load(path, "utf-8")
+        except Exception as e:  # noqa: BLE001 - a Python 2 pickle's byte strings that are not UTF-8
+            if "UnicodeDecodeError" not in f"{type(e).__name__} {e}":
+                raise
+            return _weights_only_load(path, "latin1")
     except Exception as e:  # noqa: BLE001
         raise DataError(path, _load_failure(e, kind, size)) from None
+
+
+def _weights_only_load(path: str, encoding: str) -> Any:
+    """``torch.load(weights_only=True)`` with ``argparse.Namespace`` allowed (the original code's
+    options); ``encoding`` reads a Python 2 pickle's byte strings."""
+    with warnings.catch_warnings(), _namespace_allowed():  # torch warns about pickle protocols before failing
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True, encoding=encoding)
+
+
+def _namespace_allowed():
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is not None:
+        return safe_globals([argparse.Namespace])
+    torch.serialization.add_safe_globals([argparse.Namespace])  # torch 2.4: no context manager yet
+    return contextlib.nullcontext()
 
 
 def _format(head: bytes) -> str | None:
@@ -138,8 +167,8 @@ def _load_failure(e: Exception, kind: str, size: int) -> str:
     if refused:
         return (
             f"holds a Python object ({refused[1]}) that is not loaded: unpickling it could run code; "
-            "train_coco.py checkpoints hold only tensors, dicts, lists, numbers and strings (the original "
-            "VSE++ code's checkpoints store their options as an argparse.Namespace)"
+            "train_coco.py checkpoints hold only tensors, dicts, lists, numbers and strings, and the original "
+            "VSE++ code's an argparse.Namespace besides"
         )
     if isinstance(e, EOFError) or re.search(r"\bEOF\b|ran out of input", text, re.IGNORECASE):
         return f"truncated PyTorch checkpoint: the data ends early ({size} bytes); was the copy or the save cut short?"

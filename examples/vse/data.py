@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import synthetic
+from . import original, synthetic
 from .errors import ConfigError, DataError
 
 CAPS_PER_IMAGE = 5
@@ -119,7 +119,8 @@ def load_precomp(data_path: str, data_name: str, split: str) -> SplitData:
 def _karpathy_json(data_path: str, data_name: str):
     path = os.path.join(data_path, data_name, RAW_DATASETS[data_name])
     if not os.path.isfile(path):
-        raise DataError(path, "no such file (the Karpathy split file)")
+        also = " or annotations/ of the original code's layout" if data_name == "coco" else ""
+        raise DataError(path, f"no such file (the Karpathy split file{also})")
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
@@ -206,6 +207,8 @@ def load_split(opt, split: str, log=print, check_files: bool = True) -> SplitDat
         raise DataError(opt.data_path, "no such directory (--data_path)")
     if kind == "precomp":
         return load_precomp(opt.data_path, opt.data_name, split)
+    if opt.data_name == "coco" and original.coco_layout(opt.data_path):  # annotations/, no Karpathy file
+        return original.load_coco(opt.data_path, split, getattr(opt, "use_restval", False), check_files)
     return load_raw(opt.data_path, opt.data_name, split, getattr(opt, "use_restval", False), check_files)
 
 

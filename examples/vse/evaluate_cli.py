@@ -10,7 +10,7 @@ from . import checkpoint, data, evaluation, options
 from .errors import ConfigError, UserError
 from .model import build_model, make_tokenizer
 from .options import resolve_device
-from .vocab import Vocabulary
+from .vocab import from_checkpoint as vocab_from_checkpoint
 
 log = functools.partial(print, flush=True)
 
@@ -24,6 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint.pth.tar or model_best.pth.tar")
     p.add_argument("--data_path", default=None, metavar="DIR", help="dataset root (default: the checkpoint's)")
     p.add_argument("--data_name", default=None, help="dataset name (default: the checkpoint's)")
+    p.add_argument(
+        "--vocab_path",
+        default=None,
+        metavar="DIR",
+        help="a checkpoint of the original VSE++ code: the folder of its {data_name}_vocab.pkl "
+        "(default: the checkpoint's vocab_path; train_coco.py checkpoints hold their vocabulary)",
+    )
     p.add_argument("--split", default="test", choices=list(data.SPLITS), help="split to evaluate (default: test)")
     p.add_argument(
         "--fold5", action="store_true", help="COCO 1K: mean over 5 folds of 1000 images, plus the whole set as 5k_*"
@@ -40,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(args) -> dict:
     options.validate(args)  # --batch_size, --workers
-    ckpt = checkpoint.load(args.checkpoint)
+    ckpt = checkpoint.load(args.checkpoint, vocab_path=args.vocab_path)
+    if ckpt.get("source") == "original":
+        log(f"original VSE++ checkpoint; vocabulary {ckpt['vocab_file']} ({len(ckpt['vocab'])} words)")
+    elif args.vocab_path is not None:
+        log("notice: --vocab_path is not used: a train_coco.py checkpoint holds its vocabulary")
     opt = argparse.Namespace(**ckpt["opt"])
     opt.cnn_weights = None  # the weights are in the checkpoint
     for k in ("data_path", "data_name", "batch_size", "workers", "data_cache"):
@@ -50,7 +61,7 @@ def evaluate(args) -> dict:
         opt.data_name = "precomp"
     opt.precomp = opt.data_name == "precomp" or opt.data_name.endswith("_precomp")
     device = resolve_device(args.device)
-    vocab = Vocabulary(ckpt["vocab"])
+    vocab = vocab_from_checkpoint(ckpt)
     model = build_model(opt, len(vocab), log=lambda *a: None)
     checkpoint.load_weights(model, ckpt, args.checkpoint)
     model.to(device)

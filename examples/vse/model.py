@@ -162,6 +162,7 @@ class EncoderImageFull(nn.Module):
         no_imgnorm: bool = False,
         use_abs: bool = False,
         log=print,
+        feature_norm: bool = False,
     ):
         super().__init__()
         self.cnn, dim = build_cnn(cnn_type, cnn_weights, crop_size, log=log)
@@ -169,10 +170,13 @@ class EncoderImageFull(nn.Module):
             p.requires_grad = finetune
         self.fc = nn.Linear(dim, embed_size)
         _xavier_fc(self.fc)
-        self.no_imgnorm, self.use_abs = no_imgnorm, use_abs
+        self.no_imgnorm, self.use_abs, self.feature_norm = no_imgnorm, use_abs, feature_norm
 
     def forward(self, images):
-        x = self.fc(self.cnn(images))
+        x = self.cnn(images)
+        if self.feature_norm:  # the original code's l2norm of the CNN's features (--cnn_feature_norm)
+            x = l2norm(x)
+        x = self.fc(x)
         if not self.no_imgnorm:
             x = l2norm(x)
         return x.abs() if self.use_abs else x
@@ -285,6 +289,7 @@ def build_model(opt, vocab_size: int, log=print) -> VSEModel:
             opt.no_imgnorm,
             opt.use_abs,
             log=log,
+            feature_norm=getattr(opt, "cnn_feature_norm", False),
         )
     if getattr(opt, "text_encoder", None):
         txt_enc = EncoderTextHF(opt.text_encoder, opt.embed_size, use_abs=opt.use_abs)

@@ -136,8 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--vocab_path",
         default=None,
         metavar="DIR",
-        help="read {DIR}/{data_name}_vocab.json, or build it from the training split and write it there "
-        "(default: build it, write nothing; the checkpoint always stores it)",
+        help="read {DIR}/{data_name}_vocab.json, else the original code's {data_name}_vocab.pkl there (read "
+        "without running code, tokenised by NLTK as in the original), else build it from the training split and "
+        "write it there as JSON; --resume from an original checkpoint reads its .pkl from DIR "
+        "(default: build it, write nothing; the checkpoint always stores it; an original checkpoint's own "
+        "vocab_path)",
     )
     a("--reset_train", action="store_true", help="accepted for compatibility (training always runs in train mode)")
     # --- this library ---
@@ -169,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
         "a learned tau only falls there, towards mh: learning it is meant for infonce",
     )
     a("--warmup_steps", type=int, default=0, help="if > 0: mix SH into MH linearly over this many iterations")
+    a(
+        "--duplicates_as_negatives",
+        action="store_true",
+        help="the original loss exactly: two captions of one image in a batch are each other's negatives "
+        "(without it they are not: the loss gets the image ids as labels)",
+    )
+    a(
+        "--cnn_feature_norm",
+        action="store_true",
+        help="l2-normalise the CNN's features before the projection, as the original code does (on in models "
+        "of the original code)",
+    )
     a("--impl", default="auto", choices=["auto", "dense", "chunked", "triton"], help="vse_losses implementation")
     a(
         "--collapse_window",

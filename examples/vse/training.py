@@ -24,6 +24,7 @@ from .errors import ConfigError, UserError
 from .model import build_model, make_tokenizer
 from .options import resolve_device
 from .vocab import Vocabulary, from_vocab_path
+from .vocab import from_checkpoint as vocab_from_checkpoint
 
 Log = Callable[[str], None]
 
@@ -287,6 +288,13 @@ def stdout_is_terminal() -> bool:
 # ----------------------------------------------------------------------------- one epoch
 
 
+def pair_labels(opt, cap_ids: torch.Tensor, img_ids: torch.Tensor) -> torch.Tensor:
+    """The labels of a batch's pairs for the loss: the image ids (label-aware: two captions of one
+    image are not each other's negatives), or with ``--duplicates_as_negatives`` the caption ids,
+    which no two pairs share, so that only a pair itself is positive: the original loss exactly."""
+    return cap_ids if getattr(opt, "duplicates_as_negatives", False) else img_ids
+
+
 @dataclass
 class Learner:
     """What training updates: the model, its loss (and the loss's warm-up), the optimiser, the
@@ -325,16 +333,16 @@ def train_epoch(
         log,
         bar=ctx.is_main and stdout_is_terminal(),
     )
-    for images, text, _, img_ids in loader:
+    for images, text, cap_ids, img_ids in loader:
         images = images.to(device, non_blocking=True)
         text = {k: v.to(device, non_blocking=True) for k, v in text.items()}
         img_ids = img_ids.to(device)
         if learner.temperature is not None:
             learner.loss_fn.temperature = learner.temperature.temperature()  # a tensor: it gets the gradient
         img_emb, cap_emb = model(images, text)
-        # Label-aware call: two captions of one image in a batch are not each other's negatives.
+        labels = pair_labels(opt, cap_ids.to(device), img_ids)
         try:
-            loss = learner.loss_fn(img_emb, img_ids, ref_emb=cap_emb, ref_labels=img_ids)
+            loss = learner.loss_fn(img_emb, labels, ref_emb=cap_emb, ref_labels=labels)
         except ValueError as e:  # the options were checked before training; anything left is one line
             raise ConfigError("loss", str(e)) from None
         if not torch.isfinite(loss):
@@ -343,7 +351,7 @@ def train_epoch(
                 f"the loss became {loss.item()} at iteration {state['Eiters'] + 1}; "
                 "try a lower --learning_rate or --grad_clip",
             )
-        if learner.alarm is not None and learner.alarm.update(img_emb, img_ids, ref_emb=cap_emb, ref_labels=img_ids):
+        if learner.alarm is not None and learner.alarm.update(img_emb, labels, ref_emb=cap_emb, ref_labels=labels):
             progress.pause()
             log(f"warning: {learner.alarm.message} (here: --warmup_steps, a lower --learning_rate, --loss lp or topk)")
             progress.resume()
@@ -395,9 +403,14 @@ def resolve_options(opt: argparse.Namespace, explicit: dict[str, object], log: L
     """The run's options, checked, and the checkpoint it continues (``--resume``; else None)."""
     if not opt.resume:
         return options.finalize(opt, explicit, log=log), None
-    ckpt = checkpoint.load(opt.resume, checkpoint.RESUME_KEYS)
+    ckpt = checkpoint.load(opt.resume, checkpoint.RESUME_KEYS, vocab_path=explicit.get("vocab_path"))
     opt = options.merge_resumed(ckpt["opt"], opt, explicit)
     log(f"resuming {opt.resume} at epoch {ckpt['epoch'] + 1} (iteration {ckpt['Eiters']})")
+    if ckpt.get("source") == "original":
+        log(
+            f"an original VSE++ checkpoint, vocabulary {ckpt['vocab_file']}: Adam starts afresh (the original "
+            "saves no optimiser state)"
+        )
     return opt, ckpt
 
 
@@ -453,7 +466,7 @@ def load_data(opt, log: Log) -> tuple[data.SplitData, data.SplitData]:
 def load_vocab(opt, ckpt: dict | None, train: data.SplitData, ctx: ddp.Context, log: Log) -> Vocabulary:
     """The checkpoint's vocabulary when resuming, else ``--vocab_path``'s, else one built from ``train``."""
     if ckpt is not None:
-        return Vocabulary(ckpt["vocab"])
+        return vocab_from_checkpoint(ckpt)
     if opt.vocab_path:
         return from_vocab_path(opt.vocab_path, opt.data_name, train.captions, write=ctx.is_main, log=log)
     return Vocabulary.build(train.captions, threshold=4)
@@ -494,7 +507,8 @@ def restore(learner: Learner, ckpt: dict, opt) -> dict:
         with torch.no_grad():
             learner.temperature.logit_scale.copy_(ckpt["logit_scale"])
     try:
-        learner.optimizer.load_state_dict(ckpt["optimizer"])
+        if "optimizer" in ckpt:  # not in the original code's checkpoints
+            learner.optimizer.load_state_dict(ckpt["optimizer"])
     except ValueError as e:
         raise ConfigError(
             opt.resume,
@@ -507,7 +521,8 @@ def restore(learner: Learner, ckpt: dict, opt) -> dict:
             learner.alarm.load_state_dict(ckpt["collapse_alarm"])
         else:  # a checkpoint from before the alarm, or from a run that did not watch: steps are iterations
             learner.alarm.steps = int(ckpt["Eiters"])
-    checkpoint.set_rng_state(ckpt["rng"])
+    if "rng" in ckpt:
+        checkpoint.set_rng_state(ckpt["rng"])
     return {
         "epoch": int(ckpt["epoch"]),
         "Eiters": int(ckpt["Eiters"]),
@@ -676,6 +691,7 @@ def save_checkpoints(opt, learner: Learner, state: dict, vocab: Vocabulary, is_b
         "warmup": learner.warmup.state_dict() if learner.warmup is not None else {},
         "opt": checkpoint.plain_options(opt),
         "vocab": vocab.to_list(),
+        "vocab_tokenizer": vocab.tokenizer,
         "history": state["history"],
         "rng": checkpoint.rng_state(),
     }

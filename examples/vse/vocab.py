@@ -1,8 +1,11 @@
 """Word vocabulary built from the training captions (VSE++'s ``vocab.py``).
 
-The original code tokenised with NLTK's ``word_tokenize``; to keep the examples free of NLTK
-data downloads we split lower-cased text into runs of letters/digits and single punctuation
-marks, which agrees with ``word_tokenize`` on ordinary captions up to contractions.
+The original code tokenised with NLTK's ``word_tokenize``; our own vocabularies split lower-cased
+text into runs of letters/digits and single punctuation marks (the ``regex`` tokeniser), which
+agrees with ``word_tokenize`` on ordinary captions up to contractions and needs no NLTK. A
+vocabulary of the original code (``original.py``) keeps its tokeniser, ``nltk``: NLTK's word
+tokeniser on the whole lower-cased caption (``preserve_line=True``: no punkt sentence splitting,
+hence no NLTK data to download).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from .checkpoint import atomic_file
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
@@ -24,15 +27,38 @@ SPECIALS = (PAD, START, END, UNK)
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 
 
-def tokenize(text: str) -> list[str]:
-    """Lower-case ``text`` and split it into word and punctuation tokens."""
+TOKENIZERS = ("regex", "nltk")
+
+
+def tokenize(text: str, tokenizer: str = "regex") -> list[str]:
+    """Lower-case ``text`` and split it into word and punctuation tokens: by our regular expression
+    (``regex``), or by NLTK's ``word_tokenize(text, preserve_line=True)`` as the original code did
+    (``nltk``, without its punkt sentence splitting)."""
+    if tokenizer == "nltk":
+        return _nltk_word_tokenize()(text.lower(), preserve_line=True)
     return _TOKEN.findall(text.lower())
 
 
-class Vocabulary:
-    """Maps words to indices; ``<pad>`` is 0, then ``<start>``, ``<end>``, ``<unk>``."""
+def _nltk_word_tokenize():
+    try:
+        from nltk.tokenize import word_tokenize
+    except ImportError:
+        raise ConfigError(
+            "nltk", "the original VSE++ vocabulary is used with NLTK's tokeniser: pip install nltk"
+        ) from None
+    return word_tokenize
 
-    def __init__(self, words: Sequence[str]):
+
+class Vocabulary:
+    """Maps words to indices; ``<pad>`` is 0, then ``<start>``, ``<end>``, ``<unk>``. ``tokenizer``
+    is how captions were split into these words (:func:`tokenize`)."""
+
+    def __init__(self, words: Sequence[str], tokenizer: str = "regex"):
+        if tokenizer not in TOKENIZERS:
+            raise ValueError(f"unknown tokenizer {tokenizer!r}: use one of {', '.join(TOKENIZERS)}")
+        if tokenizer == "nltk":
+            _nltk_word_tokenize()  # a missing NLTK is one line now, not an error in a data loader process later
+        self.tokenizer = tokenizer
         words = list(words)
         if tuple(words[: len(SPECIALS)]) != SPECIALS:
             raise ValueError(f"a vocabulary must start with {SPECIALS}, got {words[:4]}")
@@ -86,28 +112,36 @@ class Vocabulary:
 
     def encode(self, caption: str) -> list[int]:
         """``<start> tokens <end>`` as indices, as the original data loader built them."""
-        return [self.word2idx[START]] + [self(w) for w in tokenize(caption)] + [self.word2idx[END]]
+        words = tokenize(caption, self.tokenizer)
+        return [self.word2idx[START]] + [self(w) for w in words] + [self.word2idx[END]]
+
+
+def from_checkpoint(ckpt: dict) -> Vocabulary:
+    """The vocabulary a checkpoint stores: its words and (``vocab_tokenizer``; absent: ``regex``)
+    its tokeniser."""
+    return Vocabulary(ckpt["vocab"], ckpt.get("vocab_tokenizer", "regex"))
 
 
 def from_vocab_path(
     vocab_path: str, data_name: str, captions: Iterable[str], write: bool = True, log: Callable[[str], None] = print
 ) -> Vocabulary:
-    """``--vocab_path``: load ``{vocab_path}/{data_name}_vocab.json``, or build the vocabulary from
-    ``captions`` (the training split, threshold 4) and write it there, so later runs and other
-    scripts share it. The original code's ``{data_name}_vocab.pkl`` files are never unpickled
-    (unpickling runs arbitrary code); a notice says the vocabulary is rebuilt instead."""
+    """``--vocab_path``: load ``{vocab_path}/{data_name}_vocab.json``; else the original code's
+    ``{data_name}_vocab.pkl`` there (read without running code, :func:`original.load_vocabulary`;
+    it keeps NLTK's tokeniser); else build the vocabulary from ``captions`` (the training split,
+    threshold 4) and write it as JSON there, so later runs and other scripts share it."""
     path = os.path.join(vocab_path, f"{data_name}_vocab.json")
     if os.path.isfile(path):
         vocab = Vocabulary.load(path)
         log(f"vocabulary: {len(vocab)} words from {path}")
         return vocab
-    vocab = Vocabulary.build(captions, threshold=4)
     pickle = os.path.join(vocab_path, f"{data_name}_vocab.pkl")
     if os.path.isfile(pickle):
-        log(
-            f"notice: {pickle} is a pickle, which is not loaded (it could run code); the vocabulary is rebuilt "
-            "from the training split instead"
-        )
+        from .original import load_vocabulary
+
+        vocab = load_vocabulary(pickle)
+        log(f"vocabulary: {len(vocab)} words from {pickle} (the original code's, tokenised by NLTK as there)")
+        return vocab
+    vocab = Vocabulary.build(captions, threshold=4)
     if write:
         vocab.save(path)
         log(f"vocabulary: {len(vocab)} words from the training split, written to {path}")

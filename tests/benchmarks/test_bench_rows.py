@@ -137,3 +137,22 @@ def test_cpu_target_script(loss, ref, beside):
     assert table[:3] == [ref, f"{loss}/chunked", beside]  # the reference first, the rows interleaved
     limit = "1×" if loss == "InfoNCE" else "0.5×"
     assert f"target against {ref}: memory ≤ 1/8: " in run.stdout and f"time ≤ {limit}: " in run.stdout
+
+
+def _collected(*args):
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-p", "no:cacheprovider", *args],
+        cwd=ROOT,
+        env=_env(VSE_BENCH_DEVICE="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    # --collect-only -q (addopts): one node id per line, "folder/file.py::test[...]"
+    return {line.split("/")[0] for line in run.stdout.splitlines() if ".py::" in line}
+
+
+def test_benchmark_only_from_the_root_runs_the_benchmarks():
+    assert _collected("--benchmark-only") == {"benchmarks"}
+    assert _collected() == {"tests"}

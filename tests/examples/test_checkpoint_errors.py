@@ -104,12 +104,14 @@ def test_bare_state_dict(tmp_path, capsys):
     assert "missing keys" in problem and "'weight'" in problem and "state_dict" in problem
 
 
-def test_original_vse_checkpoint_is_not_unpickled(tmp_path, capsys):
-    # the original code saved its options as an argparse.Namespace, which only full unpickling reads
+def test_incomplete_original_vse_checkpoint(tmp_path, capsys):
+    # the original code saved its options as an argparse.Namespace: read, and checked for what a model needs
     path = tmp_path / "model_best.pth.tar"
     torch.save({"model": [{}, {}], "opt": argparse.Namespace(margin=0.2), "epoch": 3}, str(path))
     problem = _evaluate_error(capsys, path)
-    assert "argparse.Namespace" in problem and "not loaded" in problem
+    assert problem.startswith("an original VSE++ checkpoint whose options lack 'data_name', 'embed_size'")
+    torch.save({"model": {}, "opt": argparse.Namespace(data_name="coco"), "epoch": 3}, str(path))
+    assert "whose 'model' is not [image encoder state_dict, text encoder state_dict]" in _evaluate_error(capsys, path)
 
 
 class _RunsCode:

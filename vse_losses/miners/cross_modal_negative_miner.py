@@ -7,7 +7,7 @@ from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimila
 from pytorch_metric_learning.miners import BaseMiner
 
 from .. import _checks
-from ..ops import CHUNKED, resolve_backend
+from ..ops import CHUNKED, checked_backend, resolve_backend
 from ..pairs import positive_pairs, resolve_labels
 
 
@@ -61,7 +61,12 @@ class TopKNegativeMiner(BaseMiner):
             y = self.distance.maybe_normalize(ref_emb)
             backend = resolve_backend(self.impl, x, B * M)
             backend = CHUNKED if backend.dense else backend  # the search is the same at any size
-            vals, idx, _, _ = backend.negative_topk(x, y, lab, ref_lab, self_ref, self.k)
+
+            def search(b):
+                return b.negative_topk(x, y, lab, ref_lab, self_ref, self.k)
+
+            config = ("negative_topk", x.device, x.dtype, y.dtype, x.shape, y.shape, self_ref, self.k)
+            vals, idx, _, _ = search(checked_backend(self.impl, backend, config, search))
         else:
             vals, idx = self._dense_topk(embeddings, ref_emb, lab, ref_lab, self_ref)
         vals, idx = vals[a], idx[a]  # (P, k)

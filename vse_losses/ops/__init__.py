@@ -22,7 +22,8 @@ score matrix and its masks and has no operations here: the planner computes it i
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,8 @@ __all__ = [
     "resolve_backend",
     "kernel_backend",
     "resolve_impl",
+    "checked_backend",
+    "TritonFallbackWarning",
     "triton_available",
     "triton_runs",
     "negative_topk",
@@ -66,8 +69,8 @@ class Backend:
     hinge_norm_rows: Callable | None = None
     hinge_norm_pairs: Callable | None = None
     mh_side: Callable | None = None
-    max_violation_small: Callable | None = None  # (x, y, margin, cosine, guard) for B ≤ its MAX_B
-    max_violation_small_batch: int = 0  # the largest B it takes
+    max_violation_small: Callable | None = None  # (x, y, margin, cosine, guard) for B ≤ the next
+    max_violation_small_batch: Callable | None = None  # (device) → the largest B it takes there
     lse_pairs: Callable | None = None
 
     @property
@@ -107,7 +110,7 @@ def _triton_backend() -> Backend:
     from .triton_hinge_norm import hinge_norm_rows_triton
     from .triton_hinge_norm_pairs import hinge_norm_pairs_triton
     from .triton_max_violation_backward import mh_side_triton
-    from .triton_max_violation_small import MAX_B, max_violation_small
+    from .triton_max_violation_small import max_batch, max_violation_small
     from .triton_negative_max import negative_max_triton
     from .triton_row_dots import row_dots_forward_triton
 
@@ -119,7 +122,7 @@ def _triton_backend() -> Backend:
         hinge_norm_pairs=hinge_norm_pairs_triton,
         mh_side=mh_side_triton,
         max_violation_small=max_violation_small,
-        max_violation_small_batch=MAX_B,
+        max_violation_small_batch=max_batch,
         lse_pairs=lse_pairs_chunked,  # no fused kernel yet: the torch tiles on the GPU
     )
 
@@ -164,6 +167,63 @@ def resolve_backend(impl: str, x: torch.Tensor, n_pairs: int) -> Backend:
     if impl == "dense":
         return DENSE
     raise ValueError(f"impl must be one of 'auto', 'dense', 'chunked', 'triton', got {impl!r}")
+
+
+class TritonFallbackWarning(UserWarning):
+    """The Triton kernels failed for a configuration under ``impl="auto"``; it runs ``chunked``."""
+
+
+# checked_backend probes triton's CPU interpreter too (tests of the fallback set it)
+PROBE_INTERPRETED = False
+
+# configurations (checked_backend's keys) whose first call ran on Triton without error, and those
+# where Triton failed, with the cause
+_TRITON_OK: set[Hashable] = set()
+_TRITON_FAILED: dict[Hashable, str] = {}
+
+
+def checked_backend(impl: str, backend: Backend, config: Hashable, probe: Callable[[Backend], object]) -> Backend:
+    """``backend``, unless it is Triton and its kernels fail for ``config``.
+
+    The kernels compile at first launch for the shapes, dtypes and options of a call, so a GPU or
+    driver they do not suit (shared memory or registers out of resources, an architecture or
+    driver triton does not support) fails there, forward or backward. The first call of each
+    ``config`` (everything that selects the kernels: device, dtypes, shapes, norm, options) runs
+    ``probe(backend)``, a forward and backward on copies of the inputs. If it raises, under
+    ``auto`` the configuration runs ``chunked`` from then on, after one
+    :class:`TritonFallbackWarning` naming the cause; under ``impl="triton"`` a ``RuntimeError``
+    names it. ``ValueError`` (bad input) and out-of-memory errors are the caller's and propagate.
+    """
+    if backend.name != "triton" or config in _TRITON_OK or torch.compiler.is_compiling():
+        return backend
+    from .triton_common import is_interpreting
+
+    if is_interpreting() and not PROBE_INTERPRETED:  # the interpreter compiles nothing
+        return backend
+    if config in _TRITON_FAILED:
+        return CHUNKED
+    try:
+        probe(backend)
+    except (ValueError, torch.OutOfMemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001  whatever triton, ptxas or the driver raise
+        lines = str(e).strip().splitlines()
+        cause = f"{type(e).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
+        if impl == "triton":
+            raise RuntimeError(
+                f"impl='triton' failed on this GPU for this call ({cause}); impl='chunked' computes the same "
+                "loss in torch, and impl='auto' falls back to it"
+            ) from e
+        _TRITON_FAILED[config] = cause
+        warnings.warn(
+            f"vse_losses: the Triton kernels failed ({cause}); this configuration runs impl='chunked' from now on "
+            "(the same values, in torch)",
+            TritonFallbackWarning,
+            stacklevel=2,
+        )
+        return CHUNKED
+    _TRITON_OK.add(config)
+    return backend
 
 
 def resolve_impl(impl: str, x: torch.Tensor, n_pairs: int) -> str:

@@ -59,6 +59,11 @@ __all__ = [
     "even_shape",
     "num_sms",
     "choose_groups",
+    "SHARED_MEMORY_KIB",
+    "device_arch",
+    "fit_shared_memory",
+    "for_arch",
+    "mma_from_registers",
 ]
 
 
@@ -185,6 +190,58 @@ def jitted(fn):
 def even_shape(B: int, M: int, D: int) -> bool:
     """B and M multiples of 128 and D of 64: the shapes whose loads need no masks at 128/64 tiles."""
     return B % 128 == 0 and M % 128 == 0 and D % 64 == 0
+
+
+# The shared memory one block may opt in to, KiB, per compute capability (CUDA's tables): the tiles
+# below are chosen for sm_90 and cut to fit the others; an unknown architecture gets the smallest.
+SHARED_MEMORY_KIB = {80: 163, 86: 99, 87: 163, 89: 99, 90: 227, 100: 227, 103: 227, 120: 99, 121: 99}
+
+
+def device_arch(device: torch.device) -> int:
+    """The compute capability as a number (9.0 → 90); 90 off CUDA (the interpreter, whose tiles are
+    its own)."""
+    if device.type != "cuda":
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
+def fit_shared_memory(cfg: dict, arch: int, itemsize: int) -> dict:
+    """``cfg`` with its pipeline cut to the shared memory of ``arch``: ``num_stages`` lowered (to no
+    fewer than 2) until the multi-buffered operand tiles, num_stages × (BLOCK_M + BLOCK_N) × BLOCK_K
+    × itemsize, leave 8 KiB of the block's shared memory for the epilogue's layout conversions.
+    Past the limit a launch fails (out of resources); fewer stages only hide less load latency."""
+    if "num_stages" not in cfg or "BLOCK_K" not in cfg:
+        return cfg
+    budget = (SHARED_MEMORY_KIB.get(arch, min(SHARED_MEMORY_KIB.values())) - 8) * 1024
+    per_stage = (cfg["BLOCK_M"] + cfg["BLOCK_N"]) * cfg["BLOCK_K"] * itemsize
+    stages = cfg["num_stages"]
+    while stages > 2 and stages * per_stage > budget:
+        stages -= 1
+    return dict(cfg, num_stages=stages)
+
+
+def mma_from_registers(arch: int) -> bool:
+    """The tensor cores take both operands and the accumulator from registers (mma.sync): before
+    Hopper, and on the consumer Blackwell parts (sm_120); not wgmma (sm_90) nor tcgen05 (sm_100)."""
+    return arch < 90 or arch >= 120
+
+
+def for_arch(cfg: dict, arch: int, dtype: torch.dtype, narrow: bool = False) -> dict:
+    """An sm_90 tile configuration adapted to ``arch``, then :func:`fit_shared_memory`. Where the
+    tensor cores read registers (:func:`mma_from_registers`) the kernels that carry running
+    statistics beside the score tile (``narrow``) spill at 128-wide tiles: BLOCK_M and BLOCK_N are
+    capped at 64, and float32 tiles are 32 × 64 × 16 on 4 warps. On sm_100 every tile is at most 64
+    wide in N. Found by compiling every variant for each architecture; checked by
+    tests/ops/test_triton_compile.py."""
+    if "BLOCK_N" in cfg and narrow and mma_from_registers(arch):
+        cfg = dict(cfg, BLOCK_M=min(cfg["BLOCK_M"], 64), BLOCK_N=min(cfg["BLOCK_N"], 64))
+        if dtype == torch.float32:
+            cfg.update(BLOCK_M=32, BLOCK_K=min(cfg["BLOCK_K"], 16), num_warps=4)
+    if "BLOCK_N" in cfg and arch // 10 == 10:
+        cfg = dict(cfg, BLOCK_N=min(cfg["BLOCK_N"], 64))
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return fit_shared_memory(cfg, arch, itemsize)
 
 
 def num_sms(device: torch.device) -> int:

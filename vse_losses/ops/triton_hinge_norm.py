@@ -36,7 +36,9 @@ from .lp_norm import lp_norm
 from .tiling import Matmul
 from .triton_common import (  # triton, tl: None without triton
     TRITON_AVAILABLE,
+    device_arch,
     even_shape,
+    for_arch,
     is_interpreting,
     jitted,
     kernel_helper,
@@ -235,7 +237,12 @@ def _hinge_weight_kernel(
 W_CHUNK_ELEMENTS = 1 << 27
 
 
-def _fwd_config(dtype: torch.dtype, interpret: bool, even: bool) -> dict:
+def _fwd_config(dtype: torch.dtype, interpret: bool, even: bool, arch: int = 90) -> dict:
+    """:func:`_fwd_tiles` for the GPU architecture ``arch`` (:func:`for_arch`)."""
+    return for_arch(_fwd_tiles(dtype, interpret, even), arch, dtype, narrow=True)
+
+
+def _fwd_tiles(dtype: torch.dtype, interpret: bool, even: bool) -> dict:
     """Tiles of the forward kernel. ``even``: N and M multiples of 128 and D of 64. Chosen so
     that every variant compiles for sm_90 without register spills, as triton specializes it at
     run time (tests/ops/test_triton_compile.py, triton 3.6 and 3.8)."""
@@ -249,7 +256,12 @@ def _fwd_config(dtype: torch.dtype, interpret: bool, even: bool) -> dict:
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3)
 
 
-def _weight_config(dtype: torch.dtype, interpret: bool, p_mode: int = 1, even: bool = True) -> dict:
+def _weight_config(dtype: torch.dtype, interpret: bool, p_mode: int = 1, even: bool = True, arch: int = 90) -> dict:
+    """:func:`_weight_tiles` for the GPU architecture ``arch`` (:func:`for_arch`)."""
+    return for_arch(_weight_tiles(dtype, interpret, p_mode, even), arch, dtype, narrow=True)
+
+
+def _weight_tiles(dtype: torch.dtype, interpret: bool, p_mode: int = 1, even: bool = True) -> dict:
     """Tiles of the backward's weight kernel (no spills on sm_90 in any variant). BLOCK_M, the
     multiple of the chunk rows, depends on the dtype alone."""
     if interpret:
@@ -298,7 +310,7 @@ def _forward(q, keys, t, ql, kl, qs, p, *, config: dict | None = None):
         if N and M and D == 0:
             return _dense_small(q, keys, t, ql, kl, qs, p)
         return out
-    cfg = dict(_fwd_config(q.dtype, is_interpreting(), even_shape(N, M, D)))
+    cfg = dict(_fwd_config(q.dtype, is_interpreting(), even_shape(N, M, D), device_arch(q.device)))
     if config:
         cfg.update({k: v for k, v in config.items() if k in cfg})
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
@@ -340,7 +352,7 @@ def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, w_dtype, *, 
     not given).
     """
     M, D = keys.shape
-    cfg = dict(_weight_config(q.dtype, is_interpreting(), _p_mode(p), even_shape(R, M, D)))
+    cfg = dict(_weight_config(q.dtype, is_interpreting(), _p_mode(p), even_shape(R, M, D), device_arch(q.device)))
     if config:
         cfg.update({k: v for k, v in config.items() if k in cfg})
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
@@ -420,7 +432,7 @@ def _weighted_products(q, keys, row_term, col_term, ql, kl, qs, p, need_q=True, 
     gk = torch.zeros((M, D), **f32) if need_k else None
     rows = torch.zeros((N,), **f32) if row_term else None
     cols = torch.zeros((M,), **f32) if col_term else None
-    step = _chunk_rows(N, M, _weight_config(q.dtype, is_interpreting())["BLOCK_M"])
+    step = _chunk_rows(N, M, _weight_config(q.dtype, is_interpreting(), arch=device_arch(q.device))["BLOCK_M"])
     for r0 in range(0, N, step):
         R = min(step, N - r0)
         W, rsum, csum = _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, None, p, mm.operand_dtype)

@@ -28,7 +28,9 @@ from .lp_norm import lp_finish, lp_merge
 from .tiling import diagonal_pairs
 from .triton_common import (  # triton, tl: None without triton
     choose_groups,
+    device_arch,
     even_shape,
+    for_arch,
     jitted,
     lp_merge_tile,
     num_sms,
@@ -127,7 +129,12 @@ def _pairs_fwd_kernel(
         tl.store(rs_ptr + r_ptr, run_s, mask=row_ok)
 
 
-def _pairs_config(dtype: torch.dtype, interpret: bool, p_mode: int, even: bool = True) -> dict:
+def _pairs_config(dtype: torch.dtype, interpret: bool, p_mode: int, even: bool = True, arch: int = 90) -> dict:
+    """:func:`_pairs_tiles` for the GPU architecture ``arch`` (:func:`for_arch`)."""
+    return for_arch(_pairs_tiles(dtype, interpret, p_mode, even), arch, dtype, narrow=True)
+
+
+def _pairs_tiles(dtype: torch.dtype, interpret: bool, p_mode: int, even: bool = True) -> dict:
     """Tiles of the one-pass forward (no spills on sm_90 in any variant, as triton specializes
     it at run time: test_triton_compile.py, triton 3.6 and 3.8)."""
     if interpret:
@@ -151,7 +158,7 @@ def _merge(m: torch.Tensor, s: torch.Tensor, p: float) -> torch.Tensor:
 def _pairs_forward(x, y, t, lx, ly, self_ref, p):
     """(T¹, T²) of the paired batch from one pass over the score tiles (x, y contiguous, one dtype)."""
     B, D = x.shape
-    cfg = _pairs_config(x.dtype, is_interpreting(), _p_mode(p), even_shape(B, B, D))
+    cfg = _pairs_config(x.dtype, is_interpreting(), _p_mode(p), even_shape(B, B, D), device_arch(x.device))
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     nrb, nct = triton.cdiv(B, BM), triton.cdiv(B, BN)
     P, Q = choose_groups(nrb, nct, B, B, num_sms(x.device), max_partial_bytes=128 * 2**20)

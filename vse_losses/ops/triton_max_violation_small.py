@@ -18,13 +18,26 @@ from __future__ import annotations
 import torch
 
 from .triton_common import (  # triton, tl: None without triton
+    SHARED_MEMORY_KIB,
+    device_arch,
     is_interpreting,
     jitted,
     tl,
     triton,
 )
 
-MAX_B = 128
+MAX_B = 128  # the largest batch on any architecture (max_batch_for)
+
+
+def max_batch_for(arch: int) -> int:
+    """The largest paired batch the one-launch kernel takes on ``arch``: its B×B tiles at B = 128
+    take up to 104 KiB of shared memory, more than the 99 KiB of sm_86, sm_89 and sm_120."""
+    return MAX_B if SHARED_MEMORY_KIB.get(arch, 0) >= 163 else 64
+
+
+def max_batch(device: torch.device) -> int:
+    """:func:`max_batch_for` of the device's architecture."""
+    return max_batch_for(device_arch(device))
 
 
 def _small_mh_kernel(

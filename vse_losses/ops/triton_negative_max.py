@@ -32,9 +32,12 @@ import torch
 
 from .triton_common import (  # triton, tl: None without triton
     choose_groups,
+    device_arch,
     even_shape,
+    for_arch,
     is_interpreting,
     jitted,
+    mma_from_registers,
     num_sms,
     score_tile,
     tl,
@@ -135,7 +138,17 @@ def _negative_max_kernel(
 # ----------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------
-def _default_config(dtype: torch.dtype, interpret: bool, even: bool, aligned: bool) -> dict:
+def _default_config(dtype: torch.dtype, interpret: bool, even: bool, aligned: bool, arch: int = 90) -> dict:
+    """:func:`_default_tiles` for the GPU architecture ``arch`` (:func:`for_arch`; the running
+    maximum is one value per row and column, so the 128-wide tiles stay, but for float32 before
+    tensor cores read registers, whose 64×128 tiles spill a few bytes there)."""
+    cfg = _default_tiles(dtype, interpret, even, aligned)
+    if mma_from_registers(arch) and dtype == torch.float32 and not interpret:
+        cfg = dict(cfg, BLOCK_M=64, BLOCK_N=64)
+    return for_arch(cfg, arch, dtype)
+
+
+def _default_tiles(dtype: torch.dtype, interpret: bool, even: bool, aligned: bool) -> dict:
     """Tiles. ``even``: B and M multiples of 128 and D of 64; ``aligned``: D a multiple of 64 (the
     rows' loads aligned, B or M ragged). Chosen so that every variant compiles for sm_90 without
     register spills, as triton specializes it at run time (tests/ops/test_triton_compile.py,
@@ -230,7 +243,7 @@ def negative_max_triton(
     yl = y_labels.to(device=dev, dtype=torch.int64).contiguous()
 
     interpret = is_interpreting()
-    cfg = dict(_default_config(dtype, interpret, even_shape(B, M, D), D % 64 == 0))
+    cfg = dict(_default_config(dtype, interpret, even_shape(B, M, D), D % 64 == 0, device_arch(dev)))
     if _config:
         cfg.update(_config)
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
