@@ -44,6 +44,7 @@ def main(variants, arch=90):
     from vse_losses.ops import triton_common as tc
     from vse_losses.ops import triton_hinge_norm as hn
     from vse_losses.ops import triton_hinge_norm_pairs as hp
+    from vse_losses.ops import triton_lse_pairs as lp
     from vse_losses.ops import triton_max_violation_backward as mb
     from vse_losses.ops import triton_max_violation_small as sm
     from vse_losses.ops import triton_negative_max as nm
@@ -86,7 +87,7 @@ def main(variants, arch=90):
                 sig[n] = "*i64"
             elif n.endswith("_ptr"):
                 sig[n] = "*fp32"
-            elif n in ("p", "inv_p", "pm1", "margin"):
+            elif n in ("p", "inv_p", "pm1", "margin", "z_scale"):
                 sig[n] = "fp32"
             else:
                 sig[n] = "i32"
@@ -160,6 +161,15 @@ def main(variants, arch=90):
             cfg = dict(rd._config(1024 if even else 100, False), **tiles)
             const = dict(GATHER_Q=bool(mode), GATHER_K=bool(mode), BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"])
             r = compile_one(rd._row_dots_kernel, dtype, dict(cfg, num_stages=3), const)
+        elif kind == "lse_forward":  # mode: 0 … 3 = (labels, column statistics)
+            cols = mode in (2, 3)
+            cfg = dict(lp._fwd_config(dtypes[dtype], False, even, cols, arch), **tiles)
+            const = dict(LABELS=mode in (1, 3), COLS=cols, EVEN_M=even, **flags)
+            r = compile_one(lp._lse_fwd_kernel, dtype, cfg, const)
+        elif kind == "lse_weights":  # mode: labels; both directions' terms
+            cfg = dict(lp._weight_config(dtypes[dtype], False, even, arch), **tiles)
+            const = dict(LABELS=bool(mode), ROW_TERM=True, COL_TERM=True, EVEN_R=even, **flags)
+            r = compile_one(lp._lse_weight_kernel, dtype, cfg, const)
         elif kind == "hinge_weights":
             cfg = dict(hn._weight_config(dtypes[dtype], False, mode, even, arch), **tiles)
             const = dict(P_MODE=mode, ROW_TERM=True, COL_TERM=True, SELF_Q=True, SELF_K=True, EVEN_R=even, **flags)

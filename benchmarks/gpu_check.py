@@ -1,12 +1,13 @@
-"""One command for a CUDA machine: check every impl against dense, then time MH/SH/Lp up to B=2^20.
+"""One command for a CUDA machine: check every impl against dense, then time MH/SH/Lp up to B=2^20
+and InfoNCE up to B=65,536.
 
     python benchmarks/gpu_check.py                  # CUDA: checks + table, under 5 minutes
-    python benchmarks/gpu_check.py --cpu-smoke      # the same code on the CPU at tiny sizes (about 30 s)
+    python benchmarks/gpu_check.py --cpu-smoke      # the same code on the CPU at tiny sizes (about 45 s)
     python benchmarks/gpu_check.py --md docs/benchmarks/gpu_h100.md --json out.json
 
-1. Checks. Every loss (SH, MH, TopK5, Lp2, Mix0.5) × impl (chunked; triton where CUDA and triton
-   are present, or on the CPU under ``TRITON_INTERPRET=1`` in fp32) against ``impl="dense"``, value
-   and both input gradients, in float32 and bfloat16, on a paired batch whose size is not a tile
+1. Checks. Every loss (SH, MH, TopK5, Lp2, Mix0.5, LSE, InfoNCE) × impl (chunked; triton where
+   CUDA and triton are present, or on the CPU under ``TRITON_INTERPRET=1`` in fp32) against
+   ``impl="dense"``, value and both input gradients, in float32 and bfloat16, on a paired batch whose size is not a tile
    multiple, on a small paired batch (the one-launch path for B ≤ 128) and on a labelled batch
    with B ≠ M and repeated labels (PML call form).
    float32: relative error ≤ 1e-5 against dense float32 (value; gradients: max-abs error over the
@@ -15,17 +16,19 @@
 2. Table. Forward+backward time (median, CUDA events) and peak memory of MH, SH and Lp2 (p=2) with
    every impl, and of the anchors (the dense formula for MH and SH, torch.compile of the MH formula,
    PML BatchHardMiner+TripletMarginLoss, the product ``x @ y.T`` alone) for B = 128 … 1,048,576,
-   D=1024, bf16. Every row gets the ratio to the product measured in the same run. A row stops at
-   its first out-of-memory error; a size is skipped when the row's time, predicted from its previous
-   size as B², exceeds ``--per-call-cap-s`` or what is left of ``--budget-s``. Where B×B does not
-   fit in a quarter of the GPU the product is computed in row tiles into one buffer (the same flops).
+   D=1024, bf16, and of paired InfoNCE (τ = 0.07; triton, chunked, the dense CLIP formula and, where
+   ``inf_cl`` imports, Inf-CL) up to B=65,536. Every row gets the ratio to the product measured
+   in the same run. A row stops at its first out-of-memory error; a size is skipped when the row's
+   time, predicted from its previous size as B², exceeds ``--per-call-cap-s`` or what is left of
+   ``--budget-s``. Where B×B does not fit in a quarter of the GPU the product is computed in row
+   tiles into one buffer (the same flops).
    "peak" is the memory of one call beyond the inputs (both input gradients included); "extra" is
    peak minus the gradients: the memory beyond the inputs and their gradients.
 3. The GPU targets (``TARGETS``: time as a multiple of the product, extra memory, milliseconds),
    as PASS/MISS lines.
 4. A tile sweep: the fused Triton kernels alone at B=65,536 with their default tiles and the
    alternatives that also compile without spills, as ratios to the product of the same shape, so
-   that one GPU session can choose the defaults (``--no-sweep`` leaves it out; about 40 s). Where an
+   that one GPU session can choose the defaults (``--no-sweep`` leaves it out; about 60 s). Where an
    alternative hardest-negative tile beats the default by over 3 %, MaxViolationLoss is timed
    again at B=65,536 with it and with the default, side by side.
 
@@ -37,6 +40,7 @@ pytorch-metric-learning does not import (vse_losses itself needs it).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -55,6 +59,10 @@ import bench_common as bc  # noqa: E402
 GPU_SIZES = [128, 1024, 4096, 16384, 65536, 262144, 1048576]
 SMOKE_SIZES = [64, 256, 1024]
 TABLE_LOSSES = ["MH", "SH", "Lp2"]
+CHECK_LOSSES = list(bc.LOSSES) + list(bc.TEMPERATURE_LOSSES)
+# InfoNCE's rows and anchors stop at its target's size: their time grows as B² like the others', and
+# the budget goes to the MH/SH/Lp rows above it
+INFONCE_MAX_B = 65536
 
 
 def log(*a) -> None:
@@ -115,7 +123,7 @@ def run_checks(dev: torch.device, smoke: bool, impls: list[str]) -> list[dict]:
         x0, y0 = x0.to(dev), y0.to(dev)
         lab = None if l0 is None else l0.to(dev)
         rlab = None if r0 is None else r0.to(dev)
-        for loss in bc.LOSSES:
+        for loss in CHECK_LOSSES:
             for dtype in (torch.float32, torch.bfloat16):
                 dname = str(dtype).replace("torch.", "")
                 try:
@@ -217,15 +225,22 @@ def run_table(
 ) -> list[dict]:
     """Two passes over the sizes, so that the budget goes to the target rows first: (1) the product and
     the triton rows, (2) chunked, dense and the anchors. Ratios use the product of pass 1."""
+    nce_sizes = {B for B in sizes if B <= INFONCE_MAX_B}
     first = [Row("product", "anchor")]
     first += [Row(f"{loss}/triton", "loss", (loss, "triton")) for loss in TABLE_LOSSES if "triton" in impls]
+    if "triton" in impls:
+        first.append(Row("InfoNCE/triton", "loss", ("InfoNCE", "triton"), sizes=nce_sizes))
     second = [
         Row(f"{loss}/{impl}", "loss", (loss, impl))
         for impl in ("chunked", "dense")
         if impl in impls
         for loss in TABLE_LOSSES
     ]
+    second.append(Row("InfoNCE/chunked", "loss", ("InfoNCE", "chunked"), sizes=nce_sizes))
     second += [Row("dense-formula-MH", "anchor"), Row("dense-formula-SH", "anchor")]
+    second.append(Row("dense-CLIP", "anchor", sizes=nce_sizes))
+    if dev.type == "cuda" and importlib.util.find_spec("inf_cl") is not None:
+        second.append(Row("Inf-CL", "anchor", sizes=nce_sizes))
     if with_pml:
         second.append(Row("PML-BatchHard-Triplet", "anchor"))
     if compile_sizes:
@@ -398,6 +413,16 @@ SWEEP_HINGE = [
     dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4),
     dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=4),
 ]
+# lse_pairs (InfoNCE): the forward with both directions' statistics, and the backward's weights
+SWEEP_LSE_FWD = [
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3),
+]
+SWEEP_LSE_WEIGHTS = [  # BLOCK_M is the chunks' multiple: the dtype's default
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=4),
+]
 
 
 def tiles_label(cfg: dict | None) -> str:
@@ -410,7 +435,11 @@ def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadli
     """The fused kernels alone at one size, default tiles first, each as a ratio to the product of
     the same shape: the hardest-negative kernel (B×B), the per-direction ℓp forward (p=2, B×B),
     the paired batch's one-pass forward of both directions (default tiles), one side of the paired
-    MH's backward and the SH/ℓp backward's weight kernel (one chunk of rows × B, cuBLAS excluded)."""
+    MH's backward, the SH/ℓp backward's weight kernel (one chunk of rows × B, cuBLAS excluded), and
+    InfoNCE's lse_pairs: the forward (both directions), the backward's weights (the same rows × B),
+    and its whole backward (weights and cuBLAS products) in one pass (∂y accumulated in float32)
+    and in two (∂y from a second pass over column chunks, what B=65,536 takes by default; also with
+    chunks of weights twice the default)."""
     from vse_losses.ops import triton_hinge_norm as hn
     from vse_losses.ops.triton_hinge_norm_pairs import _pairs_forward
     from vse_losses.ops.triton_negative_max import negative_max_triton
@@ -460,6 +489,7 @@ def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadli
         )
         for c in [None] + SWEEP_HINGE
     ]
+    jobs += _lse_sweep_jobs(x, y, lab, R)
     out, base = [], {}
     for name, cfg, fn in jobs:
         if time.time() > deadline:
@@ -475,12 +505,47 @@ def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadli
         ms = sec * 1e3
         if name.startswith("product"):
             base[name.split(" ")[1]] = ms
-        shape = f"{R}×B" if name.startswith("weights") else "B×B"
+        shape = f"{R}×B" if "weights" in name else "B×B"
         ratio = ms / base[shape] if base.get(shape) else float("nan")
         tiles = tiles_label(cfg)
         out.append(dict(kernel=name, tiles=tiles, ms=ms, x_product=ratio))
         log(f"  {name:22s} {tiles:24s} {ms:9.3f} ms  {ratio:6.2f}× product")
     return out
+
+
+def _lse_sweep_jobs(x, y, lab, R: int) -> list:
+    """The sweep's jobs of InfoNCE's lse_pairs kernels (paired batch, τ = CLIP's)."""
+    from vse_losses.ops import triton_lse_pairs as lp
+
+    z = lp.LOG2E / bc.CLIP_TEMPERATURE
+    row, col = lp._statistics(x, y, lab, lab, False, z, True)
+    g = torch.full_like(row, 1.0 / row.shape[0])
+    terms = ((row, g), (col, g))
+    w_dtype = x.dtype if x.is_cuda else torch.float32  # as the backward's Matmul stores them
+
+    def weights(cfg):
+        for _ in lp._weight_chunks(x[:R], y, lab, lab, False, z, (row[:R], g[:R]), terms[1], w_dtype, config=cfg):
+            pass
+
+    def backward(acc_bytes, chunk=lp.W_CHUNK_ELEMENTS):
+        def run(cfg):
+            saved = lp.ACC_BYTES, lp.W_CHUNK_ELEMENTS
+            lp.ACC_BYTES, lp.W_CHUNK_ELEMENTS = acc_bytes, chunk
+            try:
+                lp._products(x, y, lab, lab, False, z, *terms, True, True, False)
+            finally:
+                lp.ACC_BYTES, lp.W_CHUNK_ELEMENTS = saved
+
+        return run
+
+    jobs = [
+        ("lse forward, both", c, lambda cfg: lp._statistics(x, y, lab, lab, False, z, True, config=cfg))
+        for c in [None] + SWEEP_LSE_FWD
+    ]
+    jobs += [(f"lse weights {R}×B", c, weights) for c in [None] + SWEEP_LSE_WEIGHTS]
+    jobs += [("lse backward, one pass", None, backward(2**62)), ("lse backward, two passes", None, backward(0))]
+    jobs += [("lse backward, two passes, 2× chunks", None, backward(0, 2 * lp.W_CHUNK_ELEMENTS))]
+    return jobs
 
 
 def retime_mh(dev: torch.device, B: int, D: int, dtype: torch.dtype, sweep: list[dict], deadline: float) -> list[dict]:
@@ -525,6 +590,7 @@ TARGETS = [
     ("SH/triton", 65536, 4.0, None, None),
     ("Lp2/triton", 65536, 4.0, None, None),
     ("MH/triton", 128, None, None, 0.15),
+    ("InfoNCE/triton", 65536, 2.5, 256, None),
 ]
 
 
@@ -566,7 +632,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", help="comma-separated batch sizes of the table")
     ap.add_argument("--D", type=int, help="embedding size of the table (default 1024; smoke 64)")
     ap.add_argument("--dtype", default=None, help="dtype of the table (default bfloat16; smoke float32)")
-    ap.add_argument("--budget-s", type=float, help="total seconds for the whole script (default 250; smoke 22)")
+    ap.add_argument("--budget-s", type=float, help="total seconds for the whole script (default 250; smoke 30)")
     ap.add_argument("--per-call-cap-s", type=float, default=None, help="skip a size whose predicted call exceeds this")
     ap.add_argument(
         "--compile-sizes",
@@ -597,7 +663,7 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (SMOKE_SIZES if smoke else GPU_SIZES)
     D = args.D or (64 if smoke else 1024)
     dtype = getattr(torch, args.dtype or ("float32" if smoke else "bfloat16"))
-    budget = args.budget_s or (22.0 if smoke else 250.0)
+    budget = args.budget_s or (30.0 if smoke else 250.0)
     cap = args.per_call_cap_s or (5.0 if smoke else 30.0)
     cs = args.compile_sizes or ("none" if smoke else "16384,65536")
     compile_sizes = [] if cs == "none" else [int(s) for s in cs.split(",")]
@@ -663,8 +729,8 @@ def main(argv=None) -> int:
     if not args.no_sweep and tri_ok and (dev.type == "cuda" or interpreted):
         sweep_B = 64 if smoke else 65536
         log(f"\nTile sweep (B={sweep_B:,}, D={D}, {str(dtype).replace('torch.', '')}; kernels alone):")
-        sweep = run_tile_sweep(dev, sweep_B, D, dtype, T_START + budget + (30 if smoke else 40))
-        retimed = retime_mh(dev, sweep_B, D, dtype, sweep, T_START + budget + (40 if smoke else 60))
+        sweep = run_tile_sweep(dev, sweep_B, D, dtype, T_START + budget + (30 if smoke else 60))
+        retimed = retime_mh(dev, sweep_B, D, dtype, sweep, T_START + budget + (40 if smoke else 80))
         if args.md and sweep:
             rows = "\n".join(f"| {r['kernel']} | {r['tiles']} | {r['ms']:.3f} | {r['x_product']:.2f}× |" for r in sweep)
             rows += "".join(

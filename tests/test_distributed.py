@@ -180,7 +180,9 @@ def test_indices_tuple_with_distributed_is_an_error(monkeypatch):
 
 NORMS = [Norm("sum"), Norm("max"), Norm("topk", k=3), Norm("lp", p=2.5), Norm("mix", mix=0.3)]
 # triton, interpreted on the CPU, is slow: its two primitives (the hardest negative, the lp hinge norm)
+# and the temperature losses' log-sum-exp
 BLOCK_CASES = [(impl, n) for impl in ("dense", "chunked") for n in NORMS] + [("triton", NORMS[1]), ("triton", NORMS[3])]
+BLOCK_CASES += [(impl, Norm("lse", temperature=0.3)) for impl in ("dense", "chunked", "triton")]
 
 
 @pytest.mark.parametrize("impl,norm", BLOCK_CASES, ids=[f"{i}-{n.kind}" for i, n in BLOCK_CASES])

@@ -430,7 +430,7 @@ def time_rows(device: torch.device, x: torch.Tensor, y: torch.Tensor, budget_s: 
     ]
     for spec in LOSSES:
         fn = spec.make("auto")
-        rows.append((spec.label, resolve_impl("auto", x, B * B), fwd_bwd(lambda fn=fn: fn(x, y))))
+        rows.append((spec.label, resolve_impl("auto", x, B * B, fn.norm().kind), fwd_bwd(lambda fn=fn: fn(x, y))))
 
     def timed(run) -> float:
         _sync(device)

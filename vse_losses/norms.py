@@ -94,8 +94,9 @@ def violation_norm(h: torch.Tensor, norm: Norm) -> torch.Tensor:
     if norm.kind == "sum":
         return h.sum(-1)
     if norm.kind == "max":
-        # gather at argmax: ties go to the lowest index, as in every implementation
-        return h.gather(-1, h.argmax(-1, keepdim=True)).squeeze(-1)
+        # max along a dim returns (and its backward uses) the first maximal index: ties go to the
+        # lowest index, as in every implementation
+        return h.max(-1).values
     if norm.kind == "topk":
         return torch.topk(h, min(norm.k, h.shape[-1]), dim=-1).values.sum(-1)
     if norm.kind == "lp":

@@ -120,10 +120,11 @@ def violation_terms(
 
     guard: add :func:`nan_guard` of x and y to every term (NaN/Inf in an input → NaN terms).
     """
-    backend = resolve_backend(impl, x, x.shape[0] * (x if y is None else y).shape[0])
+    backend = resolve_backend(impl, x, x.shape[0] * (x if y is None else y).shape[0], norm.kind)
     args = (x, y, labels, ref_labels, margin, norm, directions, query_rows, query_cols, cosine, guard)
-    config = _call_config("violation_terms", *args)
-    backend = checked_backend(impl, backend, config, lambda b: _probe(_violation_terms_on, b, *args))
+    if backend.name == "triton":  # the configuration's key costs tens of µs: only where it is used
+        config = _call_config("violation_terms", *args)
+        backend = checked_backend(impl, backend, config, lambda b: _probe(_violation_terms_on, b, *args))
     return _violation_terms_on(backend, *args)
 
 
@@ -360,7 +361,7 @@ def query_violation_terms(
     alone excludes it from the negatives.
     """
     if backend is None:
-        backend = resolve_backend(impl or "auto", x, x.shape[0] * y.shape[0])
+        backend = resolve_backend(impl or "auto", x, x.shape[0] * y.shape[0], norm.kind)
     a, p = pairs
     wide = torch.promote_types(x.dtype, torch.float32)
     terms, anchors = [], []

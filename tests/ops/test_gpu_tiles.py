@@ -21,6 +21,7 @@ def gpu_tiles(request, monkeypatch):
     """Every kernel's tile choice as compiled for the GPU, for ``request.param`` inputs."""
     from vse_losses.ops import triton_hinge_norm as hn
     from vse_losses.ops import triton_hinge_norm_pairs as hp
+    from vse_losses.ops import triton_lse_pairs as lp
     from vse_losses.ops import triton_max_violation_backward as mb
     from vse_losses.ops import triton_max_violation_small as sm
     from vse_losses.ops import triton_negative_max as nm
@@ -30,7 +31,9 @@ def gpu_tiles(request, monkeypatch):
     def as_gpu(fn):
         return lambda dtype, interpret, *a, **k: fn(tile_dtype, False, *a, **k)
 
-    for mod, name in ((nm, "_default_config"), (hn, "_fwd_config"), (hn, "_weight_config"), (hp, "_pairs_config")):
+    configs = [(nm, "_default_config"), (hn, "_fwd_config"), (hn, "_weight_config"), (hp, "_pairs_config")]
+    configs += [(lp, "_fwd_config"), (lp, "_weight_config")]
+    for mod, name in configs:
         monkeypatch.setattr(mod, name, as_gpu(getattr(mod, name)))
     small = sm._config
     monkeypatch.setattr(sm, "_config", lambda B, dtype, interpret: small(B, tile_dtype, False))

@@ -54,7 +54,16 @@ ROWS = [
 ] + [("negative_max", "bf16", mode, "rows") for mode in range(4)]
 # mode: rows gathered by index; "even" True: D = 1024, False: D = 100
 ROW_DOTS = [("row_dots", dtype, mode, even) for dtype in ("bf16", "fp32") for mode in (0, 1) for even in (True, False)]
-VARIANTS = HINGE + NEGMAX + SMALL + MH_SIDE + ROWS + ROW_DOTS
+# lse_pairs: forward mode 0 … 3 = (labels, both directions' statistics), weights mode: labels
+LSE = [
+    (kernel, dtype, mode, shape)
+    for kernel, modes in (("lse_forward", range(4)), ("lse_weights", (0, 1)))
+    for dtype in ("bf16", "fp32")
+    for mode in modes
+    for shape in (True, False, "rows")
+    if not (dtype == "fp32" and shape == "rows")
+]
+VARIANTS = HINGE + NEGMAX + SMALL + MH_SIDE + ROWS + ROW_DOTS + LSE
 
 
 def variant_id(v):
@@ -128,6 +137,12 @@ ARCH_VARIANTS = (
     + [("negative_max", "fp32", 1, True)]
     + [("small_mh", d, 3, True) for d in ("bf16", "fp32")]
     + [("mh_side", "fp32", 1, False), ("row_dots", "bf16", 1, False)]
+    + [
+        (k, d, m, e)
+        for k, m in (("lse_forward", 3), ("lse_weights", 1))
+        for d in ("bf16", "fp32")
+        for e in (True, False)
+    ]
 )
 
 
@@ -136,12 +151,20 @@ def arch_reports(request):
     return request.param, compile_reports(ARCH_VARIANTS, request.param)
 
 
+# Before Hopper and on sm_120 ptxas caps some float32 variants at 80–168 registers (occupancy), and a
+# few of them spill up to 36 bytes per thread whatever the tile (checked: 32–64-wide tiles, 4 or 8
+# warps): a handful of stores to L1, against the hundreds or thousands of bytes the sm_90 tiles
+# spilled there. Anything beyond 64 bytes is a tile to change.
+OTHER_ARCH_SPILL_BYTES = 64
+
+
 def test_other_architectures_compile_within_their_limits(arch_reports):
     arch, reports = arch_reports
     problems = {
         name: (r["spill_bytes"], r["registers"], r["shared"])
         for name, r in reports.items()
-        if r["spill_bytes"] > SPILL_ALLOWANCE.get((name.split("-")[0], name.endswith("True")), 0)
+        if r["spill_bytes"]
+        > max(OTHER_ARCH_SPILL_BYTES, SPILL_ALLOWANCE.get((name.split("-")[0], name.endswith("True")), 0))
         or not 0 < r["registers"] <= 255
         or r["shared"] > OTHER_ARCHS[arch] * 1024
     }

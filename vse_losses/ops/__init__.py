@@ -52,11 +52,17 @@ __all__ = [
     "hinge_norm_pairs",
     "row_dots",
     "AUTO_CHUNKED_MIN_PAIRS",
+    "AUTO_CHUNKED_MIN_PAIRS_BY_KIND",
 ]
 
 # B·M above which "auto" leaves the dense formula for the chunked one on the CPU: below it the
 # dense formula is as fast and its few B×M buffers are small.
 AUTO_CHUNKED_MIN_PAIRS = 512 * 512
+# Where the chunked path gains later, per norm kind (the others: AUTO_CHUNKED_MIN_PAIRS): measured
+# on 2 CPU cores, D=256 (docs/benchmarks.md), chunked/dense at B = 512, 1024, 2048 is 0.49, 0.39,
+# 0.25 for MH and 0.76, 0.76, 0.55 for ℓ2, but 1.1–2.1, 1.0–1.2 and 0.5–0.9 for SH, top-k, the mix
+# and the temperature losses, whose dense formula is a few fused reductions of S.
+AUTO_CHUNKED_MIN_PAIRS_BY_KIND = {kind: 1536 * 1536 for kind in ("sum", "topk", "mix", "lse", "infonce")}
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,7 @@ def _triton_backend() -> Backend:
     # imported at first use: importing triton is slow, and the interpreter is chosen at first launch
     from .triton_hinge_norm import hinge_norm_rows_triton
     from .triton_hinge_norm_pairs import hinge_norm_pairs_triton
+    from .triton_lse_pairs import lse_pairs_triton
     from .triton_max_violation_backward import mh_side_triton
     from .triton_max_violation_small import max_batch, max_violation_small
     from .triton_negative_max import negative_max_triton
@@ -123,7 +130,7 @@ def _triton_backend() -> Backend:
         mh_side=mh_side_triton,
         max_violation_small=max_violation_small,
         max_violation_small_batch=max_batch,
-        lse_pairs=lse_pairs_chunked,  # no fused kernel yet: the torch tiles on the GPU
+        lse_pairs=lse_pairs_triton,
     )
 
 
@@ -145,13 +152,15 @@ def triton_runs(*tensors: torch.Tensor) -> bool:
     )
 
 
-def resolve_backend(impl: str, x: torch.Tensor, n_pairs: int) -> Backend:
-    """The backend for ``impl``: ``auto`` is triton on CUDA where it runs, chunked when B·M is large,
-    dense otherwise. An explicit ``triton`` that cannot run raises ``ValueError``."""
+def resolve_backend(impl: str, x: torch.Tensor, n_pairs: int, kind: str | None = None) -> Backend:
+    """The backend for ``impl``: ``auto`` is triton on CUDA where it runs, chunked when B·M is large
+    (from ``AUTO_CHUNKED_MIN_PAIRS_BY_KIND`` for the loss's norm ``kind``, else
+    ``AUTO_CHUNKED_MIN_PAIRS``), dense otherwise. An explicit ``triton`` that cannot run raises
+    ``ValueError``."""
     if impl == "auto":
         if x.is_cuda and triton_runs(x):
             return _triton_backend()
-        return CHUNKED if n_pairs >= AUTO_CHUNKED_MIN_PAIRS else DENSE
+        return CHUNKED if n_pairs >= AUTO_CHUNKED_MIN_PAIRS_BY_KIND.get(kind, AUTO_CHUNKED_MIN_PAIRS) else DENSE
     if impl == "triton":
         if not triton_runs(x):
             from .triton_common import triton_requirement
@@ -194,17 +203,21 @@ def checked_backend(impl: str, backend: Backend, config: Hashable, probe: Callab
     :class:`TritonFallbackWarning` naming the cause; under ``impl="triton"`` a ``RuntimeError``
     names it. ``ValueError`` (bad input) and out-of-memory errors are the caller's and propagate.
     """
-    if backend.name != "triton" or config in _TRITON_OK or torch.compiler.is_compiling():
+    if backend.name != "triton" or config in _TRITON_OK:
         return backend
+    if config in _TRITON_FAILED:
+        return CHUNKED
+    if torch.compiler.is_compiling():
+        return backend
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return backend  # a probe's backward cannot run inside a CUDA graph capture
     from .triton_common import is_interpreting
 
     if is_interpreting() and not PROBE_INTERPRETED:  # the interpreter compiles nothing
         return backend
-    if config in _TRITON_FAILED:
-        return CHUNKED
     try:
         probe(backend)
-    except (ValueError, torch.OutOfMemoryError):
+    except (ValueError, torch.cuda.OutOfMemoryError):
         raise
     except Exception as e:  # noqa: BLE001  whatever triton, ptxas or the driver raise
         lines = str(e).strip().splitlines()
@@ -226,9 +239,9 @@ def checked_backend(impl: str, backend: Backend, config: Hashable, probe: Callab
     return backend
 
 
-def resolve_impl(impl: str, x: torch.Tensor, n_pairs: int) -> str:
+def resolve_impl(impl: str, x: torch.Tensor, n_pairs: int, kind: str | None = None) -> str:
     """The name of :func:`resolve_backend`'s choice."""
-    return resolve_backend(impl, x, n_pairs).name
+    return resolve_backend(impl, x, n_pairs, kind).name
 
 
 def kernel_backend(impl: str, x: torch.Tensor) -> Backend:

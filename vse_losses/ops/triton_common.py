@@ -231,13 +231,13 @@ def for_arch(cfg: dict, arch: int, dtype: torch.dtype, narrow: bool = False) -> 
     """An sm_90 tile configuration adapted to ``arch``, then :func:`fit_shared_memory`. Where the
     tensor cores read registers (:func:`mma_from_registers`) the kernels that carry running
     statistics beside the score tile (``narrow``) spill at 128-wide tiles: BLOCK_M and BLOCK_N are
-    capped at 64, and float32 tiles are 32 × 64 × 16 on 4 warps. On sm_100 every tile is at most 64
+    capped at 64, and float32 tiles are 32 × 64 × 16. On sm_100 every tile is at most 64
     wide in N. Found by compiling every variant for each architecture; checked by
     tests/ops/test_triton_compile.py."""
     if "BLOCK_N" in cfg and narrow and mma_from_registers(arch):
         cfg = dict(cfg, BLOCK_M=min(cfg["BLOCK_M"], 64), BLOCK_N=min(cfg["BLOCK_N"], 64))
         if dtype == torch.float32:
-            cfg.update(BLOCK_M=32, BLOCK_K=min(cfg["BLOCK_K"], 16), num_warps=4)
+            cfg.update(BLOCK_M=32, BLOCK_K=min(cfg["BLOCK_K"], 16))
     if "BLOCK_N" in cfg and arch // 10 == 10:
         cfg = dict(cfg, BLOCK_N=min(cfg["BLOCK_N"], 64))
     itemsize = torch.empty((), dtype=dtype).element_size()
