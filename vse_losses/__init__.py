@@ -6,6 +6,7 @@ loss = MaxViolationLoss(margin=0.2)(img_emb, cap_emb)
 
 from . import functional
 from ._pml_registration import register_with_cross_batch_memory
+from .collapse import CollapseAlarm, CollapseWarning
 from .losses import (
     BaseViolationLoss,
     InfoNCELoss,
@@ -18,6 +19,7 @@ from .losses import (
 )
 from .miners import HardestNegativeMiner, TopKNegativeMiner
 from .ops import TritonFallbackWarning
+from .order import OrderSimilarity
 from .schedules import SHToMHWarmup
 
 register_with_cross_batch_memory()
@@ -35,6 +37,9 @@ __all__ = [
     "LogSumExpViolationLoss",
     "InfoNCELoss",
     "SHToMHWarmup",
+    "CollapseAlarm",
+    "CollapseWarning",
+    "OrderSimilarity",
     "HardestNegativeMiner",
     "TopKNegativeMiner",
     "TritonFallbackWarning",

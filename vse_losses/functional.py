@@ -26,7 +26,9 @@ Arguments common to every loss function:
     directions: ``"both"`` (default), ``"i2t"`` or ``"t2i"``.
     reduction: ``"mean"`` over terms (default), ``"sum"`` (the original VSE++ summed loss), ``"none"``.
     impl: ``"auto"``, ``"dense"``, ``"chunked"`` or ``"triton"`` — the same function.
-    similarity: ``"cosine"`` (default, normalises first) or ``"dot"``.
+    similarity: ``"cosine"`` (default, normalises first), ``"dot"``, or ``"order"``: the order
+        embeddings' −‖max(0, cap_j − img_i)‖₂ (``vse_losses.order``; impl ``"auto"``, ``"dense"`` or
+        ``"chunked"``: it has no Triton kernel), the terms then computed from its score matrix.
     distributed: negatives from every rank of the initialised ``torch.distributed`` group
         (``vse_losses.distributed``): each rank passes its local batch and gets its share, so that
         the mean over ranks of the values, and DDP's average of the gradients, are those of one
@@ -43,6 +45,7 @@ import torch.nn.functional as F
 from . import _checks
 from . import distributed as _dist
 from .norms import Norm, lp_norm, smooth_max, violation_norm
+from .order import order_scores
 from .pairs import pair_masks, positive_pairs, resolve_labels
 from .planner import (
     distributed_terms,
@@ -68,6 +71,7 @@ __all__ = [
     "mixed_violation_loss",
     "log_sum_exp_violation_loss",
     "info_nce_loss",
+    "order_scores",
     # the building blocks, importable from here as they were before the planner existed
     "resolve_labels",
     "lp_norm",
@@ -85,7 +89,7 @@ def _loss(
     _checks.check_choice("directions", directions, _checks.DIRECTIONS)
     _checks.check_choice("reduction", reduction, _checks.REDUCTIONS)
     _checks.check_choice("impl", impl, _checks.IMPLS)
-    _checks.check_choice("similarity", similarity, ("cosine", "dot"))
+    _checks.check_choice("similarity", similarity, ("cosine", "dot", "order"))
     if scores is not None:
         if img is not None or cap is not None:
             raise ValueError("pass either embeddings (img, cap) or scores=, not both")
@@ -105,6 +109,8 @@ def _loss(
     if img is None:
         raise ValueError("pass image embeddings img (B, D), or a score matrix as scores=")
     _checks.check_inputs(img, labels, cap, ref_labels, names=("img", "labels", "cap", "ref_labels"))
+    if similarity == "order":
+        return _order_loss(norm, img, cap, labels, ref_labels, margin, directions, reduction, impl, distributed)
     if distributed and _dist.world_size() > 1:  # ValueError without a process group
         x, y = img, cap
         if similarity == "cosine":  # normalise locally, row by row, before gathering
@@ -130,6 +136,22 @@ def _loss(
         guard=True,
     )
     return _reduce(terms, reduction, nan_guard(img, cap))
+
+
+def _order_loss(norm, img, cap, labels, ref_labels, margin, directions, reduction, impl, distributed):
+    """The terms from the order score matrix (dense terms, the scores by ``impl``)."""
+    if distributed and _dist.world_size() > 1:
+        raise ValueError(
+            "similarity='order' with distributed=True: use the loss class, "
+            "e.g. MaxViolationLoss(distance=OrderSimilarity(), distributed=True)"
+        )
+    self_ref = cap is None
+    S = order_scores(img, img if self_ref else cap, impl)
+    lab, ref_lab = resolve_labels(labels, ref_labels, S.shape[0], S.shape[1], self_ref, S.device)
+    pos, neg = pair_masks(lab, ref_lab, self_ref)
+    terms, _ = violation_terms_from_scores(S, pos, neg, margin=margin, norm=norm, directions=directions)
+    guard = nan_guard(img, cap)
+    return _reduce(terms + guard, reduction, guard)
 
 
 def _reduce(terms: torch.Tensor, reduction: str, zero: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,10 @@ Ties are broken against the query: a candidate scoring *exactly* as high as the 
 counts as ranked above it (so a collapsed model, where every score is equal, gets the worst rank
 rather than a perfect one). The original's ``argsort`` left ties in an arbitrary order.
 
+The score of an image and a caption is their dot product (``--measure cosine``: the model
+normalises its embeddings), or with ``--measure order`` the order embeddings' −‖max(0, c − im)‖₂
+(``vse_losses.OrderSimilarity``), as the original's ``order_sim``.
+
 COCO 1K: the 5000 test images split into 5 folds of 1000, metrics averaged over the folds;
 5K: the whole set, reported with keys prefixed ``5k_``.
 """
@@ -44,8 +48,20 @@ def _as_tensor(x) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
 
 
-def ranks(images, captions, chunk: int = 1000):
-    """(i2t ranks of the N images, t2i ranks of the 5N captions), 0-based, by dot product."""
+MEASURES = ("cosine", "order")
+
+
+def scores(im: torch.Tensor, cap: torch.Tensor, measure: str = "cosine") -> torch.Tensor:
+    """The (images, captions) score matrix of ``measure`` (module docstring)."""
+    if measure == "order":
+        from vse_losses.functional import order_scores
+
+        return order_scores(im, cap, "chunked")  # rows in chunks: never the (images, captions, D) block
+    return im @ cap.T
+
+
+def ranks(images, captions, chunk: int = 1000, measure: str = "cosine"):
+    """(i2t ranks of the N images, t2i ranks of the 5N captions), 0-based, by ``measure``."""
     im = _as_tensor(images).float()
     cap = _as_tensor(captions).float()
     n = im.shape[0]
@@ -56,7 +72,7 @@ def ranks(images, captions, chunk: int = 1000):
     pos_t2i = torch.empty(CAPS * n, dtype=cap.dtype)  # each caption's score with its own image
     chunks = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
     for start, stop in chunks:  # pass 1: i2t ranks, and the positives of t2i from the same products
-        sims = im[start:stop] @ cap.T  # chunk × 5N
+        sims = scores(im[start:stop], cap, measure)  # chunk × 5N
         own = owner[None, :] == torch.arange(start, stop)[:, None]
         best = sims.masked_fill(~own, -math.inf).max(1).values
         i2t[start:stop] = (sims.masked_fill(own, -math.inf) >= best[:, None]).sum(1)
@@ -64,7 +80,7 @@ def ranks(images, captions, chunk: int = 1000):
         pos_t2i[cols] = sims[:, cols][own[:, cols]]
     t2i = torch.zeros(CAPS * n, dtype=torch.long)
     for start, stop in chunks:  # pass 2: t2i ranks
-        sims = im[start:stop] @ cap.T
+        sims = scores(im[start:stop], cap, measure)
         own = owner[None, :] == torch.arange(start, stop)[:, None]
         t2i += ((sims >= pos_t2i[None, :]) & ~own).sum(0)
     return i2t.numpy(), t2i.numpy()
@@ -81,9 +97,9 @@ def recall(r: np.ndarray, prefix: str) -> dict[str, float]:
     }
 
 
-def metrics(images, captions) -> dict[str, float]:
+def metrics(images, captions, measure: str = "cosine") -> dict[str, float]:
     """All of :data:`KEYS` for one set of N images and 5N captions."""
-    i2t, t2i = ranks(images, captions)
+    i2t, t2i = ranks(images, captions, measure=measure)
     out = {**recall(i2t, "i2t"), **recall(t2i, "t2i")}
     out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
     return {k: out[k] for k in KEYS}
@@ -96,26 +112,28 @@ def fold5_problem(n_images: int) -> str | None:
     return None
 
 
-def evaluate_embeddings(images, captions, fold5: bool | None = None) -> dict[str, float]:
+def evaluate_embeddings(images, captions, fold5: bool | None = None, measure: str = "cosine") -> dict[str, float]:
     """The paper's figures: the 1K metrics (mean over folds of 1000 images when ``fold5``), then the
     whole set under keys prefixed ``5k_`` (``{N/1000}k_`` for other sizes).
 
-    ``fold5=None`` means: folds exactly when there are 5000 images (COCO's test split).
+    ``fold5=None`` means: folds exactly when there are 5000 images (COCO's test split); ``measure``:
+    the score of an image and a caption (:func:`scores`).
     """
     im, cap = _as_tensor(images), _as_tensor(captions)
     n = im.shape[0]
     if fold5 is None:
         fold5 = n == 5000
     if not fold5:
-        return metrics(im, cap)
+        return metrics(im, cap, measure)
     problem = fold5_problem(n)
     if problem:
         raise ValueError(problem)
     folds = [
-        metrics(im[i * 1000 : (i + 1) * 1000], cap[CAPS * i * 1000 : CAPS * (i + 1) * 1000]) for i in range(n // 1000)
+        metrics(im[i * 1000 : (i + 1) * 1000], cap[CAPS * i * 1000 : CAPS * (i + 1) * 1000], measure)
+        for i in range(n // 1000)
     ]
     out = {k: float(np.mean([f[k] for f in folds])) for k in KEYS}
-    out.update({f"{n // 1000}k_{k}": v for k, v in metrics(im, cap).items()})
+    out.update({f"{n // 1000}k_{k}": v for k, v in metrics(im, cap, measure).items()})
     return out
 
 
@@ -134,11 +152,12 @@ def format_table(m: dict[str, float], title: str = "") -> str:
 
 
 def evaluate_split(model, split: data.SplitData, tokenizer, opt, device, fold5=None) -> dict[str, float]:
-    """:func:`evaluate_embeddings` of ``model`` on ``split`` (``opt``: batch size, workers, crop size)."""
+    """:func:`evaluate_embeddings` of ``model`` on ``split`` (``opt``: batch size, workers, crop size,
+    measure; a checkpoint from before ``--measure`` was stored: cosine)."""
     workers = opt.workers if split.kind == "files" else 0
     images, captions = data.eval_loaders(split, tokenizer, opt.batch_size, workers, opt.crop_size)
     ims, caps = encode(model, images, captions, device)
-    return evaluate_embeddings(ims, caps, fold5)
+    return evaluate_embeddings(ims, caps, fold5, getattr(opt, "measure", "cosine"))
 
 
 @torch.no_grad()

@@ -122,7 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--finetune", action="store_true", help="train the CNN too")
     a("--cnn_type", default="vgg19", help="smallcnn or any torchvision classification model (resnet152, vgg19...)")
     a("--use_restval", action="store_true", help="COCO: train on restval too")
-    a("--measure", default="cosine", choices=["cosine"], help="similarity (cosine, as in the paper)")
+    a(
+        "--measure",
+        default="cosine",
+        choices=["cosine", "order"],
+        help="similarity of training and evaluation: cosine (as in the paper) or order (order embeddings, "
+        "-||max(0, caption - image)||, vse_losses.OrderSimilarity; with --use_abs, as the original recommends; "
+        "--impl auto, dense or chunked)",
+    )
     a("--use_abs", action="store_true", help="absolute value of the embeddings (order-embedding style)")
     a("--no_imgnorm", action="store_true", help="do not l2-normalise image embeddings")
     a(
@@ -178,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
         "of the original code)",
     )
     a("--impl", default="auto", choices=["auto", "dense", "chunked", "triton"], help="vse_losses implementation")
+    a(
+        "--collapse_window",
+        type=int,
+        default=50,
+        help="warn (one line, and metrics.csv's collapse_alarm column) when the embeddings have sat at one point "
+        "per modality for this many iterations (vse_losses.CollapseAlarm); 0: do not watch",
+    )
     a("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
     a("--seed", type=int, default=0, help="seed of the model initialisation and data order")
     a(
@@ -242,6 +256,7 @@ def finalize(opt: argparse.Namespace, explicit: dict[str, object], log=print) ->
         if chosen:
             log("embedded demo: " + " ".join(_flag(k, v) for k, v in chosen.items()) + " (any option given wins)")
     validate(opt)
+    check_measure(opt, log)
     opt.loss = resolve_loss(opt)
     if opt.loss == "infonce" and "margin" not in explicit:
         opt.margin = 0.0  # CLIP's loss; a --margin given makes it an additive-margin softmax
@@ -284,6 +299,7 @@ CHECKS: dict[str, tuple[Callable[[float], bool], str]] = {
     "topk_k": _at_least(1),
     "lp_p": ((lambda v: v >= 1), "must be >= 1 (inf allowed: the max violation)"),
     "warmup_steps": _at_least(0),
+    "collapse_window": _at_least(0),
     "temperature": ((lambda v: math.isfinite(v) and v > 0), "must be a finite number > 0"),
     "val_images": _at_least(1),
     "data_seed": _at_least(0),
@@ -302,6 +318,19 @@ def validate(opt: argparse.Namespace) -> None:
         value = getattr(opt, name, None)
         if value is not None and not ok(value):  # NaN fails every comparison
             raise ConfigError(f"--{name}", f"{requirement}, got {value}")
+
+
+def check_measure(opt: argparse.Namespace, log=None) -> None:
+    """--measure order has no Triton kernel (ConfigError for --impl triton); without --use_abs a
+    notice (``log``) says that the original uses the two together."""
+    from .errors import ConfigError
+
+    if getattr(opt, "measure", "cosine") != "order":
+        return
+    if opt.impl == "triton":
+        raise ConfigError("--impl", "triton has no kernel for --measure order; use auto, dense or chunked")
+    if log is not None and not opt.use_abs:
+        log("notice: --measure order without --use_abs; the original code uses them together (non-negative embeddings)")
 
 
 def check_impl(impl: str, device) -> None:
@@ -377,6 +406,7 @@ def merge_resumed(
             "cannot be switched on when resuming a run that did not learn its temperature: start a new run",
         )
     validate(merged)
+    check_measure(merged)
     merged.loss = resolve_loss(merged)
     resolve_temperature(merged)
     return merged

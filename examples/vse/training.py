@@ -53,6 +53,8 @@ def build_loss(opt, distributed: bool = False):
     common = dict(margin=opt.margin, reducer=reducer, impl=opt.impl, distributed=distributed)
     warmup = None
     try:
+        if getattr(opt, "measure", "cosine") == "order":  # the terms from its score matrix, computed by --impl
+            common["distance"] = vse_losses.OrderSimilarity(impl=opt.impl)
         if opt.warmup_steps > 0:
             loss = vse_losses.MixedViolationLoss(mix=0.0, **common)
             warmup = vse_losses.SHToMHWarmup(loss, opt.warmup_steps)
@@ -137,7 +139,10 @@ def lr_at(opt, epoch: int) -> float:
 
 # ----------------------------------------------------------------------------- outputs
 
-CSV_FIELDS = ["epoch", "iterations", "lr", "mix", "temperature", "train_loss", "epoch_time_s"] + list(evaluation.KEYS)
+# collapse_alarm: the iteration at which the collapse alarm fired (vse_losses.CollapseAlarm), empty before
+CSV_FIELDS = ["epoch", "iterations", "lr", "mix", "temperature", "train_loss", "epoch_time_s", "collapse_alarm"] + list(
+    evaluation.KEYS
+)
 
 
 def write_csv(history: list[dict], path: str) -> None:
@@ -292,8 +297,9 @@ def pair_labels(opt, cap_ids: torch.Tensor, img_ids: torch.Tensor) -> torch.Tens
 
 @dataclass
 class Learner:
-    """What training updates: the model, its loss (and the loss's warm-up), the optimiser, and
-    the learned temperature (``--learn_temperature``; else None)."""
+    """What training updates: the model, its loss (and the loss's warm-up), the optimiser, the
+    learned temperature (``--learn_temperature``; else None), and the collapse alarm that watches
+    the embeddings (``vse_losses.CollapseAlarm``; None: not watched)."""
 
     model: torch.nn.Module
     loss_fn: Any
@@ -301,6 +307,7 @@ class Learner:
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     temperature: LearnedTemperature | None = None
+    alarm: Any | None = None
 
 
 def train_epoch(
@@ -344,6 +351,10 @@ def train_epoch(
                 f"the loss became {loss.item()} at iteration {state['Eiters'] + 1}; "
                 "try a lower --learning_rate or --grad_clip",
             )
+        if learner.alarm is not None and learner.alarm.update(img_emb, labels, ref_emb=cap_emb, ref_labels=labels):
+            progress.pause()
+            log(f"warning: {learner.alarm.message} (here: --warmup_steps, a lower --learning_rate, --loss lp or topk)")
+            progress.resume()
         learner.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if learner.temperature is not None:
@@ -462,6 +473,8 @@ def load_vocab(opt, ckpt: dict | None, train: data.SplitData, ctx: ddp.Context, 
 
 
 def build_learner(opt, vocab_size: int, device: torch.device, ctx: ddp.Context, log: Log) -> Learner:
+    import vse_losses
+
     model = build_model(opt, vocab_size, log=log).to(device)
     loss_fn, warmup = build_loss(opt, distributed=ctx.active)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -471,7 +484,10 @@ def build_learner(opt, vocab_size: int, device: torch.device, ctx: ddp.Context, 
         # as CLIP: one more parameter for the same optimiser (its own group, same learning rate)
         temperature = LearnedTemperature(opt.temperature, device=device)
         optimizer.add_param_group({"params": list(temperature.parameters())})
-    return Learner(model, loss_fn, warmup, params, optimizer, temperature)
+    # steps are iterations; the alarm's line is printed by train_epoch, not as a Python warning
+    window = getattr(opt, "collapse_window", 50)  # a checkpoint from before the option: the default
+    alarm = vse_losses.CollapseAlarm(window, margin=opt.margin, warn=False) if window > 0 else None
+    return Learner(model, loss_fn, warmup, params, optimizer, temperature, alarm)
 
 
 def new_state() -> dict:
@@ -500,6 +516,11 @@ def restore(learner: Learner, ckpt: dict, opt) -> dict:
         ) from None
     if learner.warmup is not None and ckpt.get("warmup"):
         learner.warmup.load_state_dict(ckpt["warmup"])
+    if learner.alarm is not None:
+        if ckpt.get("collapse_alarm"):
+            learner.alarm.load_state_dict(ckpt["collapse_alarm"])
+        else:  # a checkpoint from before the alarm, or from a run that did not watch: steps are iterations
+            learner.alarm.steps = int(ckpt["Eiters"])
     if "rng" in ckpt:
         checkpoint.set_rng_state(ckpt["rng"])
     return {
@@ -516,7 +537,8 @@ def describe_run(opt, learner: Learner, device: torch.device, ctx: ddp.Context) 
         f"model: image encoder {'linear on ' + str(opt.img_dim) + '-d features' if opt.precomp else opt.cnn_type}"
         f"{'' if opt.precomp else (' (fine-tuned)' if opt.finetune else ' (frozen)')}, text encoder "
         f"{opt.text_encoder or 'GRU'}, embed_size {opt.embed_size}; {n_params:,} trainable parameters; "
-        f"loss {loss_name(opt)}, margin {opt.margin:g}, {reduction_name(opt)}; device {device}, "
+        f"loss {loss_name(opt)}, margin {opt.margin:g}, {reduction_name(opt)}, measure {opt.measure}"
+        f"{' (--use_abs)' if opt.use_abs else ''}; device {device}, "
         f"{torch.get_num_threads()} CPU threads"
         + (f"; {ctx.world} processes (torchrun), --batch_size {opt.batch_size} each" if ctx.active else "")
     )
@@ -589,8 +611,19 @@ def train_epochs(
         state["epoch"] = epoch + 1
         if not ctx.is_main:
             continue
-        warn_if_collapsed(m, opt, state, log)
-        is_best = record_epoch(state, m, lr, mean_loss, time.time() - t0, learner.warmup, temperature_of(learner, opt))
+        fired = learner.alarm.fired_step if learner.alarm is not None else None
+        if fired is None:  # else the alarm has said it already, with the remedies
+            warn_if_collapsed(m, opt, state, log)
+        is_best = record_epoch(
+            state,
+            m,
+            lr,
+            mean_loss,
+            time.time() - t0,
+            learner.warmup,
+            temperature_of(learner, opt),
+            "" if fired is None else fired,
+        )
         save_checkpoints(opt, learner, state, vocab, is_best)
         write_csv(state["history"], os.path.join(opt.logger_name, "metrics.csv"))
         write_plot(state["history"], os.path.join(opt.logger_name, "metrics.png"))
@@ -618,7 +651,14 @@ def temperature_of(learner: Learner, opt):
 
 
 def record_epoch(
-    state: dict, m: dict[str, float], lr: float, mean_loss: float, seconds: float, warmup, temperature=""
+    state: dict,
+    m: dict[str, float],
+    lr: float,
+    mean_loss: float,
+    seconds: float,
+    warmup,
+    temperature="",
+    collapse_alarm="",
 ) -> bool:
     """The epoch's row of the history and the best dev rsum; whether this epoch is the best so far."""
     is_best = m["rsum"] > state["best_rsum"]
@@ -632,6 +672,7 @@ def record_epoch(
             "temperature": temperature,
             "train_loss": mean_loss,
             "epoch_time_s": seconds,
+            "collapse_alarm": collapse_alarm,
             **m,
         }
     )
@@ -654,6 +695,8 @@ def save_checkpoints(opt, learner: Learner, state: dict, vocab: Vocabulary, is_b
         "history": state["history"],
         "rng": checkpoint.rng_state(),
     }
+    if learner.alarm is not None:
+        ckpt_state["collapse_alarm"] = learner.alarm.state_dict()
     if learner.temperature is not None:
         ckpt_state["logit_scale"] = learner.temperature.logit_scale.detach().cpu().clone()
     checkpoint.atomic_save(ckpt_state, os.path.join(opt.logger_name, "checkpoint.pth.tar"))

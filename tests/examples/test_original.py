@@ -340,11 +340,13 @@ def test_vocab_path_and_errors_of_original_checkpoints(tmp_path, capsys):
     save_vocab(str(other / "toy_precomp_vocab.pkl"), VOCAB_WORDS[:-2])
     line = _error_line(capsys, evaluate_main(base + ["--vocab_path", str(other)]))
     assert f"{len(VOCAB_WORDS) - 2} words, but the model of" in line and f"embeds {len(VOCAB_WORDS)}" in line
-    # order embeddings are not computed here
-    order = tmp_path / "order.pth.tar"
-    save_checkpoint(str(order), {"fc.weight": torch.ones(8, 10), "fc.bias": torch.zeros(8)}, {}, _opt(measure="order"))
-    line = _error_line(capsys, evaluate_main([str(order), "--vocab_path", str(tmp_path / "vocab")]))
-    assert line.startswith(f"error: {order}: trained with --measure order")
+    # a measure that this example does not compute (it computes cosine and order, as the original)
+    other = tmp_path / "euclidean.pth.tar"
+    save_checkpoint(
+        str(other), {"fc.weight": torch.ones(8, 10), "fc.bias": torch.zeros(8)}, {}, _opt(measure="euclidean")
+    )
+    line = _error_line(capsys, evaluate_main([str(other), "--vocab_path", str(tmp_path / "vocab")]))
+    assert line.startswith(f"error: {other}: trained with --measure euclidean")
 
 
 def test_malicious_original_checkpoint_is_refused_without_running(tmp_path, capsys):
