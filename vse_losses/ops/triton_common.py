@@ -51,6 +51,8 @@ __all__ = [
     "is_interpreting",
     "kernel_helper",
     "score_tile",
+    "chunk_score_tile",
+    "store_chunk",
     "recip_pos",
     "pow_masked",
     "pow_pos",
@@ -116,6 +118,44 @@ def score_tile(
             b = tl.load(y_cols + kk[:, None], mask=col_ok[None, :] & (kk[:, None] < D), other=0.0)
         acc = tl.dot(a, b, acc, input_precision="ieee")
     return acc
+
+
+@kernel_helper
+def chunk_score_tile(
+    q_ptr,
+    k_ptr,
+    r0,
+    R,
+    M,
+    D,
+    stride_q,
+    stride_k,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    EVEN_R: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    """Where the backward's weight kernels start: this program's (BLOCK_M, BLOCK_N) tile of a chunk
+    of rows r0 .. r0 + R of q against the keys. Returns ``(loc, rows, row_ok, cols, col_ok, S)``:
+    the rows' places in the chunk and in q, the keys, their masks, and the score tile."""
+    loc = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = loc < R
+    rows = r0 + loc
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < M
+    q_rows = q_ptr + rows.to(tl.int64)[:, None] * stride_q
+    k_cols = k_ptr + cols.to(tl.int64)[None, :] * stride_k
+    S = score_tile(q_rows, k_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_R, EVEN_N, EVEN_K)
+    return loc, rows, row_ok, cols, col_ok, S
+
+
+@kernel_helper
+def store_chunk(w_ptr, w, loc, cols, row_ok, col_ok, stride_w):
+    """The weights tile ``w`` into rows ``loc`` of the chunk W, in W's dtype."""
+    w_ptrs = w_ptr + loc.to(tl.int64)[:, None] * stride_w + cols[None, :]
+    tl.store(w_ptrs, w.to(w_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
 @kernel_helper

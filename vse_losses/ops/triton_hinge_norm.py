@@ -36,6 +36,7 @@ from .lp_norm import lp_norm
 from .tiling import Matmul
 from .triton_common import (  # triton, tl: None without triton
     TRITON_AVAILABLE,
+    chunk_score_tile,
     device_arch,
     even_shape,
     for_arch,
@@ -47,6 +48,7 @@ from .triton_common import (  # triton, tl: None without triton
     pow_pos,
     recip_pos,
     score_tile,
+    store_chunk,
     tl,
     triton,
 )
@@ -182,14 +184,9 @@ def _hinge_weight_kernel(
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    loc = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = loc < R
-    rows = r0 + loc
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < M
-    q_rows = q_ptr + rows.to(tl.int64)[:, None] * stride_q
-    k_cols = k_ptr + cols.to(tl.int64)[None, :] * stride_k
-    acc = score_tile(q_rows, k_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_R, EVEN_N, EVEN_K)
+    loc, rows, row_ok, cols, col_ok, acc = chunk_score_tile(
+        q_ptr, k_ptr, r0, R, M, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_R, EVEN_N, EVEN_K
+    )
     lq = tl.load(lq_ptr + rows, mask=row_ok, other=0)
     lk = tl.load(lk_ptr + cols, mask=col_ok, other=0)
     valid = (lq[:, None] != lk[None, :]) & row_ok[:, None] & col_ok[None, :]
@@ -224,8 +221,7 @@ def _hinge_weight_kernel(
         )
         tl.store(cs_ptr + pid_m * stride_cs + cols, tl.sum(w_col, axis=0), mask=col_ok)
         w += w_col
-    w_ptrs = w_ptr + loc.to(tl.int64)[:, None] * stride_w + cols[None, :]
-    tl.store(w_ptrs, w.to(w_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    store_chunk(w_ptr, w, loc, cols, row_ok, col_ok, stride_w)
 
 
 # ----------------------------------------------------------------------------------------

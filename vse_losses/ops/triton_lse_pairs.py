@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from .tiling import Matmul
 from .triton_common import (  # triton, tl: None without triton
     choose_groups,
+    chunk_score_tile,
     device_arch,
     even_shape,
     for_arch,
@@ -59,6 +60,7 @@ from .triton_common import (  # triton, tl: None without triton
     kernel_helper,
     num_sms,
     score_tile,
+    store_chunk,
     tl,
     triton,
 )
@@ -198,16 +200,9 @@ def _lse_weight_kernel(
 
     on the negatives (i, n) (as in the forward kernel), 0 elsewhere; ``z = S·z_scale`` and rq, rk
     the base-2 statistics (finite: a row without negatives has none of its entries here)."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    loc = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = loc < R
-    rows = r0 + loc
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < M
-    q_rows = q_ptr + rows.to(tl.int64)[:, None] * stride_q
-    k_cols = k_ptr + cols.to(tl.int64)[None, :] * stride_k
-    acc = score_tile(q_rows, k_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_R, EVEN_N, EVEN_K)
+    loc, rows, row_ok, cols, col_ok, acc = chunk_score_tile(
+        q_ptr, k_ptr, r0, R, M, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_R, EVEN_N, EVEN_K
+    )
     if LABELS:
         lq = tl.load(lq_ptr + rows, mask=row_ok, other=0)
         lk = tl.load(lk_ptr + cols, mask=col_ok, other=0)
@@ -225,8 +220,7 @@ def _lse_weight_kernel(
         rk = tl.load(rk_ptr + cols, mask=col_ok, other=0.0)
         gk = tl.load(gk_ptr + cols, mask=col_ok, other=0.0)
         w += gk[None, :] * tl.exp2(z - rk[None, :])
-    w_ptrs = w_ptr + loc.to(tl.int64)[:, None] * stride_w + cols[None, :]
-    tl.store(w_ptrs, w.to(w_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    store_chunk(w_ptr, w, loc, cols, row_ok, col_ok, stride_w)
 
 
 # ----------------------------------------------------------------------------------------
