@@ -15,8 +15,8 @@ image shows a scene that any retrieval image shows.
 Deterministic from its settings: the weights are a function of :class:`PretrainConfig` (and the
 retrieval dataset's, for the exclusion), computed on the CPU under a forked torch RNG (the
 caller's random streams are left as they were), and cached as a ``state_dict`` beside the
-dataset cache, keyed by those settings and written atomically. The same machine and torch build
-give the same bits.
+dataset cache, keyed by those settings and written atomically. The same machine, torch build
+and thread count give the same bits.
 
 The precomputed features of ``--data_name synthetic_precomp`` are the pretrained CNN's output
 (its ``fc`` layer, 512-d) on the retrieval images, in eval mode: the original release's
@@ -123,8 +123,9 @@ def excluded_descriptions(dataset: dict) -> set:
 
 
 def train(cfg: PretrainConfig, excluded: set, log=print) -> tuple[dict, dict]:
-    """The pretrained ``SmallCNN``'s state_dict and a summary (accuracy on 1000 held-out images of
-    the pretraining stream)."""
+    """The pretrained ``SmallCNN``'s state_dict and a summary: the share of held-out images of the
+    pretraining stream (min(1000, n_images/10) more, excluded alike) with all 108 labels right, the
+    share of labels right, the wall and CPU seconds."""
     from .model import SmallCNN
 
     t0, c0 = time.time(), time.process_time()
