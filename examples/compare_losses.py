@@ -1,20 +1,27 @@
 #!/usr/bin/env python
-"""Run train_coco.py for several losses and seeds, then tabulate the test metrics (mean ± std).
+"""Run train_coco.py for several losses, image-encoder setups and seeds, then tabulate the test
+metrics (mean ± std).
 
     python examples/compare_losses.py                      # SH, MH and ℓ4 on the embedded data, seeds 0 1 2
     python examples/compare_losses.py --variants sh mh --seeds 0 -- --num_epochs 2
     python examples/compare_losses.py --variants lse infonce   # the temperature losses, default τ
+    python examples/compare_losses.py --setups precomp frozen finetune scratch --variants sh mh
 
 Variants: sh, mh (--max_violation), lp (ℓ4), topk (top-4), warmup (SH→MH over 800 iterations),
 lse (LogSumExpViolationLoss, τ 0.05), infonce (InfoNCELoss, CLIP's loss, τ 0.07).
+Setups (how the image encoder starts, the paper's comparisons in miniature): precomp (the
+pretrained CNN's features, --data_name synthetic_precomp), frozen (the pretrained CNN, frozen:
+the default), finetune (the pretrained CNN, fine-tuned), scratch (random weights, fine-tuned).
 
 Everything after ``--`` goes to every train_coco.py run. Runs whose ``test_metrics.json``
-already exists are not repeated (delete the run directory to redo one).
+already exists are not repeated (delete the run directory to redo one). Each run's wall time and
+CPU time (user + system of the train_coco.py process) are kept beside its metrics.
 """
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -29,6 +36,12 @@ VARIANTS = {
     "lse": ["--loss", "lse"],  # τ 0.05, margin 0.2, summed like the hinge losses
     "infonce": ["--loss", "infonce"],  # CLIP's loss: τ 0.07, no margin, the mean over its terms
 }
+SETUPS = {
+    "precomp": ["--data_name", "synthetic_precomp"],
+    "frozen": [],
+    "finetune": ["--finetune"],
+    "scratch": ["--from_scratch", "--finetune"],
+}
 SHOWN = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
 
 
@@ -40,29 +53,19 @@ def main():
         argv = argv[: argv.index("--")]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["sh", "mh", "lp"], choices=list(VARIANTS))
+    p.add_argument("--setups", nargs="+", default=["frozen"], choices=list(SETUPS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--out", default="runs/compare", help="parent directory of the runs")
     args = p.parse_args(argv)
     train = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_coco.py")
     results = {}
-    for variant in args.variants:
-        for seed in args.seeds:
-            run = os.path.join(args.out, f"{variant}_seed{seed}")
-            metrics_path = os.path.join(run, "test_metrics.json")
-            if not os.path.isfile(metrics_path):
-                cmd = [sys.executable, train, "--seed", str(seed), "--logger_name", run] + VARIANTS[variant] + extra
-                print("$ " + " ".join(cmd), flush=True)
-                t0 = time.time()
-                if subprocess.call(cmd) != 0:
-                    sys.exit(f"error: {variant} seed {seed} failed")
-                with open(os.path.join(run, "wall_time_s.txt"), "w") as f:
-                    f.write(f"{time.time() - t0:.1f}\n")
-            with open(metrics_path) as f:
-                m = json.load(f)
-            wall = os.path.join(run, "wall_time_s.txt")
-            m["time_s"] = float(open(wall).read()) if os.path.isfile(wall) else float("nan")
-            results.setdefault(variant, []).append(m)
-    cols = SHOWN + ("time_s",)
+    for setup in args.setups:
+        for variant in args.variants:
+            for seed in args.seeds:
+                run = os.path.join(args.out, setup, f"{variant}_seed{seed}")
+                metrics = run_once(train, run, seed, SETUPS[setup] + VARIANTS[variant] + extra, f"{setup} {variant}")
+                results.setdefault(f"{setup} {variant}", []).append(metrics)
+    cols = SHOWN + ("time_s", "cpu_s")
     print("\n| loss | " + " | ".join(cols) + " |")
     print("|---|" + "---|" * len(cols))
     for variant, ms in results.items():
@@ -78,6 +81,30 @@ def main():
             f"{v}: " + ", ".join(f"{m['i2t_r1']:.1f}/{m['t2i_r1']:.1f}" for m in ms) for v, ms in results.items()
         )
     )
+
+
+def run_once(train: str, run: str, seed: int, flags: list[str], name: str) -> dict:
+    """The test metrics of one run (trained now unless its test_metrics.json exists), with its
+    wall and CPU seconds."""
+    metrics_path = os.path.join(run, "test_metrics.json")
+    times_path = os.path.join(run, "times.json")
+    if not os.path.isfile(metrics_path):
+        cmd = [sys.executable, train, "--seed", str(seed), "--logger_name", run] + flags
+        print("$ " + " ".join(cmd), flush=True)
+        t0, r0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        if subprocess.call(cmd) != 0:
+            sys.exit(f"error: {name} seed {seed} failed")
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+        with open(times_path, "w") as f:
+            json.dump({"time_s": time.time() - t0, "cpu_s": cpu}, f)
+    with open(metrics_path) as f:
+        m = json.load(f)
+    times = {"time_s": float("nan"), "cpu_s": float("nan")}
+    if os.path.isfile(times_path):
+        with open(times_path) as f:
+            times.update(json.load(f))
+    return {**m, **times}
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def layout(data_name: str) -> str:
     """``"precomp"``, ``"raw"`` or ``"synthetic"`` for a ``--data_name``; DataError if unknown."""
-    if data_name == "synthetic":
+    if data_name in ("synthetic", "synthetic_precomp"):
         return "synthetic"
     if data_name == "precomp" or data_name.endswith("_precomp"):
         return "precomp"
@@ -42,7 +42,7 @@ def layout(data_name: str) -> str:
     raise ConfigError(
         "--data_name",
         f"unknown data_name {data_name!r}: use NAME_precomp (precomputed features), "
-        f"{', '.join(RAW_DATASETS)} (images + Karpathy JSON) or synthetic",
+        f"{', '.join(RAW_DATASETS)} (images + Karpathy JSON), synthetic or synthetic_precomp",
     )
 
 
@@ -172,7 +172,20 @@ def load_raw(
 def load_synthetic(opt, split: str, log=print) -> SplitData:
     cfg = synthetic_config(opt)
     data = synthetic.load(cfg, getattr(opt, "data_cache", None) or None, log=log)
-    part = data["test" if split == "testall" else split]
+    name = "test" if split == "testall" else split
+    part = data[name]
+    if opt.data_name == "synthetic_precomp":  # the pretrained CNN's features of these images
+        from . import pretrain
+
+        return SplitData(
+            split,
+            part["captions"],
+            len(part["images"]),
+            "features",
+            features=pretrain.load_features(opt, log=log)[name],
+            source=f"synthetic_precomp(seed={cfg.seed}, pretrain_seed={opt.pretrain_seed})",
+            descriptions=part["descriptions"],
+        )
     return SplitData(
         split,
         part["captions"],

@@ -168,9 +168,16 @@ class EncoderImageFull(nn.Module):
         self.cnn, dim = build_cnn(cnn_type, cnn_weights, crop_size, log=log)
         for p in self.cnn.parameters():
             p.requires_grad = finetune
+        self.finetune = finetune
         self.fc = nn.Linear(dim, embed_size)
         _xavier_fc(self.fc)
         self.no_imgnorm, self.use_abs, self.feature_norm = no_imgnorm, use_abs, feature_norm
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.finetune:  # frozen: BatchNorm keeps its running statistics too (fixed features)
+            self.cnn.eval()
+        return self
 
     def forward(self, images):
         x = self.cnn(images)

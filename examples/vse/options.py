@@ -28,13 +28,13 @@ DEMO_DEFAULTS = {
     "learning_rate": 5e-4,
     "embed_size": 256,
     "cnn_type": "smallcnn",
-    "finetune": True,
     "crop_size": 32,
     "workers": 0,
     "val_step": 0,
 }
 
 
+SYNTHETIC_NAMES = ("synthetic", "synthetic_precomp")  # the embedded dataset: images, or the pretrained CNN's features
 DEMO_SYNTHETIC_SIZE = 32  # --synthetic_size's default, which is the demo's --crop_size
 
 # How the help states a default that the embedded dataset replaces by something else than
@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--data_name",
         default="precomp",
-        help="{coco,f8k,f30k,...}_precomp (features), coco|f8k|f30k (images + Karpathy JSON), or synthetic",
+        help="{coco,f8k,f30k,...}_precomp (features), coco|f8k|f30k (images + Karpathy JSON), synthetic, or "
+        "synthetic_precomp (the embedded images' features from the pretrained smallcnn)",
     )
     a("--margin", type=float, default=0.2, help="rank loss margin")
     a("--num_epochs", type=int, default=30, help="epochs to train")
@@ -217,8 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--data_cache",
         default=None,
         metavar="DIR",
-        help="where the embedded dataset is cached (default: $VSE_DATA_CACHE, else examples/data_cache)",
+        help="where the embedded dataset, the pretrained CNN and its features are cached "
+        "(default: $VSE_DATA_CACHE, else examples/data_cache)",
     )
+    a(
+        "--from_scratch",
+        action="store_true",
+        help="embedded dataset: start the smallcnn from random weights instead of the pretrained one",
+    )
+    a("--pretrain_images", type=int, default=10000, help="embedded dataset: images the smallcnn is pretrained on")
+    a("--pretrain_epochs", type=int, default=8, help="embedded dataset: epochs of the smallcnn's pretraining")
+    a("--pretrain_seed", type=int, default=0, help="embedded dataset: seed of the pretraining images and weights")
     return p
 
 
@@ -247,7 +257,7 @@ def finalize(opt: argparse.Namespace, explicit: dict[str, object], log=print) ->
     """Derived fields and the demo's defaults (only for options not given explicitly)."""
     if opt.data_path is None and ("data_name" not in explicit or opt.data_name == "precomp"):
         opt.data_name = "synthetic"
-    if opt.data_name == "synthetic":
+    if opt.data_name in SYNTHETIC_NAMES:
         chosen = {k: v for k, v in DEMO_DEFAULTS.items() if k not in explicit}
         if "crop_size" in chosen:
             chosen["crop_size"] = explicit.get("synthetic_size", opt.synthetic_size)
@@ -307,6 +317,9 @@ CHECKS: dict[str, tuple[Callable[[float], bool], str]] = {
     "synthetic_dev": _at_least(1),
     "synthetic_test": _at_least(1),
     "synthetic_size": _at_least(1),
+    "pretrain_images": _at_least(1),
+    "pretrain_epochs": _at_least(1),
+    "pretrain_seed": _at_least(0),
 }
 
 

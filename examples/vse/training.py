@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, data, ddp, evaluation, options
+from . import checkpoint, data, ddp, evaluation, options, pretrain
 from .errors import ConfigError, UserError
 from .model import build_model, make_tokenizer
 from .options import resolve_device
@@ -422,6 +422,8 @@ def train_and_test(
     checkpoint.seed_everything(opt.seed)
     os.makedirs(opt.logger_name, exist_ok=True)
     train, dev = load_data(opt, log)
+    if ckpt is None or opt.cnn_weights:  # the embedded data's CNN starts pretrained (pretrain.py)
+        pretrain.use_pretrained_cnn(opt, log)
     vocab = load_vocab(opt, ckpt, train, ctx, log)
     tokenizer = make_tokenizer(opt, vocab)
     learner = build_learner(opt, len(vocab), device, ctx, log)
@@ -441,7 +443,7 @@ def load_data(opt, log: Log) -> tuple[data.SplitData, data.SplitData]:
     data.layout(opt.data_name)
     train = data.load_split(opt, "train", log=log)
     dev = data.limit_images(data.load_split(opt, "dev", log=log), opt.val_images)
-    if opt.data_name == "synthetic":
+    if opt.data_name in options.SYNTHETIC_NAMES:
         from . import synthetic
 
         test = data.load_split(opt, "test", log=log)

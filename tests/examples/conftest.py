@@ -33,6 +33,10 @@ def synth_args(synth_cache):
         "20",
         "--synthetic_test",
         "20",
+        "--pretrain_images",  # a tiny pretraining of the smallcnn (cached in synth_cache)
+        "32",
+        "--pretrain_epochs",
+        "1",
     ] + TINY
 
 
