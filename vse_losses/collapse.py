@@ -5,7 +5,8 @@ On that plateau (MH from a poor start, or a learning rate too high) the image em
 point and the caption embeddings at one point, so every positive pair and every negative pair has
 the same similarity: the positive meets its hardest negative, every violation equals the margin,
 and the summed MH loss sits at 2·margin per positive pair (51.2 at B = 128, margin 0.2). Its
-gradient no longer separates anything, and training rarely leaves it.
+gradient no longer separates anything: from random weights training rarely leaves it, from a
+pretrained start it may, after epochs (the example's MH on the pretrained CNN escapes in its third).
 
 :class:`CollapseAlarm` reads each step's embeddings, in O((B + M)·D) and without gradient, and
 recognises the plateau by three signals over a window of consecutive steps (cosine similarities,
@@ -122,8 +123,8 @@ class CollapseAlarm:
             f"the embeddings have collapsed at step {self.fired_step}: for {self.window} steps each modality has sat "
             f"at one point ({spreads}; positive-negative similarity gap {s['gap']:.2g}; all within {self.tol:g}), so "
             f"the positive meets its hardest negative and every violation equals {margin} (summed MH: 2·margin "
-            "per pair). Training rarely leaves this plateau: start again with an SH→MH warm-up "
-            "(vse_losses.SHToMHWarmup), a lower learning rate, or LpViolationLoss / TopKViolationLoss"
+            "per pair). Training may stay on this plateau for epochs or for good: an SH→MH warm-up "
+            "(vse_losses.SHToMHWarmup), a lower learning rate, or LpViolationLoss / TopKViolationLoss avoid it"
         )
 
     def state_dict(self) -> dict[str, Any]:
