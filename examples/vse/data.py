@@ -11,7 +11,6 @@ Every problem with the data raises :class:`DataError` naming the file at fault.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import original, synthetic
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, read_json
 
 CAPS_PER_IMAGE = 5
 RAW_DATASETS = {"coco": "dataset_coco.json", "f30k": "dataset_flickr30k.json", "f8k": "dataset_flickr8k.json"}
@@ -121,13 +120,7 @@ def _karpathy_json(data_path: str, data_name: str):
     if not os.path.isfile(path):
         also = " or annotations/ of the original code's layout" if data_name == "coco" else ""
         raise DataError(path, f"no such file (the Karpathy split file{also})")
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 text ({e.reason})") from None
+    doc = read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise DataError(path, 'malformed Karpathy split file: expected {"images": [...]}')
     return path, doc["images"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 class UserError(Exception):
     """A problem with the user's data or options: ``where`` is the file (or flag) at fault."""
@@ -23,3 +25,15 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """An option that cannot work: an unknown model name, a missing weight file, ..."""
+
+
+def read_json(path: str):
+    """The JSON document in ``path`` (an existing file), or a :class:`DataError` naming the file and
+    where it is malformed or not UTF-8."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not UTF-8 text ({e.reason})") from None

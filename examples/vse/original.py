@@ -23,7 +23,6 @@ takes |x| of both embeddings.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 from collections import OrderedDict
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import DataError, read_json
 from .vocab import Vocabulary
 
 # What an original checkpoint does not hold: --resume starts Adam afresh and keeps this run's RNGs.
@@ -305,13 +304,7 @@ def _read_coco_captions(path: str) -> tuple[dict[int, tuple[int, str]], dict[int
     """COCO's captions file (plain JSON): caption id → (image id, caption), image id → file name."""
     if not os.path.isfile(path):
         raise DataError(path, "no such file (COCO's captions file)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 text ({e.reason})") from None
+    doc = read_json(path)
     try:
         anns = {int(a["id"]): (int(a["image_id"]), str(a["caption"])) for a in doc["annotations"]}
         file_names = {int(im["id"]): str(im["file_name"]) for im in doc["images"]}
