@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import torch
 
 from . import _checks
-from .ops.lp_norm import lp_norm
+from .ops.lp_norm import lp_norm, lp_weights
 
-__all__ = ["Norm", "violation_norm", "smooth_max", "lp_norm"]
+__all__ = ["Norm", "violation_norm", "violation_norm_grad", "smooth_max", "lp_norm"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,25 @@ def violation_norm(h: torch.Tensor, norm: Norm) -> torch.Tensor:
     if norm.kind == "mix":
         return (1.0 - norm.mix) * h.sum(-1) + norm.mix * violation_norm(h, Norm("max"))
     raise ValueError(f"{norm.kind} is a smooth maximum of raw violations: use smooth_max")
+
+
+def violation_norm_grad(h: torch.Tensor, terms: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """∂ violation_norm(h)/∂h (..., n) for the hinge norms, given ``terms = violation_norm(h, norm)``:
+    1 where h > 0 (sum); 1 at the first maximal entry (max: the index ``max`` and its autograd
+    take); 1 at each of ``topk``'s k entries (top-k); (h/T)^{p−1} (ℓp); their mix. Entries with
+    h = 0 get 0, so the masked ones stay out."""
+    if norm.kind not in ("sum", "lp", "mix", "max", "topk"):
+        raise ValueError(f"{norm.kind} is a smooth maximum of raw violations: no hinge-norm gradient")
+    if h.shape[-1] == 0:
+        return torch.zeros_like(h)
+    if norm.kind in ("sum", "lp"):
+        return lp_weights(h, terms[..., None], norm.p if norm.kind == "lp" else 1.0)
+    if norm.kind == "mix":
+        w = violation_norm_grad(h, terms, Norm("sum")).mul_(1.0 - norm.mix)
+        return w.add_(violation_norm_grad(h, terms, Norm("max")), alpha=norm.mix)
+    k = 1 if norm.kind == "max" else min(norm.k, h.shape[-1])
+    vals, idx = h.max(-1, keepdim=True) if k == 1 else torch.topk(h, k, dim=-1)
+    return torch.zeros_like(h).scatter_(-1, idx, (vals > 0).to(h.dtype))
 
 
 def smooth_max(v: torch.Tensor, norm: Norm) -> torch.Tensor:

@@ -4,7 +4,9 @@ Every loss, function and miner reaches the mathematics through here. :func:`viol
 resolves ``impl`` once into a :class:`~vse_losses.ops.Backend` and decides which operations
 compute the terms:
 
-- ``dense``: the score matrix S and its masks, then :func:`violation_terms_from_scores`;
+- ``dense``: the score matrix S and its masks, then :func:`violation_terms_from_scores`; the
+  paired call (labels absent): :func:`~vse_losses.ops.dense_paired.dense_paired_terms`, the
+  formula with its backward written out;
 - the paired max violation (labels absent, MH): :meth:`Backend.max_violation_paired`, O(B)
   memory, the cosine folded into the kernels; a small batch on Triton: one launch;
 - otherwise the positive scores by ``row_dots``, the hardest negatives by ``negative_topk``
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from . import distributed as _dist
 from .norms import Norm, smooth_max, violation_norm
 from .ops import Backend, checked_backend, kernel_backend, resolve_backend
+from .ops.dense_paired import dense_paired_terms
 from .pairs import pair_masks, positive_pairs, resolve_labels
 
 MH = Norm("max")  # the default norm of violation_terms
@@ -178,37 +181,14 @@ def _violation_terms_on(
 
 
 def _paired_dense_terms(x, y, margin, norm, directions, cosine, guard):
-    """The dense terms of a paired batch (pair j is row j with column j), as the formulas users
-    write compute them. Hinge norms (the VSE++ formula): S, its diagonal d, and per direction the
-    matrix ``[α − d + S]_+`` with the diagonal masked, normed along the negatives. Smooth maxima
-    (CLIP's formula): ``Z = (S − α·I)/τ``, whose diagonal is the positive's (s_pp − α)/τ, and
-    ``logsumexp(Z) − Z_pp`` along each direction, which is ``log(1 + Σ_n exp((α − s_pp + s_n)/τ))``.
-    No pair enumeration, no gathered copies of S: at the batch sizes most people train with, a
-    call costs what the formula costs."""
+    """The dense terms of a paired batch (pair j is row j with column j): the formula users write,
+    both directions at once, its backward written out (:mod:`~vse_losses.ops.dense_paired`). No
+    pair enumeration, no gathered copies of S: at the batch sizes most people train with, a call
+    costs what the formula costs, or less."""
     B = x.shape[0]
     a, _ = resolve_labels(None, None, B, y.shape[0], False, x.device)  # ValueError unless B = M
-    if cosine:
-        x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
-    wide = torch.promote_types(x.dtype, torch.float32)
-    S = x.to(wide) @ y.to(wide).t()
-    terms = []
-    if norm.smooth:
-        Z = (S - margin * torch.eye(B, dtype=S.dtype, device=S.device) if margin else S) / norm.temperature
-        z = Z.diagonal()
-        for direction, dim in (("i2t", 1), ("t2i", 0)):
-            if directions in ("both", direction):
-                lse = torch.logsumexp(Z, dim) - z
-                terms.append(lse * norm.temperature if norm.kind == "lse" else lse)
-    else:
-        eye = torch.eye(B, dtype=torch.bool, device=S.device)
-        d = S.diagonal()
-        for direction, thresholds, dim in (("i2t", d[:, None], 1), ("t2i", d[None, :], 0)):
-            if directions in ("both", direction):
-                # entry (a, n) / (n, p): the hinged violation of negative n
-                H = (S - thresholds + margin).clamp(min=0).masked_fill(eye, 0.0)
-                terms.append(violation_norm(H if dim == 1 else H.t(), norm))
-    anchors = torch.cat([a] * len(terms)) if len(terms) > 1 else a
-    terms = torch.cat(terms) if len(terms) > 1 else terms[0]
+    terms = dense_paired_terms(x, y, margin, norm, directions, cosine)
+    anchors = torch.cat((a, a)) if directions == "both" else a
     # NaN/Inf in an input reaches every term through d and the normalisation, except in a batch
     # of one pair (no negative) or through an unnormalised dot product (inf − inf is not always NaN)
     if guard and (B < 2 or not cosine):

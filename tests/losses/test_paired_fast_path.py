@@ -28,7 +28,7 @@ def _inputs(B=37, D=12, seed=0):
     return torch.randn(B, D, generator=g, dtype=torch.float64), torch.randn(B, D, generator=g, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("impl", ["chunked"])
+@pytest.mark.parametrize("impl", ["dense", "chunked"])
 @pytest.mark.parametrize("name,kwargs,norm", LOSS_CASES)
 def test_paired_equals_labelled_identity(name, kwargs, norm, impl):
     x0, y0 = _inputs()

@@ -16,7 +16,8 @@ looks at the string. A backend holds the operations the planner (``vse_losses.pl
 Each operation exists as ``chunked`` (torch, tiles of rows, any device; modules ``chunked_*``)
 and ``triton`` (the score tile fused with the reductions; modules ``triton_*``, plumbing in
 ``triton_common``), under matching names. Neither holds anything B×M. ``dense`` builds the
-score matrix and its masks and has no operations here: the planner computes it in torch.
+score matrix and its masks and has no operations here: the planner computes it in torch, the
+paired call by :mod:`~vse_losses.ops.dense_paired` (the formula with its backward written out).
 """
 
 from __future__ import annotations
