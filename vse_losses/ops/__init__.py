@@ -59,11 +59,11 @@ __all__ = [
 # B·M above which "auto" leaves the dense formula for the chunked one on the CPU: below it the
 # dense formula is as fast and its few B×M buffers are small.
 AUTO_CHUNKED_MIN_PAIRS = 512 * 512
-# Where the chunked path gains later, per norm kind (the others: AUTO_CHUNKED_MIN_PAIRS): measured
-# on 2 CPU cores, D=256 (docs/benchmarks.md), chunked/dense at B = 512, 1024, 2048 is 0.49, 0.39,
-# 0.25 for MH and 0.76, 0.76, 0.55 for ℓ2, but 1.1–2.1, 1.0–1.2 and 0.5–0.9 for SH, top-k, the mix
-# and the temperature losses, whose dense formula is a few fused reductions of S.
-AUTO_CHUNKED_MIN_PAIRS_BY_KIND = {kind: 1536 * 1536 for kind in ("sum", "topk", "mix", "lse", "infonce")}
+# Where the chunked path gains later, per norm kind (the others, i.e. MH: AUTO_CHUNKED_MIN_PAIRS):
+# measured on the CPU, one thread, D=256 (docs/benchmarks.md), chunked/dense of the paired call
+# at B = 512, 1024, 2048 is 0.95, 0.66, 0.47 for MH, but 1.3–1.8, 1.1–1.4 and 0.8–1.0 for SH,
+# top-k, ℓ2, the mix and the temperature losses, whose dense call is a few passes over S.
+AUTO_CHUNKED_MIN_PAIRS_BY_KIND = {kind: 1536 * 1536 for kind in ("sum", "topk", "lp", "mix", "lse", "infonce")}
 
 
 @dataclass(frozen=True)
