@@ -39,6 +39,8 @@ Returns: a scalar, or the (n_terms,) terms for ``reduction="none"`` (i2t terms f
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -105,7 +107,7 @@ def _loss(
         pos, neg = pair_masks(lab, ref_lab, False)
         terms, _ = violation_terms_from_scores(scores, pos, neg, margin=margin, norm=norm, directions=directions)
         guard = nan_guard(scores, None)
-        return _reduce(terms + guard, reduction, guard)
+        return _reduce(terms + guard, reduction, lambda: guard)
     if img is None:
         raise ValueError("pass image embeddings img (B, D), or a score matrix as scores=")
     _checks.check_inputs(img, labels, cap, ref_labels, names=("img", "labels", "cap", "ref_labels"))
@@ -135,7 +137,7 @@ def _loss(
         cosine=similarity == "cosine",
         guard=True,
     )
-    return _reduce(terms, reduction, nan_guard(img, cap))
+    return _reduce(terms, reduction, lambda: nan_guard(img, cap))
 
 
 def _order_loss(norm, img, cap, labels, ref_labels, margin, directions, reduction, impl, distributed):
@@ -151,14 +153,16 @@ def _order_loss(norm, img, cap, labels, ref_labels, margin, directions, reductio
     pos, neg = pair_masks(lab, ref_lab, self_ref)
     terms, _ = violation_terms_from_scores(S, pos, neg, margin=margin, norm=norm, directions=directions)
     guard = nan_guard(img, cap)
-    return _reduce(terms + guard, reduction, guard)
+    return _reduce(terms + guard, reduction, lambda: guard)
 
 
-def _reduce(terms: torch.Tensor, reduction: str, zero: torch.Tensor) -> torch.Tensor:
+def _reduce(terms: torch.Tensor, reduction: str, zero: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``terms`` reduced; ``zero()``: the loss when there is no term (built only then: at small
+    batches every operation counts)."""
     if reduction == "none":
         return terms
     if terms.numel() == 0:  # no positive pair: 0 with zero gradients, as PML's losses
-        return zero + 0.0  # + 0.0 turns the −0 of a negative sum into 0
+        return zero() + 0.0  # + 0.0 turns the −0 of a negative sum into 0
     return terms.sum() if reduction == "sum" else terms.mean()
 
 
