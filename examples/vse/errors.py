@@ -28,11 +28,13 @@ class ConfigError(UserError):
 
 
 def read_json(path: str):
-    """The JSON document in ``path`` (an existing file), or a :class:`DataError` naming the file and
-    where it is malformed or not UTF-8."""
+    """The JSON document in ``path``, or a :class:`DataError` naming the file and why it cannot be
+    read, or where it is malformed or not UTF-8."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
+    except OSError as e:
+        raise DataError(path, f"cannot read it ({e.strerror or e.__class__.__name__})") from None
     except json.JSONDecodeError as e:
         raise DataError(path, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except UnicodeDecodeError as e:

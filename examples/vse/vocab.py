@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from .checkpoint import atomic_file
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, read_json
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
@@ -80,13 +80,7 @@ class Vocabulary:
     @classmethod
     def load(cls, path: str) -> Vocabulary:
         """A vocabulary saved by :meth:`save` (a JSON list of words); a broken file is a DataError."""
-        try:
-            with open(path) as f:
-                words = json.load(f)
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(path, f"cannot read the vocabulary ({e.__class__.__name__})") from None
-        except json.JSONDecodeError as e:
-            raise DataError(path, f"malformed JSON at line {e.lineno} column {e.colno}") from None
+        words = read_json(path)
         if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
             raise DataError(path, "a vocabulary file must hold a JSON list of words")
         try:

@@ -87,6 +87,20 @@ def test_error_bad_vocab_file(tmp_path, capsys, content, problem):
     assert str(path) in line and problem in line
 
 
+def test_vocabulary_file_that_cannot_be_read(tmp_path):
+    # not UTF-8, or not a file at all: a DataError naming the file, never a traceback
+    latin = tmp_path / "latin.json"
+    latin.write_bytes('["<pad>", "caf\u00e9"]'.encode("latin-1"))
+    with pytest.raises(DataError) as e:
+        Vocabulary.load(str(latin))
+    assert e.value.where == str(latin) and "not UTF-8" in e.value.problem
+    folder = tmp_path / "folder.json"
+    folder.mkdir()
+    with pytest.raises(DataError) as e:
+        Vocabulary.load(str(folder))
+    assert e.value.where == str(folder) and "cannot read it" in e.value.problem
+
+
 def test_precomp(tmp_path):
     make_precomp(str(tmp_path))
     split = data.load_split(_opt(data_path=str(tmp_path), data_name="toy_precomp"), "train")
