@@ -161,14 +161,16 @@ def main(variants, arch=90):
             cfg = dict(rd._config(1024 if even else 100, False), **tiles)
             const = dict(GATHER_Q=bool(mode), GATHER_K=bool(mode), BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"])
             r = compile_one(rd._row_dots_kernel, dtype, dict(cfg, num_stages=3), const)
-        elif kind == "lse_forward":  # mode: 0 … 3 = (labels, column statistics)
-            cols = mode in (2, 3)
+        elif kind == "lse_forward":  # mode: 0 … 7, bits (labels, column statistics, scaled: the cosine)
+            cols = bool(mode & 2)
             cfg = dict(lp._fwd_config(dtypes[dtype], False, even, cols, arch), **tiles)
-            const = dict(LABELS=mode in (1, 3), COLS=cols, EVEN_M=even, **flags)
+            const = dict(LABELS=bool(mode & 1), COLS=cols, SCALED=bool(mode & 4), EVEN_M=even, **flags)
             r = compile_one(lp._lse_fwd_kernel, dtype, cfg, const)
-        elif kind == "lse_weights":  # mode: labels; both directions' terms
+        elif kind == "lse_weights":  # mode: 0 … 3, bits (labels, scaled); both directions' terms
             cfg = dict(lp._weight_config(dtypes[dtype], False, even, arch), **tiles)
-            const = dict(LABELS=bool(mode), ROW_TERM=True, COL_TERM=True, EVEN_R=even, **flags)
+            const = dict(
+                LABELS=bool(mode & 1), ROW_TERM=True, COL_TERM=True, SCALED=bool(mode & 2), EVEN_R=even, **flags
+            )
             r = compile_one(lp._lse_weight_kernel, dtype, cfg, const)
         elif kind == "hinge_weights":
             cfg = dict(hn._weight_config(dtypes[dtype], False, mode, even, arch), **tiles)

@@ -514,17 +514,32 @@ def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadli
 
 
 def _lse_sweep_jobs(x, y, lab, R: int) -> list:
-    """The sweep's jobs of InfoNCE's lse_pairs kernels (paired batch, τ = CLIP's)."""
+    """The sweep's jobs of InfoNCE's lse_pairs kernels (paired batch, τ = CLIP's, the cosine folded
+    in as the loss runs them: the scaled variants)."""
     from vse_losses.ops import triton_lse_pairs as lp
 
     z = lp.LOG2E / bc.CLIP_TEMPERATURE
-    row, col = lp._statistics(x, y, lab, lab, False, z, True)
+    scales = (lp.cosine_scales(x, torch.float32), lp.cosine_scales(y, torch.float32))
+    row, col = lp._statistics(x, y, lab, lab, False, z, True, scales=scales)
     g = torch.full_like(row, 1.0 / row.shape[0])
     terms = ((row, g), (col, g))
     w_dtype = x.dtype if x.is_cuda else torch.float32  # as the backward's Matmul stores them
 
     def weights(cfg):
-        for _ in lp._weight_chunks(x[:R], y, lab, lab, False, z, (row[:R], g[:R]), terms[1], w_dtype, config=cfg):
+        chunks = lp._weight_chunks(
+            x[:R],
+            y,
+            lab,
+            lab,
+            False,
+            z,
+            (row[:R], g[:R]),
+            terms[1],
+            w_dtype,
+            scales=(scales[0][:R], scales[1]),
+            config=cfg,
+        )
+        for _ in chunks:
             pass
 
     def backward(acc_bytes, chunk=lp.W_CHUNK_ELEMENTS):
@@ -532,14 +547,14 @@ def _lse_sweep_jobs(x, y, lab, R: int) -> list:
             saved = lp.ACC_BYTES, lp.W_CHUNK_ELEMENTS
             lp.ACC_BYTES, lp.W_CHUNK_ELEMENTS = acc_bytes, chunk
             try:
-                lp._products(x, y, lab, lab, False, z, *terms, True, True, False)
+                lp._products(x, y, lab, lab, False, z, *terms, True, True, False, scales)
             finally:
                 lp.ACC_BYTES, lp.W_CHUNK_ELEMENTS = saved
 
         return run
 
     jobs = [
-        ("lse forward, both", c, lambda cfg: lp._statistics(x, y, lab, lab, False, z, True, config=cfg))
+        ("lse forward, both", c, lambda cfg: lp._statistics(x, y, lab, lab, False, z, True, scales=scales, config=cfg))
         for c in [None] + SWEEP_LSE_FWD
     ]
     jobs += [(f"lse weights {R}×B", c, weights) for c in [None] + SWEEP_LSE_WEIGHTS]

@@ -9,9 +9,11 @@ compute the terms:
   formula with its backward written out;
 - the paired max violation (labels absent, MH): :meth:`Backend.max_violation_paired`, O(B)
   memory, the cosine folded into the kernels; a small batch on Triton: one launch;
+- the temperature losses (LSE, InfoNCE; any labels): ``lse_pairs``, both directions'
+  log-sum-exps and the positive scores in one autograd Function, the cosine folded in;
 - otherwise the positive scores by ``row_dots``, the hardest negatives by ``negative_topk``
   (MH, top-k and the max part of a mix) and the ℓp part by ``hinge_norm_pairs`` (SH, ℓp and
-  the sum part of a mix), added per term.
+  the sum part of a mix), added per term, on normalised copies of x and y for the cosine.
 
 With ``distributed=True`` a rank computes the terms of its own queries against every rank's
 batch (:func:`distributed_terms`). Notation: ``x`` (B, D) are the queries of the image→caption
@@ -107,8 +109,9 @@ def violation_terms(
     guard: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss terms of embeddings whose similarity is the dot product ``x yᵀ`` (with ``cosine``,
-    of the l2-normalised rows: the paired max violation then folds the norms into its kernels
-    instead of normalising copies of x and y; everything else normalises first).
+    of the l2-normalised rows: the paired max violation and, off ``dense``, the temperature losses
+    then fold the norms into their kernels instead of normalising copies of x and y; everything
+    else normalises first).
 
     x: (B, D); y: (M, D) or None (one modality: ``y = x``, labels required).
     labels: (B,) or None (paired: row a with column a); ref_labels: (M,) or None (= labels).
@@ -207,7 +210,10 @@ def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend,
     # the paired max violation has its own O(B)-memory autograd Function (ops/max_violation_paired.py)
     fused_max = paired and local and not backend.dense and norm.selection_k == 1
     fused_mh = fused_max and norm.kind == "max"  # MH itself, not the max part of a mix
-    if cosine and not fused_mh:
+    # the kernels that take the cosine as scales of their score tiles: the normalised copies of x
+    # and y (and their gradients) would be the largest buffers of these losses
+    folded = fused_mh or (norm.smooth and local and not backend.dense)
+    if cosine and not folded:
         x = F.normalize(x, dim=1)
         y = None if self_ref else F.normalize(y, dim=1)
         cosine = False
@@ -239,12 +245,13 @@ def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend,
         pos, neg = pair_masks(labels, ref_labels, self_ref)
         return violation_terms_from_scores(S, pos, neg, margin=margin, norm=norm, directions=directions, pairs=(a, p))
 
-    s_ap = backend.row_dots(x, y) if paired else backend.row_dots(x, y, a, p)
     if norm.smooth:  # one online log-sum-exp over the score tiles gives both directions
+        # the op computes the pairs' scores (thresholds s_ap − α) and passes their gradient into
+        # its own backward: no gradient-sized buffer for the thresholds' path
         L1, L2 = backend.lse_pairs(
             x,
             y,
-            s_ap - margin,
+            margin,
             norm.temperature,
             a,
             p,
@@ -254,9 +261,11 @@ def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend,
             directions != "t2i",
             directions != "i2t",
             paired,
+            cosine,
         )
         kept = [_smooth_term(L, norm) for L, d in ((L1, "i2t"), (L2, "t2i")) if directions in ("both", d)]
         return torch.cat(kept), torch.cat([a] * len(kept))
+    s_ap = backend.row_dots(x, y) if paired else backend.row_dots(x, y, a, p)
     selection = None
     if fused_max:  # the mix: its max-violation part
         i2t, t2i = backend.max_violation_paired(x, y, margin, False)
@@ -368,11 +377,10 @@ def query_violation_terms(
             # the query block as the rows of its own problem, its pairs sorted by query (t2i: by column)
             order = torch.argsort(q_idx, stable=True)
             qo, ko = q_idx[order], k_idx[order]
-            s_ap = backend.row_dots(q_side, k_side, qo, ko)
             L, _ = backend.lse_pairs(
                 q_side[lo:hi],
                 k_side,
-                s_ap - margin,
+                margin,
                 norm.temperature,
                 qo - lo,
                 ko,

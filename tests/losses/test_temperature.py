@@ -140,3 +140,39 @@ def test_labels_every_positive_pair_is_a_term():
     # i2t term of (0, caption 0): caption 1 (also image 0's) is left out of the negatives
     expected = torch.log(1 + torch.exp((S[0, 2] - S[0, 0]) / 0.1) + torch.exp((S[0, 3] - S[0, 0]) / 0.1))
     torch.testing.assert_close(terms[0], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", [i for i in IMPLS if i != "dense"])
+@pytest.mark.parametrize("form", ["paired", "labels", "self_ref", "i2t"])
+@pytest.mark.parametrize("name", ["LogSumExpViolationLoss", "InfoNCELoss"])
+def test_cosine_folded_into_the_kernels_matches_dense(name, form, impl):
+    # chunked and triton fold the cosine into their score tiles (no normalised copies of x and y);
+    # dense normalises first. Unnormalised rows, norms 1e-3 … 1e3: the loss and the gradients of
+    # x, y and a learned temperature agree. Triton runs in float32 (each row's gradient, ∝ 1/‖row‖,
+    # to 2e-5 of its own size), chunked in float64 (1e-10).
+    dtype = torch.float32 if impl == "triton" else torch.float64
+    g = torch.Generator().manual_seed(31)
+    B, M = 19, 19 if form != "labels" else 24
+    x0 = torch.randn(B, 8, generator=g, **F64) * torch.logspace(-3, 3, B, **F64)[torch.randperm(B, generator=g), None]
+    y0 = torch.randn(M, 8, generator=g, **F64) * torch.logspace(3, -3, M, **F64)[:, None]
+    labels = torch.randint(0, 6, (B,), generator=g)
+    ref_labels = torch.randint(0, 6, (M,), generator=g)
+    results = []
+    for run_impl, run_dtype in ((impl, dtype), ("dense", torch.float64)):
+        x = x0.to(run_dtype).requires_grad_()
+        y = y0.to(run_dtype).requires_grad_()
+        tau = torch.tensor(0.1, dtype=run_dtype, requires_grad=True)
+        kw = dict(temperature=tau, impl=run_impl, reducer=SumReducer())
+        loss_fn = getattr(vse_losses, name)(**kw, directions="i2t" if form == "i2t" else "both")
+        if form in ("paired", "i2t"):
+            value, leaves = loss_fn(x, y), (x, y, tau)
+        elif form == "labels":
+            value, leaves = loss_fn(x, labels, ref_emb=y, ref_labels=ref_labels), (x, y, tau)
+        else:  # one modality: the labels' pairs within x
+            value, leaves = loss_fn(x, labels), (x, tau)
+        results.append([value, *torch.autograd.grad(value, leaves)])
+    rtol = 2e-5 if impl == "triton" else 1e-10
+    for got, ref in zip(*results):
+        got = got.double()
+        scale = ref.abs().amax(-1, keepdim=True) if ref.dim() == 2 else ref.abs()
+        assert ((got - ref).abs() <= rtol * scale + 1e-12).all(), (got, ref)

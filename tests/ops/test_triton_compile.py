@@ -54,10 +54,11 @@ ROWS = [
 ] + [("negative_max", "bf16", mode, "rows") for mode in range(4)]
 # mode: rows gathered by index; "even" True: D = 1024, False: D = 100
 ROW_DOTS = [("row_dots", dtype, mode, even) for dtype in ("bf16", "fp32") for mode in (0, 1) for even in (True, False)]
-# lse_pairs: forward mode 0 … 3 = (labels, both directions' statistics), weights mode: labels
+# lse_pairs: forward mode 0 … 7, bits (labels, both directions' statistics, scaled: the cosine
+# folded in); weights mode 0 … 3, bits (labels, scaled)
 LSE = [
     (kernel, dtype, mode, shape)
-    for kernel, modes in (("lse_forward", range(4)), ("lse_weights", (0, 1)))
+    for kernel, modes in (("lse_forward", range(8)), ("lse_weights", range(4)))
     for dtype in ("bf16", "fp32")
     for mode in modes
     for shape in (True, False, "rows")
@@ -124,7 +125,8 @@ def test_even_bf16_kernels_use_wgmma_and_pipelined_loads(reports, variant):
 # RTX 30xx / A10 (sm_86), L4 / RTX 40xx (sm_89), B200 (sm_100), RTX 50xx (sm_120). Their tiles are
 # the sm_90 ones adapted (triton_common.for_arch); compiled here for the variants that stress them
 # most: the general p (most registers) at both shape classes, the diagonal+scaled search, the
-# small-batch kernel at its largest batch and backward.
+# small-batch kernel at its largest batch and backward, lse_pairs with labels and both directions,
+# plain and scaled.
 OTHER_ARCHS = {80: 163, 86: 99, 89: 99, 100: 227, 120: 99}
 ARCH_VARIANTS = (
     [
@@ -139,7 +141,7 @@ ARCH_VARIANTS = (
     + [("mh_side", "fp32", 1, False), ("row_dots", "bf16", 1, False)]
     + [
         (k, d, m, e)
-        for k, m in (("lse_forward", 3), ("lse_weights", 1))
+        for k, m in (("lse_forward", 3), ("lse_forward", 7), ("lse_weights", 1), ("lse_weights", 3))
         for d in ("bf16", "fp32")
         for e in (True, False)
     ]

@@ -91,3 +91,53 @@ def paired_max_violation(x, y, margin, use_cosine):
     d = S.diagonal()
     neg = S.masked_fill(torch.eye(len(x), dtype=torch.bool, device=S.device), float("-inf"))
     return torch.relu(margin - d + neg.max(1).values), torch.relu(margin - d + neg.max(0).values)
+
+
+def lse_pairs_loop(x, y, margin, tau, a, p_idx, labels, ref_labels, self_ref, do_i2t=True, do_t2i=True, cosine=False):
+    """``lse_pairs``' formula, one pair at a time, its negatives listed one by one (differentiable, in
+    x's dtype): with the threshold t_j = x_a·y_p − margin_j, L¹_j = log(1 + Σ_n exp((x_a·y_n −
+    t_j)/τ)) over the n with ref_labels[n] ≠ labels[a] (and n ≠ a with self_ref), L²_j = log(1 +
+    Σ_n exp((x_n·y_p − t_j)/τ)) over the n with labels[n] ≠ ref_labels[p] (and n ≠ p). ``cosine``:
+    of the rows F.normalize'd first (y is x: once)."""
+    if cosine:
+        xn = torch.nn.functional.normalize(x, dim=1)
+        x, y = xn, (xn if y is x else torch.nn.functional.normalize(y, dim=1))
+    margin = torch.as_tensor(margin, dtype=x.dtype).expand(a.shape[0])
+    L1, L2 = [], []
+    for j, (i, k) in enumerate(zip(a.tolist(), p_idx.tolist())):
+        row = [n for n in range(len(y)) if ref_labels[n] != labels[i] and not (self_ref and n == i)]
+        col = [n for n in range(len(x)) if labels[n] != ref_labels[k] and not (self_ref and n == k)]
+        t = x[i] @ y[k] - margin[j]
+        L1.append(torch.log(1 + torch.exp((y[row] @ x[i] - t) / tau).sum()) if do_i2t else 0 * t)
+        L2.append(torch.log(1 + torch.exp((x[col] @ y[k] - t) / tau).sum()) if do_t2i else 0 * t)
+    return torch.stack(L1), torch.stack(L2)
+
+
+def lse_case(B, M, D, kind, seed=0, n_labels=5, spread=None):
+    """Inputs of one ``lse_pairs`` call: x, y, labels, ref_labels, the positive pairs (a, p_idx),
+    a margin per pair, self_ref. kind: "paired", "self_ref" (y is x) or "labels" (duplicates on
+    both sides). ``spread`` (e.g. 1e3): every row multiplied by a factor between 1/spread and
+    spread (log-uniform), so that only the cosine is O(1)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, D, generator=g) / D**0.5
+    y = torch.randn(M, D, generator=g) / D**0.5
+    if spread:
+        log_s = math.log(spread)
+        x = x * torch.exp((2 * torch.rand(B, 1, generator=g) - 1) * log_s)
+        y = y * torch.exp((2 * torch.rand(M, 1, generator=g) - 1) * log_s)
+    if kind == "paired":
+        labels = ref_labels = torch.arange(B)
+    elif kind == "self_ref":
+        y = x
+        labels = ref_labels = torch.randint(0, min(n_labels, max(2, B // 3)), (B,), generator=g)  # pairs i ≠ j
+    else:  # labels with duplicates on both sides, B ≠ M
+        labels = torch.randint(0, n_labels, (B,), generator=g)
+        ref_labels = torch.randint(0, n_labels, (M,), generator=g)
+    same = labels[:, None] == ref_labels[None, :]
+    if kind == "self_ref":
+        same &= ~torch.eye(B, dtype=torch.bool)
+    a, p_idx = same.nonzero(as_tuple=True)
+    margin = 0.4 * torch.rand(a.shape[0], generator=g)  # a different margin per pair
+    return dict(
+        x=x, y=y, margin=margin, a=a, p_idx=p_idx, labels=labels, ref_labels=ref_labels, self_ref=kind == "self_ref"
+    )

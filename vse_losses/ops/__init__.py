@@ -11,7 +11,8 @@ looks at the string. A backend holds the operations the planner (``vse_losses.pl
 - ``max_violation_paired`` — the paired MH terms in O(B) memory, the cosine folded in;
 - ``max_violation_small`` — the paired MH of a small batch in one launch (Triton only);
 - ``lse_pairs`` — both directions' ``log(1 + Σ exp((S − t)/τ))`` of every positive pair, an online
-  log-sum-exp over score tiles (the temperature axis: LogSumExpViolationLoss, InfoNCELoss).
+  log-sum-exp over score tiles (the temperature axis: LogSumExpViolationLoss, InfoNCELoss); the
+  thresholds ``t = s(a, p) − α`` and the cosine folded in, as ``max_violation_paired`` does.
 
 Each operation exists as ``chunked`` (torch, tiles of rows, any device; modules ``chunked_*``)
 and ``triton`` (the score tile fused with the reductions; modules ``triton_*``, plumbing in

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .max_violation_paired import EPS
-from .tiling import TILE_ELEMENTS
+from .tiling import EPS, TILE_ELEMENTS
 
 
 def mh_side_chunked(own, other, c_own, c_other, d, s_ii, w_own, hard_own, val_own, w_in, hard_in, val_in, cosine):

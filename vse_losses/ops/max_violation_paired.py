@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import torch
 
-EPS = 1e-12  # as F.normalize and PML's CosineSimilarity
+from .tiling import cosine_scales
 
 
 def _scale(t: torch.Tensor, cosine: bool, wide: torch.dtype) -> torch.Tensor:
     """c = 1/max(‖t_i‖, ε) in ``wide``, or ones."""
     if not cosine:
         return torch.ones(t.shape[0], dtype=wide, device=t.device)
-    n = torch.linalg.vector_norm(t, dim=1, dtype=wide)
-    return 1.0 / n.clamp_min(EPS)
+    return cosine_scales(t, wide)
 
 
 class MaxViolationPaired(torch.autograd.Function):

@@ -1,4 +1,6 @@
-"""Tiles of the chunked kernels: how many rows one holds, and which of its entries are not negatives."""
+"""Tiles of the chunked kernels: how many rows one holds, and which of its entries are not negatives;
+the cosine scales that the kernels fold into their score tiles instead of normalising copies, and
+the positive pairs' scores of the pair operations' thresholds."""
 
 from __future__ import annotations
 
@@ -11,6 +13,96 @@ TILE_ELEMENTS = 1 << 22
 # few against the work (64 tiles at B = M = 65,536 instead of 1,024)
 TILE_ELEMENTS_CUDA = 1 << 26
 MIN_TILE_ROWS = 64
+EPS = 1e-12  # as F.normalize and PML's CosineSimilarity
+
+
+def cosine_scales(t: torch.Tensor, wide: torch.dtype) -> torch.Tensor:
+    """(N,) ``c_i = 1/max(‖t_i‖, ε)`` in ``wide``: the scores of the l2-normalised rows are
+    ``c_i c_j x_i·y_j``, without a normalised copy of t."""
+    return 1.0 / torch.linalg.vector_norm(t, dim=1, dtype=wide).clamp_min(EPS)
+
+
+def radial_coefficients(c: torch.Tensor) -> torch.Tensor:
+    """``c²`` where the row's norm exceeds ε (c < 1/ε), else 0: the factor of the normalisation's
+    share of a row's gradient (F.normalize divides a shorter row by the constant ε: no share)."""
+    return torch.where(c * EPS < 1.0, c * c, torch.zeros((), dtype=c.dtype, device=c.device))
+
+
+def remove_radial_(g: torch.Tensor, v: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """In place, row by row: ``g_i ← g_i − k_i A_i v_i`` with ``A_i = v_i·g_i``; returns A (N,).
+    With ``g = W̃ w`` (``W̃_ij = c_i W_ij c_j``, W the gradient of the cosines ``s_ij = c_i c_j
+    v_i·w_j``) and k = c² (:func:`radial_coefficients`) this makes g the gradient of v itself,
+    ``∂v_i = (W̃ w)_i − c_i² (Σ_j W_ij s_ij) v_i``, as ``Σ_j W_ij s_ij = A_i``. Rows in chunks of
+    TILE_ELEMENTS (O(chunk) temporaries)."""
+    N, D = g.shape
+    A = torch.empty(N, dtype=g.dtype, device=g.device)
+    step = max(1, TILE_ELEMENTS // max(D, 1))
+    for r0 in range(0, N, step):
+        gr, vr = g[r0 : r0 + step], v[r0 : r0 + step].to(g.dtype)
+        a = (gr * vr).sum(1)
+        A[r0 : r0 + step] = a
+        gr.sub_((k[r0 : r0 + step] * a)[:, None] * vr)
+    return A
+
+
+class PairScores:
+    """The positive pairs' scores ``s_j = c_{a_j} c_{p_j} x_{a_j}·y_{p_j}`` (c: the cosine scales, or
+    1), from which the pair operations make their thresholds ``t_j = s_j − α_j``, and the gradient
+    of ``Σ_j g_j s_j`` added to blocks of rows of ∂x and ∂y inside the operation's backward (the
+    thresholds' path needs no gradient-sized buffer of its own, as it would through autograd):
+
+        ∂x_{a_j} += g_j (c_a c_p y_{p_j} − c_a² s_j x_{a_j}),   ∂y_{p_j} += g_j (c_a c_p x_{a_j} − c_p² s_j y_{p_j}),
+
+    the second terms only with scales (0 where ‖row‖ ≤ ε, as :func:`radial_coefficients`).
+    ``s``: the scores (:meth:`computed` makes them); ``paired``: pair j is (j, j) (no gathers)."""
+
+    def __init__(self, x, y, a, p_idx, scales, paired, s):
+        self.x, self.y, self.a, self.p, self.scales, self.paired, self.s = x, y, a, p_idx, scales, paired, s
+        self._sorted = {}  # side → (pairs sorted by their row on that side, those rows)
+
+    @classmethod
+    def computed(cls, x, y, a, p_idx, scales, paired, forward, wide):
+        """The scores by ``forward``, a backend's row_dots forward ``(q, k, qi, ki, n) → (n,)``, in
+        ``wide`` (no gradient: :meth:`add_grad_` is their backward)."""
+        with torch.no_grad():
+            s = forward(x, y, None if paired else a, None if paired else p_idx, a.shape[0]).to(wide)
+            if scales is not None:
+                s = s * scales[0][a] * scales[1][p_idx]
+        return cls(x, y, a, p_idx, scales, paired, s)
+
+    def add_grad_(self, out: torch.Tensor, side: int, g: torch.Tensor, r0: int = 0) -> None:
+        """``out`` (R, D), rows r0 … r0 + R of ∂x (side 0) or ∂y (side 1) in a float dtype, plus the
+        pairs' share for ``g = ∂L/∂s`` (P,); pairs in chunks of TILE_ELEMENTS (O(chunk) temporaries)."""
+        wide = out.dtype
+        own, own_idx, other, other_idx = (
+            (self.x, self.a, self.y, self.p) if side == 0 else (self.y, self.p, self.x, self.a)
+        )
+        u, v = g.to(wide), None
+        if self.scales is not None:
+            c_own, c_other = self.scales if side == 0 else self.scales[::-1]
+            u = u * c_own[own_idx] * c_other[other_idx]
+            v = g.to(wide) * self.s * radial_coefficients(c_own)[own_idx]
+        R, D = out.shape
+        step = max(1, TILE_ELEMENTS // max(D, 1))
+        if self.paired:  # pair j is row j: rows r0 … r0 + R, no gathers, added in place
+            for j0 in range(r0, r0 + R, step):
+                j1 = min(r0 + R, j0 + step)
+                block = out[j0 - r0 : j1 - r0]
+                block.addcmul_(u[j0:j1, None], other[j0:j1].to(wide))
+                if v is not None:
+                    block.addcmul_(v[j0:j1, None], own[j0:j1].to(wide), value=-1)
+            return
+        if side not in self._sorted:
+            order = torch.argsort(own_idx, stable=True)
+            self._sorted[side] = order, own_idx[order]
+        order, rows = self._sorted[side]
+        lo, hi = torch.searchsorted(rows, torch.tensor([r0, r0 + R], device=rows.device)).tolist()
+        for j0 in range(lo, hi, step):  # the pairs whose row on this side is in the block
+            jj = order[j0 : min(hi, j0 + step)]
+            part = u[jj, None] * other[other_idx[jj]].to(wide)
+            if v is not None:
+                part -= v[jj, None] * own[own_idx[jj]].to(wide)
+            out.index_put_((own_idx[jj] - r0,), part, accumulate=True)
 
 
 def tile_rows(n_rows: int, n_cols: int, device: torch.device | None = None) -> int:
@@ -119,12 +211,16 @@ class Matmul:
 
 class PairTiles:
     """The row tiles of ``S = x yᵀ`` with the non-negatives at −∞, and the positive pairs whose row
-    each tile holds: recomputed identically in forward and backward by the pair operations."""
+    each tile holds: recomputed identically in forward and backward by the pair operations.
+    ``scales``: ``(c_x (B,), c_y (M,))`` of :func:`cosine_scales`, in the wide dtype: the scores
+    are then the cosines ``c_i c_j x_i·y_j`` and :meth:`backprop` / :meth:`finish` give the
+    gradients of x and y themselves."""
 
-    def __init__(self, x, y, a, p_idx, labels, ref_labels, self_ref, paired=False):
+    def __init__(self, x, y, a, p_idx, labels, ref_labels, self_ref, paired=False, scales=None):
         self.x, self.a, self.labels, self.self_ref = x, a, labels, self_ref
         self.mm = Matmul(x.dtype, x.device)
         self.wide, self.y = self.mm.wide, self.mm.operand(y)
+        self.scales = scales
         self.same = SameLabel(ref_labels, paired)
         B, M, P = x.shape[0], y.shape[0], a.shape[0]
         self.tile = tile_rows(B, M + P, x.device)
@@ -136,6 +232,9 @@ class PairTiles:
         for r0 in range(0, B, self.tile):
             r1 = min(B, r0 + self.tile)
             S = self.mm(self.x[r0:r1], self.y.t())
+            if self.scales is not None:
+                cx, cy = self.scales
+                S.mul_(cx[r0:r1, None]).mul_(cy)
             own = torch.arange(r0, r1, device=S.device) if self.self_ref else None
             mask_non_negatives_(S, self.same, self.labels[r0:r1], own, float("-inf"))
             if self.diagonal:  # pair j is (j, j): the tile's pairs are its rows (no device sync)
@@ -167,9 +266,24 @@ class PairTiles:
         return dS.index_add_(1, p_idx, W)
 
     def backprop(self, dS, r0, r1, gx, gy):
-        """The tile's share of ``∂x = dS y`` (rows r0..r1, written) and ``∂y = dSᵀ x`` (added)."""
+        """The tile's share of ``∂x = dS y`` (rows r0..r1, written) and ``∂y = dSᵀ x`` (added).
+        With scales, dS (the scores' gradient, overwritten) becomes ``W̃ = c_x dS c_y`` and the rows
+        of ∂x lose their radial part (:func:`remove_radial_`); ∂y's is removed by :meth:`finish`."""
         if dS is None:  # no direction asked for a gradient
             gx[r0:r1] = 0
             return
-        gx[r0:r1] = self.mm(dS, self.y)
+        if self.scales is None:
+            gx[r0:r1] = self.mm(dS, self.y)
+        else:
+            cx, cy = self.scales
+            dS.mul_(cx[r0:r1, None]).mul_(cy)
+            part = self.mm(dS, self.y)
+            remove_radial_(part, self.x[r0:r1], radial_coefficients(cx[r0:r1]))
+            gx[r0:r1] = part
         self.mm.add_product(gy, dS.t(), self.x[r0:r1])
+
+    def finish(self, gy):
+        """∂y complete (every tile added): with scales, its radial part removed, in place."""
+        if self.scales is not None:
+            remove_radial_(gy, self.y, radial_coefficients(self.scales[1]))
+        return gy

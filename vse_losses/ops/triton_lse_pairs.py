@@ -1,8 +1,8 @@
 """Both directions' smoothed maxima of every positive pair, the score tile fused with an online
 log-sum-exp (Triton + cuBLAS): ``lse_pairs`` of the temperature losses.
 
-For a positive pair ``(a_j, p_j)`` with threshold ``t_j`` and temperature τ (as in
-:mod:`~vse_losses.ops.chunked_lse_pairs`):
+For a positive pair ``(a_j, p_j)`` with threshold ``t_j = S[a_j, p_j] − α_j`` (α: the margin)
+and temperature τ (as in :mod:`~vse_losses.ops.chunked_lse_pairs`):
 
     i2t:  L¹_j = log(1 + Σ_n exp((S[a_j, n] − t_j)/τ))   over the negatives n of row a_j,
     t2i:  L²_j = log(1 + Σ_n exp((S[n, p_j] − t_j)/τ))   over the negatives n of column p_j.
@@ -31,7 +31,10 @@ c¹_j``, ``G'_k = Σ_{j: p_j = k} c²_j``, the score gradient of a negative (i, 
     W_in = G_i exp(S_in/τ − R_i) + G'_n exp(S_in/τ − C_n),
     ∂x = W y,   ∂y = Wᵀ x,   ∂t_j = −c¹_j − c²_j,   ∂τ = −(Σ W ⊙ S + Σ_j ∂t_j t_j)/τ,
 
-where ``Σ W ⊙ S = Σ_i x_i · ∂x_i`` comes with ∂x (the τ gradient needs no pass of its own).
+where ``Σ W ⊙ S = Σ_i x_i · ∂x_i`` comes with ∂x (the τ gradient needs no pass of its own); ∂t
+reaches x and y through the pairs' scores, added to the float32 rows of each chunk before they
+are written (:class:`~vse_losses.ops.tiling.PairScores`: no gradient-sized buffer of its own),
+and ``∂α = −∂t``.
 A Triton kernel (``_lse_weight_kernel``) recomputes the score tiles of a chunk of rows and writes
 their weights (in the operand dtype, scaled by max |G| so that half precision keeps them);
 cuBLAS multiplies each chunk: its rows of ∂x (complete, written in x's dtype), and its share of
@@ -39,6 +42,19 @@ cuBLAS multiplies each chunk: its rows of ∂x (complete, written in x's dtype),
 ``ACC_BYTES`` (16-bit y), ∂y takes a second pass over chunks of columns instead (the same kernel
 on the transposed problem, one more recomputed product, no accumulator). Nothing B×M is alive;
 a chunk holds ``W_CHUNK_ELEMENTS`` weights.
+
+Cosine (``cosine=True``, the losses' default): the scores are ``S_in = c_i c_n x_i·y_n`` with
+``c = 1/max(‖·‖, ε)`` as F.normalize, the scales multiplied into each score tile in float32
+(SCALED, as :mod:`~vse_losses.ops.triton_negative_max`); no normalised copy of x or y is made.
+The weight kernel writes ``W̃ = c_x W c_y`` instead of W (the normalisation of the chunks then
+divides by max c_x · max c_y too), and the products lose the normalisation's share:
+
+    ∂x_i = (W̃ y)_i − c_i² A_i x_i,   A_i = x_i·(W̃ y)_i = Σ_n W_in S_in,
+    ∂y_n = (W̃ᵀ x)_n − c_n² A'_n y_n,   A'_n = y_n·(W̃ᵀ x)_n,
+
+each row's A from its own row of the product (O(chunk·D)); the τ gradient's ``Σ W ⊙ S`` is
+``Σ_i A_i`` (``Σ_i x_i·∂x_i`` is 0 here: the gradient of a normalised row is orthogonal to it).
+The pairs' scores in the thresholds are cosines too, their gradient with its own radial part.
 """
 
 from __future__ import annotations
@@ -48,7 +64,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .tiling import Matmul
+from .tiling import Matmul, PairScores, cosine_scales, radial_coefficients, remove_radial_
 from .triton_common import (  # triton, tl: None without triton
     choose_groups,
     chunk_score_tile,
@@ -64,6 +80,7 @@ from .triton_common import (  # triton, tl: None without triton
     tl,
     triton,
 )
+from .triton_row_dots import row_dots_forward_triton
 
 __all__ = ["LsePairsTriton", "lse_pairs_triton"]
 
@@ -95,6 +112,8 @@ def _lse_fwd_kernel(
     y_ptr,
     xl_ptr,
     yl_ptr,
+    rx_ptr,
+    ry_ptr,  # rx, ry: row / column scales (SCALED)
     rm_ptr,
     rs_ptr,  # (Q, B) row partials: running max of z, Σ 2^(z − max)
     cm_ptr,
@@ -109,6 +128,7 @@ def _lse_fwd_kernel(
     z_scale,  # log2(e)/τ
     LABELS: tl.constexpr,
     COLS: tl.constexpr,
+    SCALED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -117,7 +137,8 @@ def _lse_fwd_kernel(
     EVEN_K: tl.constexpr,
 ):
     """The base-2 log-sum-exp statistics of ``z = S·z_scale`` over the negatives of every row (and,
-    with COLS, every column), from one pass over the score tiles. (i, n) is a negative iff
+    with COLS, every column), from one pass over the score tiles; with SCALED the scores are
+    ``rx_i ry_n x_i·y_n`` (the cosine: rx, ry = 1/‖row‖). (i, n) is a negative iff
     ``xl_i != yl_n``; without LABELS (the paired batch, labels arange) iff i ≠ n. One modality
     (self_ref) needs nothing more: its labels are the same on both sides, so (i, i) is never a
     negative."""
@@ -135,6 +156,8 @@ def _lse_fwd_kernel(
         x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_x
         if LABELS:
             xl = tl.load(xl_ptr + rows, mask=row_ok, other=0)
+        if SCALED:  # z_scale folded into the row scales: one multiply per entry for each
+            zr = tl.load(rx_ptr + rows, mask=row_ok, other=1.0) * z_scale
         run_m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         run_s = tl.zeros([BLOCK_M], dtype=tl.float32)
         for ct in range(pid_q * CT_PER, ct_end):
@@ -151,7 +174,11 @@ def _lse_fwd_kernel(
                 valid = valid & row_ok[:, None]
             if not EVEN_N:
                 valid = valid & col_ok[None, :]
-            z = tl.where(valid, acc * z_scale, float("-inf"))
+            if SCALED:
+                ry = tl.load(ry_ptr + cols, mask=col_ok, other=1.0)
+                z = tl.where(valid, (acc * zr[:, None]) * ry[None, :], float("-inf"))
+            else:
+                z = tl.where(valid, acc * z_scale, float("-inf"))
             run_m, run_s = lse_merge_tile(run_m, run_s, z, 1)
             if COLS:
                 c_ptr = pid_p * M + cols
@@ -176,6 +203,8 @@ def _lse_weight_kernel(
     gq_ptr,
     rk_ptr,
     gk_ptr,
+    cq_ptr,
+    ck_ptr,  # cq, ck: scales of q's rows and of the keys (SCALED)
     r0,
     R,
     M,
@@ -187,6 +216,7 @@ def _lse_weight_kernel(
     LABELS: tl.constexpr,
     ROW_TERM: tl.constexpr,
     COL_TERM: tl.constexpr,
+    SCALED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -199,7 +229,8 @@ def _lse_weight_kernel(
         W[i − r0, n] = [ROW_TERM] gq_i 2^(z_in − rq_i) + [COL_TERM] gk_n 2^(z_in − rk_n)
 
     on the negatives (i, n) (as in the forward kernel), 0 elsewhere; ``z = S·z_scale`` and rq, rk
-    the base-2 statistics (finite: a row without negatives has none of its entries here)."""
+    the base-2 statistics (finite: a row without negatives has none of its entries here). SCALED:
+    the scores are ``cq_i ck_n q_i·k_n`` and the tile written is ``cq_i W[i − r0, n] ck_n`` (W̃)."""
     loc, rows, row_ok, cols, col_ok, acc = chunk_score_tile(
         q_ptr, k_ptr, r0, R, M, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_R, EVEN_N, EVEN_K
     )
@@ -210,7 +241,12 @@ def _lse_weight_kernel(
     else:
         valid = rows[:, None] != cols[None, :]
     valid = valid & row_ok[:, None] & col_ok[None, :]
-    z = tl.where(valid, acc * z_scale, float("-inf"))  # 2^(−∞ − finite) = 0 off the negatives
+    if SCALED:  # the scales as row and column vectors: no tile of them held beside w
+        cq = tl.load(cq_ptr + rows, mask=row_ok, other=1.0)
+        ck = tl.load(ck_ptr + cols, mask=col_ok, other=1.0)
+        z = tl.where(valid, (acc * (cq * z_scale)[:, None]) * ck[None, :], float("-inf"))
+    else:
+        z = tl.where(valid, acc * z_scale, float("-inf"))  # 2^(−∞ − finite) = 0 off the negatives
     w = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if ROW_TERM:
         rq = tl.load(rq_ptr + rows, mask=row_ok, other=0.0)
@@ -220,6 +256,8 @@ def _lse_weight_kernel(
         rk = tl.load(rk_ptr + cols, mask=col_ok, other=0.0)
         gk = tl.load(gk_ptr + cols, mask=col_ok, other=0.0)
         w += gk[None, :] * tl.exp2(z - rk[None, :])
+    if SCALED:
+        w = (w * cq[:, None]) * ck[None, :]
     store_chunk(w_ptr, w, loc, cols, row_ok, col_ok, stride_w)
 
 
@@ -270,10 +308,11 @@ def _finish(m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return top + torch.log2((s * torch.exp2(m - base)).sum(0))
 
 
-def _statistics(q, k, lq, lk, labels, z_scale, cols, _groups=None, *, config: dict | None = None):
+def _statistics(q, k, lq, lk, labels, z_scale, cols, _groups=None, *, scales=None, config: dict | None = None):
     """Base-2 log-sum-exp statistics of ``q kᵀ·z_scale`` over the negatives: per row of q (N,) and,
-    with ``cols``, per row of k (M,), else None. ``_groups``: the (P, Q) program grid (tests);
-    ``config``: tile overrides (gpu_check's tile sweep)."""
+    with ``cols``, per row of k (M,), else None. ``scales``: ``(c_q (N,), c_k (M,))`` float32, the
+    scores ``c_i c_n q_i·k_n``, or None. ``_groups``: the (P, Q) program grid (tests); ``config``:
+    tile overrides (gpu_check's tile sweep)."""
     N, D = q.shape
     M = k.shape[0]
     cfg = dict(
@@ -288,11 +327,14 @@ def _statistics(q, k, lq, lk, labels, z_scale, cols, _groups=None, *, config: di
     rm, rs = torch.empty((Q, N), **f32), torch.empty((Q, N), **f32)
     cm = torch.full((P, M) if cols else (1, 1), float("-inf"), **f32)
     cs = torch.zeros((P, M) if cols else (1, 1), **f32)
+    rx, ry = scales or (rm, rm)  # rm: never read (SCALED is False)
     jitted(_lse_fwd_kernel)[(P, Q)](
         q,
         k,
         lq,
         lk,
+        rx,
+        ry,
         rm,
         rs,
         cm,
@@ -307,6 +349,7 @@ def _statistics(q, k, lq, lk, labels, z_scale, cols, _groups=None, *, config: di
         float(z_scale),
         LABELS=labels,
         COLS=cols,
+        SCALED=scales is not None,
         BLOCK_M=BM,
         BLOCK_N=BN,
         BLOCK_K=BK,
@@ -319,11 +362,12 @@ def _statistics(q, k, lq, lk, labels, z_scale, cols, _groups=None, *, config: di
     return _finish(rm, rs), (_finish(cm, cs) if cols else None)
 
 
-def _weight_chunks(q, k, lq, lk, labels, z_scale, q_term, k_term, w_dtype, *, config: dict | None = None):
+def _weight_chunks(q, k, lq, lk, labels, z_scale, q_term, k_term, w_dtype, *, scales=None, config: dict | None = None):
     """``(r0, W)`` for chunks of rows of q: W (R, M) the weights of rows r0 .. r0 + R against every
     key (see ``_lse_weight_kernel``). q_term / k_term: ``(r, g)`` float32 over the rows of q / the
-    keys (base-2 statistics with −∞ replaced by 0, weight sums), or None. ``config``: tile
-    overrides but BLOCK_M (gpu_check's tile sweep)."""
+    keys (base-2 statistics with −∞ replaced by 0, weight sums), or None. ``scales``: ``(c_q,
+    c_k)`` float32 (the cosine: W̃ is written), or None. ``config``: tile overrides but BLOCK_M
+    (gpu_check's tile sweep)."""
     N, D = q.shape
     M = k.shape[0]
     arch = device_arch(q.device)
@@ -332,6 +376,7 @@ def _weight_chunks(q, k, lq, lk, labels, z_scale, q_term, k_term, w_dtype, *, co
     unused = lq  # any tensor, for the pointers a constexpr branch never reads
     rq, gq = q_term or (unused, unused)
     rk, gk = k_term or (unused, unused)
+    cq, ck = scales or (unused, unused)
     for r0 in range(0, N, step):
         R = min(step, N - r0)
         cfg = {**_weight_config(q.dtype, is_interpreting(), even_shape(R, M, D), arch), **(config or {}), "BLOCK_M": BM}
@@ -347,6 +392,8 @@ def _weight_chunks(q, k, lq, lk, labels, z_scale, q_term, k_term, w_dtype, *, co
             gq,
             rk,
             gk,
+            cq,
+            ck,
             r0,
             R,
             M,
@@ -358,6 +405,7 @@ def _weight_chunks(q, k, lq, lk, labels, z_scale, q_term, k_term, w_dtype, *, co
             LABELS=labels,
             ROW_TERM=q_term is not None,
             COL_TERM=k_term is not None,
+            SCALED=scales is not None,
             BLOCK_M=BM,
             BLOCK_N=BN,
             BLOCK_K=BK,
@@ -370,14 +418,18 @@ def _weight_chunks(q, k, lq, lk, labels, z_scale, q_term, k_term, w_dtype, *, co
         yield r0, W
 
 
-def _products(x, y, lx, ly, labels, z_scale, row_term, col_term, need_x, need_y, need_ws):
+def _products(x, y, lx, ly, labels, z_scale, row_term, col_term, need_x, need_y, need_ws, scales=None, pairs=None):
     """``(∂x, ∂y, Σ W ⊙ S)`` of the weights W of the row term ``(R, G)`` over x's rows and the column
     term ``(C, G')`` over y's rows (either None); ∂x, ∂y in x's and y's dtypes (None where not
-    asked for), Σ W ⊙ S a float32 scalar (with ``need_ws``)."""
+    asked for), Σ W ⊙ S a float32 scalar (with ``need_ws``). ``scales``: ``(c_x, c_y)`` float32,
+    the cosine (the module docstring), or None. ``pairs``: ``(PairScores, ∂t)``, whose share is
+    added to the float32 rows before they are written, or None."""
     B, D = x.shape
     M = y.shape[0]
     terms = [term for term in (row_term, col_term) if term is not None]
     scale = torch.stack([g.abs().max() for _, g in terms]).max()
+    if scales is not None:  # |W̃_in| ≤ (|G_i| + |G'_n|) c_i c_n
+        scale = scale * scales[0].max() * scales[1].max()
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # W/scale is O(1): fp16 keeps it
 
     def prepared(term):
@@ -387,6 +439,9 @@ def _products(x, y, lx, ly, labels, z_scale, row_term, col_term, need_x, need_y,
         return torch.where(r == float("-inf"), torch.zeros_like(r), r).contiguous(), (g / scale).contiguous()
 
     row_term, col_term = prepared(row_term), prepared(col_term)
+    kx = ky = None  # the radial coefficients c² of the rows (module docstring)
+    if scales is not None:
+        kx, ky = radial_coefficients(scales[0]), radial_coefficients(scales[1])
     mm = Matmul(x.dtype, x.device)
     x_op, y_op = mm.operand(x), mm.operand(y)
     gx = torch.empty_like(x) if need_x else None
@@ -395,24 +450,44 @@ def _products(x, y, lx, ly, labels, z_scale, row_term, col_term, need_x, need_y,
     if need_y and (y.dtype == torch.float32 or M * D * 4 <= ACC_BYTES):
         acc = torch.zeros((M, D), device=y.device, dtype=torch.float32)  # one pass: ∂y accumulated
     if need_x or need_ws or acc is not None:
-        chunks = _weight_chunks(x, y, lx, ly, labels, z_scale, row_term, col_term, mm.operand_dtype)
+        chunks = _weight_chunks(x, y, lx, ly, labels, z_scale, row_term, col_term, mm.operand_dtype, scales=scales)
         for r0, W in chunks:
             r1 = r0 + W.shape[0]
             if need_x or need_ws:
-                part = mm(W, y_op)  # (R, D) float32: rows r0..r1 of ∂x/scale
-                if need_ws:
+                part = mm(W, y_op)  # (R, D) float32: rows r0..r1 of ∂x/scale (cosine: of W̃ y/scale)
+                if kx is not None:
+                    ws += remove_radial_(part, x[r0:r1], kx[r0:r1]).sum()  # Σ_i A_i = Σ W ⊙ S
+                elif need_ws:
                     ws += (part * x[r0:r1]).sum()  # Σ_i x_i · ∂x_i = Σ W ⊙ S
                 if need_x:
-                    gx[r0:r1] = part.mul_(scale)
+                    part.mul_(scale)
+                    if pairs is not None:
+                        pairs[0].add_grad_(part, 0, pairs[1], r0)
+                    gx[r0:r1] = part
             if acc is not None:
                 mm.add_product(acc, W.t(), x_op[r0:r1])
     gy = None
     if acc is not None:
-        gy = acc.mul_(scale).to(y.dtype)
-    elif need_y:  # the transposed problem's rows: y against x, the terms swapped
+        if ky is not None:
+            remove_radial_(acc, y, ky)
+        acc.mul_(scale)
+        if pairs is not None:
+            pairs[0].add_grad_(acc, 1, pairs[1])
+        gy = acc.to(y.dtype)
+    elif need_y:  # the transposed problem's rows: y against x, the terms (and scales) swapped
         gy = torch.empty_like(y)
-        for c0, W in _weight_chunks(y, x, ly, lx, labels, z_scale, col_term, row_term, mm.operand_dtype):
-            gy[c0 : c0 + W.shape[0]] = mm(W, x_op).mul_(scale)
+        flipped = None if scales is None else scales[::-1]
+        for c0, W in _weight_chunks(
+            y, x, ly, lx, labels, z_scale, col_term, row_term, mm.operand_dtype, scales=flipped
+        ):
+            c1 = c0 + W.shape[0]
+            part = mm(W, x_op)
+            if ky is not None:
+                remove_radial_(part, y[c0:c1], ky[c0:c1])
+            part.mul_(scale)
+            if pairs is not None:
+                pairs[0].add_grad_(part, 1, pairs[1], c0)
+            gy[c0:c1] = part
     return gx, gy, ws * scale
 
 
@@ -433,41 +508,48 @@ def _prep(x, y, labels, ref_labels):
 
 
 class LsePairsTriton(torch.autograd.Function):
-    """forward(x, y, t, tau, a, p_idx, labels, ref_labels, do_i2t, do_t2i, paired, groups) →
+    """forward(x, y, margin, tau, a, p_idx, labels, ref_labels, do_i2t, do_t2i, paired, cosine, groups) →
     (L¹, L²), each (P,) float32; see the module docstring. ``groups``: the forward's program grid, or None."""
 
     @staticmethod
-    def forward(ctx, x, y, t, tau, a, p_idx, labels, ref_labels, do_i2t, do_t2i, paired, groups):
+    def forward(ctx, x, y, margin, tau, a, p_idx, labels, ref_labels, do_i2t, do_t2i, paired, cosine, groups):
         xc, yc, lx, ly = _prep(x, y, labels, ref_labels)
+        scales = None  # (c_x, c_y): the cosine, folded into the kernels
+        if cosine:
+            cx = cosine_scales(xc, torch.float32)
+            scales = (cx, cx if y is x else cosine_scales(yc, torch.float32))
+        pairs = PairScores.computed(xc, yc, a, p_idx, scales, paired, row_dots_forward_triton, torch.float32)
+        tw = (pairs.s - margin).to(torch.float32)  # the thresholds
         tv = float(tau)
         z_scale = LOG2E / tv
-        tw = t.to(torch.float32)
         P = a.shape[0]
         row = col = None  # base-2 statistics of x's rows (i2t) and y's rows (t2i, S's columns)
         if P and do_i2t:
-            row, col = _statistics(xc, yc, lx, ly, not paired, z_scale, do_t2i, groups)
+            row, col = _statistics(xc, yc, lx, ly, not paired, z_scale, do_t2i, groups, scales=scales)
         elif P and do_t2i:  # t2i alone: the rows of the transposed problem
-            col, _ = _statistics(yc, xc, ly, lx, not paired, z_scale, False, groups)
+            flipped = None if scales is None else scales[::-1]
+            col, _ = _statistics(yc, xc, ly, lx, not paired, z_scale, False, groups, scales=flipped)
         zeros = torch.zeros(P, device=x.device, dtype=torch.float32)
         L1 = zeros if row is None else F.softplus(row[a] * LN2 - tw / tv)
         L2 = zeros if col is None else F.softplus(col[p_idx] * LN2 - tw / tv)
-        ctx.save_for_backward(xc, yc, t, a, p_idx, lx, ly, row, col)
-        ctx.tau, ctx.z_scale, ctx.labels = tv, z_scale, not paired
+        ctx.save_for_backward(xc, yc, tw, a, p_idx, lx, ly, row, col, pairs.s, *(scales or ()))
+        ctx.tau, ctx.z_scale, ctx.labels, ctx.paired = tv, z_scale, not paired, paired
         ctx.tau_dtype = tau.dtype if torch.is_tensor(tau) else None
+        ctx.margin = (margin.dtype, margin.shape) if torch.is_tensor(margin) else None
         ctx.dtypes = (x.dtype, y.dtype)
         return L1, L2
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g1, g2):
-        xc, yc, t, a, p_idx, lx, ly, row, col = ctx.saved_tensors
+        xc, yc, tw, a, p_idx, lx, ly, row, col, s, *scales = ctx.saved_tensors
+        scales = scales or None
         tau = ctx.tau
         need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_tau = ctx.tau_dtype is not None and ctx.needs_input_grad[3]
-        tw = t.to(torch.float32)
         B, M = xc.shape[0], yc.shape[0]
         f32 = dict(device=xc.device, dtype=torch.float32)
-        gt = torch.zeros(t.shape, **f32)
+        gt = torch.zeros(tw.shape, **f32)
         row_term = col_term = None
         # c_j = g_j σ_j/τ: ∂t_j = −c¹_j − c²_j, and the pairs' sums per row (column) weigh W
         if row is not None and g1 is not None:
@@ -480,6 +562,8 @@ class LsePairsTriton(torch.autograd.Function):
             col_term = (col, torch.zeros(M, **f32).index_add_(0, p_idx, c2))
         gx = gy = gtau = None
         if row_term is not None or col_term is not None:
+            # t = s(a, p) − α: the pairs' scores pass ∂t on to the rows of x and y
+            pairs = (PairScores(xc, yc, a, p_idx, scales, ctx.paired, s), gt)
             gx, gy, ws = _products(
                 xc,
                 yc,
@@ -492,6 +576,8 @@ class LsePairsTriton(torch.autograd.Function):
                 need_x,
                 need_y,
                 need_tau,
+                scales,
+                pairs,
             )
             if need_tau:
                 gtau = (-(ws + (gt * tw).sum()) / tau).to(ctx.tau_dtype)
@@ -500,26 +586,22 @@ class LsePairsTriton(torch.autograd.Function):
         x_dtype, y_dtype = ctx.dtypes
         gx = torch.zeros_like(xc) if need_x and gx is None else gx
         gy = torch.zeros_like(yc) if need_y and gy is None else gy
+        gm = None
+        if ctx.margin is not None and ctx.needs_input_grad[2]:
+            gm = (-gt).sum_to_size(ctx.margin[1]).to(ctx.margin[0])
         return (
             None if gx is None else gx.to(x_dtype),
             None if gy is None else gy.to(y_dtype),
-            gt.to(t.dtype),
+            gm,
             gtau,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
+            *[None] * 9,
         )
 
 
 def lse_pairs_triton(
     x,
     y,
-    t,
+    margin,
     tau,
     a,
     p_idx,
@@ -529,15 +611,18 @@ def lse_pairs_triton(
     do_i2t: bool = True,
     do_t2i: bool = True,
     paired: bool = False,
+    cosine: bool = False,
     _groups: tuple[int, int] | None = None,
 ):
     """``(L¹, L²)``, each (P,) float32 (zeros for a direction not asked for), as
     :func:`~vse_losses.ops.chunked_lse_pairs.lse_pairs_chunked`: x (B, D), y (M, D) float32/float16/
-    bfloat16, t (P,) thresholds, τ a float or a 0-dim tensor (differentiable), ``(a, p_idx)`` the
-    positive pairs (any order), labels (B,), ref_labels (M,); ``paired``: labels ``arange`` on
-    both sides (the negatives are every i ≠ n, without reading the labels). ``self_ref`` (y is x,
-    ref_labels are labels) asks for nothing more: a sample's pair with itself has equal labels.
-    ``_groups``: the forward's (P, Q) program grid, for tests."""
+    bfloat16, ``margin`` α a float or a tensor broadcastable to (P,) (differentiable; the
+    thresholds are ``s(a_j, p_j) − α_j``), τ a float or a 0-dim tensor (differentiable),
+    ``(a, p_idx)`` the positive pairs (any order), labels (B,), ref_labels (M,); ``paired``: labels
+    ``arange`` on both sides, pair j is (j, j) (the negatives are every i ≠ n, without reading the
+    labels). ``self_ref`` (y is x, ref_labels are labels) asks for nothing more: a sample's pair
+    with itself has equal labels. ``cosine``: the scores are the cosines of the rows of x and y
+    (the gradients those of x and y). ``_groups``: the forward's (P, Q) program grid, for tests."""
     return LsePairsTriton.apply(
-        x, y, t, tau, a, p_idx, labels, ref_labels, bool(do_i2t), bool(do_t2i), bool(paired), _groups
+        x, y, margin, tau, a, p_idx, labels, ref_labels, bool(do_i2t), bool(do_t2i), bool(paired), bool(cosine), _groups
     )
