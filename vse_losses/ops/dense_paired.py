@@ -36,25 +36,25 @@ import contextlib
 import torch
 
 from ..norms import Norm, violation_norm, violation_norm_grad
-
-EPS = 1e-12  # as F.normalize and PML's CosineSimilarity
+from .tiling import cosine_scales, radial_coefficients, remove_radial_
 
 
 def _normalized(t: torch.Tensor, cosine: bool, wide: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(t̂, n)``: the rows of t in ``wide``, divided by max(‖t_i‖, ε) with cosine (n the norms)."""
-    t = t.to(wide)
+    """``(t̂, c)``: the rows of t in ``wide``, times ``c = 1/max(‖t_i‖, ε)`` with cosine (else c None)."""
     if not cosine:
-        return t, None
-    n = torch.linalg.vector_norm(t, dim=1, keepdim=True)
-    return t / n.clamp_min(EPS), n
+        return t.to(wide), None
+    c = cosine_scales(t, wide)
+    return t.to(wide) * c[:, None], c
 
 
-def _unnormalize_grad(g: torch.Tensor, t_hat: torch.Tensor, n: torch.Tensor | None) -> torch.Tensor:
-    """F.normalize's backward: ``(g − [n > ε] (t̂·g) t̂) / max(n, ε)``; g itself without cosine."""
-    if n is None:
+def _input_grad(g: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    """The gradient of t from ``g``, that of t̂ (F.normalize's backward, as the chunked ops write it:
+    :func:`~vse_losses.ops.tiling.remove_radial_` of ``c·g``); g itself without cosine."""
+    if c is None:
         return g
-    proj = (t_hat * g).sum(1, keepdim=True).masked_fill_(n <= EPS, 0.0)
-    return (g - proj * t_hat).div_(n.clamp_min(EPS))
+    g = g.mul_(c[:, None])
+    remove_radial_(g, t, radial_coefficients(c))
+    return g
 
 
 def _exact(device: torch.device):
@@ -77,10 +77,9 @@ class DensePairedTerms(torch.autograd.Function):
     @staticmethod
     def _forward(ctx, x, y, margin, norm, directions, cosine, tau):
         wide = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
-        xh, nx = _normalized(x, cosine, wide)
-        yh, ny = _normalized(y, cosine, wide)
+        xh, cx = _normalized(x, cosine, wide)
+        yh, cy = _normalized(y, cosine, wide)
         S = xh @ yh.t()
-        t = S.diagonal() - margin  # (B,): each pair's threshold, the same in both directions
         sides = [v for v, d in ((_rows, "i2t"), (_cols, "t2i")) if directions in ("both", d)]
         if norm.smooth:
             temp = norm.temperature if tau is None else tau.to(wide)
@@ -89,16 +88,17 @@ class DensePairedTerms(torch.autograd.Function):
             for z in Z:
                 if margin:
                     z.diagonal().sub_(margin / temp)
-                L.append(torch.logsumexp(z, -1) - t / temp)
+                L.append(torch.logsumexp(z, -1) - z.diagonal())  # Z_jj = t_j/τ, as rounded in Z
             terms = [v * temp for v in L] if norm.kind == "lse" else L
-            ctx.save_for_backward(xh, yh, nx, ny, t, tau, *Z, *L)
+            ctx.save_for_backward(x, y, xh, yh, cx, cy, tau, *Z, *L)
         else:
+            t = S.diagonal() - margin  # (B,): each pair's threshold, the same in both directions
             H = [side(S) - t[:, None] for side in sides]
             for h in H:
                 h.clamp_(min=0).diagonal().zero_()
             terms = [violation_norm(h, norm) for h in H]
-            ctx.save_for_backward(xh, yh, nx, ny, t, None, *H, *terms)
-        ctx.norm, ctx.sides, ctx.dtypes = norm, sides, (x.dtype, y.dtype)
+            ctx.save_for_backward(x, y, xh, yh, cx, cy, None, *H, *terms)
+        ctx.norm, ctx.sides = norm, sides
         return torch.cat(terms) if len(terms) > 1 else terms[0]
 
     @staticmethod
@@ -109,7 +109,7 @@ class DensePairedTerms(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, g):
-        xh, yh, nx, ny, t, tau, *rest = ctx.saved_tensors
+        x, y, xh, yh, cx, cy, tau, *rest = ctx.saved_tensors
         norm, sides = ctx.norm, ctx.sides
         k = len(sides)
         g = g.to(xh.dtype).view(k, -1)
@@ -120,7 +120,7 @@ class DensePairedTerms(torch.autograd.Function):
                 temp = norm.temperature if tau is None else tau.to(m.dtype)
                 P = torch.softmax(m, -1)
                 if tau is not None and ctx.needs_input_grad[6]:
-                    pz = (P * m).sum(-1) - t / temp  # Σ_n P_n Z_n − t/τ
+                    pz = (P * m).sum(-1) - m.diagonal()  # Σ_n P_n Z_n − t/τ
                     dL = -pz / temp if norm.kind == "infonce" else v - pz
                     gtau = (gi * dL).sum() + (0.0 if gtau is None else gtau)
                 c = gi if norm.kind == "lse" else gi / temp
@@ -134,9 +134,9 @@ class DensePairedTerms(torch.autograd.Function):
         dS.diagonal().add_(dt)
         gx = gy = None
         if ctx.needs_input_grad[0]:
-            gx = _unnormalize_grad(dS @ yh, xh, nx).to(ctx.dtypes[0])
+            gx = _input_grad(dS @ yh, x, cx).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            gy = _unnormalize_grad(dS.t() @ xh, yh, ny).to(ctx.dtypes[1])
+            gy = _input_grad(dS.t() @ xh, y, cy).to(y.dtype)
         if gtau is not None:
             gtau = gtau.to(tau.dtype).reshape(tau.shape)
         return gx, gy, None, None, None, None, gtau
