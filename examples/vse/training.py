@@ -394,7 +394,11 @@ def run(opt: argparse.Namespace, explicit: dict[str, object]) -> dict[str, float
     ctx = ddp.setup(device)
     try:
         log = console if ctx.is_main else silent  # under torchrun rank 0 logs, evaluates and writes
-        return train_and_test(opt, ckpt, ddp.local_device(device, ctx), ctx, log, t_start)
+        metrics = train_and_test(opt, ckpt, ddp.local_device(device, ctx), ctx, log, t_start)
+        # the ranks leave together: the others would otherwise tear their group down while rank 0
+        # still tests, and gloo can abort a process whose peer goes away under it
+        ddp.barrier(ctx)
+        return metrics
     finally:
         ddp.teardown(ctx)
 
