@@ -127,9 +127,9 @@ def test_even_bf16_kernels_use_wgmma_and_pipelined_loads(reports, variant):
 # The other architectures a user may have (CUDA's opt-in shared memory per block, KiB): A100 (sm_80),
 # RTX 30xx / A10 (sm_86), L4 / RTX 40xx (sm_89), B200 (sm_100), RTX 50xx (sm_120). Their tiles are
 # the sm_90 ones adapted (triton_common.for_arch); compiled here for the variants that stress them
-# most: the general p (most registers; plain and scaled) at both shape classes, the diagonal+scaled search, the
-# small-batch kernel at its largest batch and backward, lse_pairs with labels and both directions,
-# plain and scaled.
+# most: the general p (most registers; plain and scaled) at both shape classes, the
+# diagonal+scaled search, the small-batch kernel at its largest batch and backward, lse_pairs with
+# labels and both directions, plain and scaled.
 OTHER_ARCHS = {80: 163, 86: 99, 89: 99, 100: 227, 120: 99}
 ARCH_VARIANTS = (
     [

@@ -162,7 +162,9 @@ def _pairs_tiles(dtype: torch.dtype, interpret: bool, p_mode: int, even: bool = 
     if interpret:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
     if dtype == torch.float32:
-        return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, num_warps=8 if even else 4, num_stages=3)
+        # scaled, a general p, even: 8 bytes spill at BLOCK_K = 32 (triton 3.6); p = 1 or 2 spill at 16
+        k = 16 if scaled and p_mode == 0 and even else 32
+        return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=k, num_warps=8 if even else 4, num_stages=3)
     if even and p_mode == 1 and not scaled:
         return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
     if even and p_mode in (1, 2):  # p = 1 with the scales: 128x128 spills
@@ -255,15 +257,15 @@ class HingeNormPairsTriton(torch.autograd.Function):
             scales = (cx, cx if y is x else cosine_scales(yc, torch.float32))
         pairs = PairScores.computed(xc, yc, a, p_idx, scales, diagonal, row_dots_forward_triton, torch.float32)
         tw = (pairs.s - margin).to(torch.float32).contiguous()  # the thresholds
-        zeros = torch.zeros(P, device=x.device, dtype=torch.float32)
-        T1 = T2 = zeros
+        f32 = dict(device=x.device, dtype=torch.float32)
+        T1, T2 = torch.zeros(P, **f32), torch.zeros(P, **f32)  # a direction not asked for: zeros
         if diagonal:
             own = torch.arange(B, device=x.device) if self_ref else torch.full((B,), -1, device=x.device)
             if B and D:
                 T1, T2 = _pairs_forward(xc, yc, tw, lx, ly, self_ref, p, scales=scales)
             else:  # no pair, or D = 0 (no score to take), which the per-direction forward handles
                 T1, T2 = _forward(xc, yc, tw, lx, ly, own, p), _forward(yc, xc, tw, ly, lx, own, p)
-            T1, T2 = (T1 if do_i2t else zeros), (T2 if do_t2i else zeros)
+            T1, T2 = (T1 if do_i2t else torch.zeros_like(T1)), (T2 if do_t2i else torch.zeros_like(T2))
         else:  # the pairs' rows gathered, once per direction
             if do_i2t:
                 q, ql, qs, sc = _side(xc, lx, a, self_ref, scales)
