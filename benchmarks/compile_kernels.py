@@ -137,12 +137,16 @@ def main(variants, arch=90):
         # alignment) a multiple of 64; False, nothing aligned
         even, aligned = shape is True, shape in (True, "rows")
         flags = dict(EVEN_K=aligned, EVEN_N=even)
+        # the hinge kernels' mode: P_MODE (0 any p, 1: p = 1, 2: p = 2) plus 4 for SCALED (the cosine)
+        p_mode, scaled = mode & 3, bool(mode & 4)
         if kind == "hinge_forward":
-            cfg = dict(hn._fwd_config(dtypes[dtype], False, even, arch), **tiles)
-            r = compile_one(hn._hinge_norm_fwd_kernel, dtype, cfg, dict(P_MODE=mode, EVEN_M=even, **flags))
+            cfg = dict(hn._fwd_config(dtypes[dtype], False, even, arch, scaled=scaled), **tiles)
+            const = dict(P_MODE=p_mode, SCALED=scaled, EVEN_M=even, **flags)
+            r = compile_one(hn._hinge_norm_fwd_kernel, dtype, cfg, const)
         elif kind == "hinge_pairs_forward":
-            cfg = dict(hp._pairs_config(dtypes[dtype], False, mode, even, arch), **tiles)
-            r = compile_one(hp._pairs_fwd_kernel, dtype, cfg, dict(P_MODE=mode, SELF_REF=True, EVEN_M=even, **flags))
+            cfg = dict(hp._pairs_config(dtypes[dtype], False, p_mode, even, arch, scaled=scaled), **tiles)
+            const = dict(P_MODE=p_mode, SCALED=scaled, SELF_REF=True, EVEN_M=even, **flags)
+            r = compile_one(hp._pairs_fwd_kernel, dtype, cfg, const)
         elif kind == "small_mh":  # mode: 0 … 3 = (cosine, backward); even: the arch's largest B, else B = 16
             cfg = dict(sm._config(sm.max_batch_for(arch) if even else 16, dtypes[dtype], False), **tiles)
             const = dict(
@@ -173,8 +177,17 @@ def main(variants, arch=90):
             )
             r = compile_one(lp._lse_weight_kernel, dtype, cfg, const)
         elif kind == "hinge_weights":
-            cfg = dict(hn._weight_config(dtypes[dtype], False, mode, even, arch), **tiles)
-            const = dict(P_MODE=mode, ROW_TERM=True, COL_TERM=True, SELF_Q=True, SELF_K=True, EVEN_R=even, **flags)
+            cfg = dict(hn._weight_config(dtypes[dtype], False, p_mode, even, arch, scaled=scaled), **tiles)
+            const = dict(
+                P_MODE=p_mode,
+                ROW_TERM=True,
+                COL_TERM=True,
+                SELF_Q=True,
+                SELF_K=True,
+                SCALED=scaled,
+                EVEN_R=even,
+                **flags,
+            )
             r = compile_one(hn._hinge_weight_kernel, dtype, cfg, const)
         else:
             self_ref, scaled = mode in (1, 3), mode in (2, 3)  # mode: 0 … 3

@@ -435,7 +435,8 @@ def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadli
     """The fused kernels alone at one size, default tiles first, each as a ratio to the product of
     the same shape: the hardest-negative kernel (B×B), the per-direction ℓp forward (p=2, B×B),
     the paired batch's one-pass forward of both directions (default tiles), one side of the paired
-    MH's backward, the SH/ℓp backward's weight kernel (one chunk of rows × B, cuBLAS excluded), and
+    MH's backward, the SH/ℓp backward's weight kernel (one chunk of rows × B, cuBLAS excluded) —
+    the hinge kernels in their scaled variants, the cosine folded in as the losses run them — and
     InfoNCE's lse_pairs: the forward (both directions), the backward's weights (the same rows × B),
     and its whole backward (weights and cuBLAS products) in one pass (∂y accumulated in float32)
     and in two (∂y from a second pass over column chunks, what B=65,536 takes by default; also with
@@ -461,10 +462,10 @@ def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadli
         for c in [None] + SWEEP_NEGMAX
     ]
     jobs += [
-        ("hinge forward p=2", c, lambda cfg: hn._forward(x, y, t, lab, lab, none, 2.0, config=cfg))
+        ("hinge forward p=2", c, lambda cfg: hn._forward(x, y, t, lab, lab, none, 2.0, scales=scales, config=cfg))
         for c in [None] + SWEEP_HINGE
     ]
-    jobs += [("pairs forward p=2", None, lambda cfg: _pairs_forward(x, y, t, lab, lab, False, 2.0))]
+    jobs += [("pairs forward p=2", None, lambda cfg: _pairs_forward(x, y, t, lab, lab, False, 2.0, scales=scales))]
     # one side of the paired MH backward (memory-bound: compare with reading x and y once)
     from vse_losses.ops.triton_max_violation_backward import mh_side_triton
 
@@ -485,7 +486,9 @@ def run_tile_sweep(dev: torch.device, B: int, D: int, dtype: torch.dtype, deadli
         (
             f"weights {R}×B p=2",
             c,
-            lambda cfg: hn._weights(x, y, 0, R, (t, T, g), (t, T, g), lab, lab, None, None, 2.0, w_dtype, config=cfg),
+            lambda cfg: hn._weights(
+                x, y, 0, R, (t, T, g), (t, T, g), lab, lab, None, None, 2.0, w_dtype, scales=scales, config=cfg
+            ),
         )
         for c in [None] + SWEEP_HINGE
     ]

@@ -11,9 +11,15 @@ compute the terms:
   memory, the cosine folded into the kernels; a small batch on Triton: one launch;
 - the temperature losses (LSE, InfoNCE; any labels): ``lse_pairs``, both directions'
   log-sum-exps and the positive scores in one autograd Function, the cosine folded in;
-- otherwise the positive scores by ``row_dots``, the hardest negatives by ``negative_topk``
-  (MH, top-k and the max part of a mix) and the ℓp part by ``hinge_norm_pairs`` (SH, ℓp and
-  the sum part of a mix), added per term, on normalised copies of x and y for the cosine.
+- otherwise the hardest negatives by ``negative_topk`` (MH, top-k and the max part of a mix;
+  the cosine as its scales), their scores and the positive scores recomputed by ``row_dots``
+  times the rows' scales (:func:`selected_hinge_sum`), and the ℓp part by ``hinge_norm_pairs``
+  (SH, ℓp and the sum part of a mix; the positive scores and the cosine folded in, as
+  ``lse_pairs``), added per term.
+
+With the cosine, no path of a local call on ``chunked``/``triton`` makes normalised copies of x
+and y; ``dense`` normalises them (it builds S anyway), and so do the query blocks of
+:func:`query_violation_terms` (the distributed path hands it normalised inputs).
 
 With ``distributed=True`` a rank computes the terms of its own queries against every rank's
 batch (:func:`distributed_terms`). Notation: ``x`` (B, D) are the queries of the image→caption
@@ -32,6 +38,7 @@ from . import distributed as _dist
 from .norms import Norm, smooth_max, violation_norm
 from .ops import Backend, checked_backend, kernel_backend, resolve_backend
 from .ops.dense_paired import dense_paired_terms
+from .ops.tiling import cosine_scales
 from .pairs import pair_masks, positive_pairs, resolve_labels
 
 MH = Norm("max")  # the default norm of violation_terms
@@ -109,9 +116,8 @@ def violation_terms(
     guard: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss terms of embeddings whose similarity is the dot product ``x yᵀ`` (with ``cosine``,
-    of the l2-normalised rows: the paired max violation and, off ``dense``, the temperature losses
-    then fold the norms into their kernels instead of normalising copies of x and y; everything
-    else normalises first).
+    of the l2-normalised rows: off ``dense`` the operations then fold the norms into their kernels
+    instead of normalising copies of x and y; ``dense`` and the query blocks normalise first).
 
     x: (B, D); y: (M, D) or None (one modality: ``y = x``, labels required).
     labels: (B,) or None (paired: row a with column a); ref_labels: (M,) or None (= labels).
@@ -210,9 +216,10 @@ def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend,
     # the paired max violation has its own O(B)-memory autograd Function (ops/max_violation_paired.py)
     fused_max = paired and local and not backend.dense and norm.selection_k == 1
     fused_mh = fused_max and norm.kind == "max"  # MH itself, not the max part of a mix
-    # the kernels that take the cosine as scales of their score tiles: the normalised copies of x
-    # and y (and their gradients) would be the largest buffers of these losses
-    folded = fused_mh or (norm.smooth and local and not backend.dense)
+    # the kernels take the cosine as scales of their score tiles: the normalised copies of x and y
+    # (and their gradients) would be the largest buffers of these losses, and in 16-bit inputs
+    # the rounding of those copies would be the largest error of the scores
+    folded = local and not backend.dense
     if cosine and not folded:
         x = F.normalize(x, dim=1)
         y = None if self_ref else F.normalize(y, dim=1)
@@ -265,25 +272,39 @@ def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend,
         )
         kept = [_smooth_term(L, norm) for L, d in ((L1, "i2t"), (L2, "t2i")) if directions in ("both", d)]
         return torch.cat(kept), torch.cat([a] * len(kept))
-    s_ap = backend.row_dots(x, y) if paired else backend.row_dots(x, y, a, p)
-    selection = None
+    selection = s_ap = scales = None
     if fused_max:  # the mix: its max-violation part
-        i2t, t2i = backend.max_violation_paired(x, y, margin, False)
+        i2t, t2i = backend.max_violation_paired(x, y, margin, cosine)
         selection = {"i2t": i2t, "t2i": t2i}
     elif norm.selection_k:
+        if cosine:  # c = 1/max(‖row‖, ε) with gradient: the selected scores are cosines, exactly
+            wide = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
+            cx = cosine_scales(x, wide)
+            scales = (cx, cx if self_ref else cosine_scales(y, wide))
         # the hardest negatives of a row do not depend on which positive of the row is the pair
         with torch.no_grad():
             row_val, row_idx, col_val, col_idx = backend.negative_topk(
-                x, y, labels, ref_labels, self_ref, norm.selection_k, paired=paired
+                x,
+                y,
+                labels,
+                ref_labels,
+                self_ref,
+                norm.selection_k,
+                paired=paired,
+                scales=None if scales is None else tuple(c.detach() for c in scales),
             )
         selection = {"i2t": (row_val, row_idx), "t2i": (col_val, col_idx)}
+        s_ap = backend.row_dots(x, y) if paired else backend.row_dots(x, y, a, p)
+        if scales is not None:
+            s_ap = s_ap * scales[0][a] * scales[1][p]
     hinge = None
     if norm.hinge_p:
-        # one pass over the score tiles gives both directions' ℓp norms
+        # one pass over the score tiles gives both directions' ℓp norms; the op computes the pairs'
+        # scores (thresholds s_ap − α) and passes their gradient in its own backward
         T1, T2 = backend.hinge_norm_pairs(
             x,
             y,
-            s_ap - margin,
+            margin,
             a,
             p,
             labels,
@@ -293,6 +314,7 @@ def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend,
             directions != "t2i",
             directions != "i2t",
             paired,
+            cosine,
         )
         hinge = {"i2t": T1, "t2i": T2}
     terms, anchors = [], []
@@ -302,6 +324,7 @@ def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend,
         # i2t: the queries are the rows x[a] against the keys y; t2i: the columns y[p] against x
         q_side, k_side = (x, y) if direction == "i2t" else (y, x)
         q_idx = a if direction == "i2t" else p
+        qk_scales = None if scales is None else (scales if direction == "i2t" else scales[::-1])
         parts = []
         if fused_max:
             parts.append(selection[direction] * norm.selection_weight)
@@ -312,12 +335,21 @@ def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend,
             # paired: every other column of a row (row of a column) is a negative
             complete = paired and norm.selection_k <= k_side.shape[0] - 1
             selected = selected_hinge_sum(
-                q_side, k_side, vals, idx, s_ap, margin, complete, q_rows=None if paired else q_idx, backend=backend
+                q_side,
+                k_side,
+                vals,
+                idx,
+                s_ap,
+                margin,
+                complete,
+                q_rows=None if paired else q_idx,
+                backend=backend,
+                scales=qk_scales,
             )
             parts.append(selected if norm.selection_weight == 1 else selected * norm.selection_weight)
         if hinge is not None:
             parts.append(hinge[direction] if norm.hinge_weight == 1 else hinge[direction] * norm.hinge_weight)
-        terms.append(sum(parts[1:], parts[0]) if parts else torch.zeros_like(s_ap))
+        terms.append(sum(parts[1:], parts[0]))  # every hinge norm has a selection or an ℓp part
         anchors.append(a)
     return torch.cat(terms), torch.cat(anchors)
 
@@ -436,8 +468,9 @@ def selected_hinge_sum(
     q_rows: torch.Tensor | None = None,
     impl: str = "chunked",
     backend: Backend | None = None,
+    scales: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Σ_j [α − s_ap + q_n·keys[idx_nj]]_+ over the selected hardest negatives of each pair n.
+    """Σ_j [α − s_ap + s(q_n, keys[idx_nj])]_+ over the selected hardest negatives of each pair n.
 
     q: queries, row ``q_rows[n]`` for pair n (q_rows None: row n); idx, vals: (P, k) the pair's
     hardest negatives (found without gradient; vals = −inf where there are fewer than k);
@@ -445,7 +478,9 @@ def selected_hinge_sum(
     scores. The selected scores are recomputed by the backend's ``row_dots``, so the backward is
     a scatter over the saved indices, O(P·k·D), with no copy of the rows kept. ``complete``:
     every pair is known to have k negatives (no −inf in vals). ``backend``, or ``impl`` resolved
-    here: what computes the dots.
+    here: what computes the dots. ``scales``: ``(c_q, c_keys)`` (the rows' 1/max(‖·‖, ε), with
+    their gradient), the scores then the cosines ``row_dots · c_q[q_n] · c_keys[idx_nj]`` (s_ap
+    the pairs' cosines too); None: the dot products ``s(q, k) = q·k``.
     """
     if backend is None:
         backend = kernel_backend(impl, q)
@@ -453,7 +488,11 @@ def selected_hinge_sum(
     qi = q_rows
     if k > 1:
         qi = (torch.arange(P, device=idx.device) if q_rows is None else q_rows)[:, None].expand(P, k).reshape(-1)
-    sel = backend.row_dots(q, keys, qi, idx.reshape(-1)).view(P, k)  # (P, k): q_n · keys[idx_nj]
+    sel = backend.row_dots(q, keys, qi, idx.reshape(-1))  # q_n · keys[idx_nj]
+    if scales is not None:  # the cosines, their scales' gradient by autograd
+        c_q, c_k = scales
+        sel = sel * (c_q[:P] if qi is None else c_q[qi]) * c_k[idx.reshape(-1)]
+    sel = sel.view(P, k)  # (P, k)
     if not complete:
         sel = torch.where(vals == float("-inf"), torch.full_like(sel, float("-inf")), sel)
     h = F.relu(margin - s_ap[:, None] + sel)

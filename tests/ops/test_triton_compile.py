@@ -31,11 +31,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 SCRIPT = os.path.join(ROOT, "benchmarks", "compile_kernels.py")
 
+# the hinge kernels' mode: P_MODE (1: p = 1, 2: p = 2, 0: any other p), plus 4 for the scaled
+# variant (the cosine folded in as row and column scales)
+HINGE_MODES = (1, 2, 0, 5, 6, 4)
 HINGE = [
-    (kernel, dtype, p_mode, even)
+    (kernel, dtype, mode, even)
     for kernel in ("hinge_forward", "hinge_pairs_forward", "hinge_weights")
     for dtype in ("bf16", "fp32")
-    for p_mode in (1, 2, 0)
+    for mode in HINGE_MODES
     for even in (True, False)
 ]
 # mode: 0 plain, 1 diagonal excluded (self_ref), 2 scaled (cosine folded in), 3 both
@@ -50,7 +53,7 @@ MH_SIDE = [("mh_side", dtype, mode, even) for dtype in ("bf16", "fp32") for mode
 ROWS = [
     (kernel, "bf16", mode, "rows")
     for kernel in ("hinge_forward", "hinge_pairs_forward", "hinge_weights")
-    for mode in (1, 2, 0)
+    for mode in HINGE_MODES
 ] + [("negative_max", "bf16", mode, "rows") for mode in range(4)]
 # mode: rows gathered by index; "even" True: D = 1024, False: D = 100
 ROW_DOTS = [("row_dots", dtype, mode, even) for dtype in ("bf16", "fp32") for mode in (0, 1) for even in (True, False)]
@@ -124,14 +127,15 @@ def test_even_bf16_kernels_use_wgmma_and_pipelined_loads(reports, variant):
 # The other architectures a user may have (CUDA's opt-in shared memory per block, KiB): A100 (sm_80),
 # RTX 30xx / A10 (sm_86), L4 / RTX 40xx (sm_89), B200 (sm_100), RTX 50xx (sm_120). Their tiles are
 # the sm_90 ones adapted (triton_common.for_arch); compiled here for the variants that stress them
-# most: the general p (most registers) at both shape classes, the diagonal+scaled search, the
-# small-batch kernel at its largest batch and backward, lse_pairs with labels and both directions,
-# plain and scaled.
+# most: the general p (most registers; plain and scaled) at both shape classes, the
+# diagonal+scaled search, the small-batch kernel at its largest batch and backward, lse_pairs with
+# labels and both directions, plain and scaled.
 OTHER_ARCHS = {80: 163, 86: 99, 89: 99, 100: 227, 120: 99}
 ARCH_VARIANTS = (
     [
-        (k, d, 0, e)
+        (k, d, m, e)
         for k in ("hinge_forward", "hinge_pairs_forward", "hinge_weights")
+        for m in (0, 4)
         for d in ("bf16", "fp32")
         for e in (True, False)
     ]

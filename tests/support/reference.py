@@ -113,11 +113,39 @@ def lse_pairs_loop(x, y, margin, tau, a, p_idx, labels, ref_labels, self_ref, do
     return torch.stack(L1), torch.stack(L2)
 
 
+def _hinge_lp(v, p):
+    """(Σ [v]_+^p)^{1/p} of a 1-d tensor of raw violations; 0 (gradient 0) where none is active."""
+    total = torch.clamp(v, min=0).pow(p).sum()
+    return total.pow(1.0 / p) if float(total.detach()) > 0 else total * 0
+
+
+def hinge_pairs_loop(x, y, margin, a, p_idx, labels, ref_labels, self_ref, p, do_i2t=True, do_t2i=True, cosine=False):
+    """``hinge_norm_pairs``' formula, one pair at a time, its negatives listed one by one
+    (differentiable, in x's dtype): with the threshold t_j = s(a_j, p_j) − margin_j,
+    T¹_j = (Σ_n [s(a_j, n) − t_j]_+^p)^{1/p} over the n with ref_labels[n] ≠ labels[a_j] (and
+    n ≠ a_j with self_ref), T²_j = (Σ_n [s(n, p_j) − t_j]_+^p)^{1/p} over the n with
+    labels[n] ≠ ref_labels[p_j] (and n ≠ p_j); s the dot product of the rows or, with ``cosine``,
+    of the rows F.normalize'd first (y is x: once)."""
+    if cosine:
+        xn = torch.nn.functional.normalize(x, dim=1)
+        x, y = xn, (xn if y is x else torch.nn.functional.normalize(y, dim=1))
+    margin = torch.as_tensor(margin, dtype=x.dtype).expand(a.shape[0])
+    T1, T2 = [], []
+    for j, (i, k) in enumerate(zip(a.tolist(), p_idx.tolist())):
+        row = [n for n in range(len(y)) if ref_labels[n] != labels[i] and not (self_ref and n == i)]
+        col = [n for n in range(len(x)) if labels[n] != ref_labels[k] and not (self_ref and n == k)]
+        t = x[i] @ y[k] - margin[j]
+        T1.append(_hinge_lp(y[row] @ x[i] - t, p) if do_i2t else 0 * t)
+        T2.append(_hinge_lp(x[col] @ y[k] - t, p) if do_t2i else 0 * t)
+    return torch.stack(T1), torch.stack(T2)
+
+
 def lse_case(B, M, D, kind, seed=0, n_labels=5, spread=None):
-    """Inputs of one ``lse_pairs`` call: x, y, labels, ref_labels, the positive pairs (a, p_idx),
-    a margin per pair, self_ref. kind: "paired", "self_ref" (y is x) or "labels" (duplicates on
-    both sides). ``spread`` (e.g. 1e3): every row multiplied by a factor between 1/spread and
-    spread (log-uniform), so that only the cosine is O(1)."""
+    """Inputs of one call of a pair operation (``lse_pairs``, ``hinge_norm_pairs``): x, y, labels,
+    ref_labels, the positive pairs (a, p_idx), a margin per pair, self_ref. kind: "paired",
+    "self_ref" (y is x) or "labels" (duplicates on both sides). ``spread`` (e.g. 1e3): every row
+    multiplied by a factor between 1/spread and spread (log-uniform), so that only the cosine is
+    O(1)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, D, generator=g) / D**0.5
     y = torch.randn(M, D, generator=g) / D**0.5

@@ -6,7 +6,8 @@ looks at the string. A backend holds the operations the planner (``vse_losses.pl
 - ``negative_topk`` — the k hardest negatives of every row and every column of ``x yᵀ`` (no
   gradient: the loss recomputes the selected scores by ``row_dots``);
 - ``hinge_norm_rows`` / ``hinge_norm_pairs`` — ℓp norms of hinge rows, ``T_i = (Σ_j [q_i·k_j −
-  t_i]_+^p)^{1/p}``, with a backward that recomputes score tiles;
+  t_i]_+^p)^{1/p}``, with a backward that recomputes score tiles; ``hinge_norm_pairs`` folds the
+  thresholds ``t = s(a, p) − α`` and the cosine in, as ``lse_pairs`` does;
 - ``row_dots`` — ``q[qi_n] · k[ki_n]`` without copies of the rows;
 - ``max_violation_paired`` — the paired MH terms in O(B) memory, the cosine folded in;
 - ``max_violation_small`` — the paired MH of a small batch in one launch (Triton only);
@@ -281,7 +282,7 @@ def hinge_norm_rows(q, keys, t, q_labels, k_labels, q_self, p: float, impl: str 
 def hinge_norm_pairs(
     x,
     y,
-    t,
+    margin,
     a,
     p_idx,
     labels,
@@ -292,19 +293,26 @@ def hinge_norm_pairs(
     do_t2i: bool = True,
     impl: str = "chunked",
     paired: bool = False,
+    cosine: bool = False,
 ):
-    """Both directions' ℓp hinge norms of every positive pair ``(a_j, p_j)``, threshold ``t_j``.
+    """Both directions' ℓp hinge norms of every positive pair ``(a_j, p_j)``, threshold
+    ``t_j = s(a_j, p_j) − α_j`` (the pair's score less its margin).
 
-    ``T¹_j`` over the negatives n of row a_j of ``[x_{a_j}·y_n − t_j]_+``, ``T²_j`` over the
-    negatives n of column p_j of ``[x_n·y_{p_j} − t_j]_+`` (negatives as in :func:`negative_topk`).
-    Differentiable in x, y and t. Returns ``(T¹, T²)``, each (P,) float32 (zeros for a direction
-    not asked for). ``chunked`` makes one pass over row tiles for both directions; ``triton``
-    computes both directions' gradients in one backward where pair j is (j, j) (the usual
-    paired batch), and runs :func:`hinge_norm_rows` once per direction otherwise. ``paired``: the
-    labels are ``arange(B)`` and the pairs (j, j), known without looking at them.
+    ``T¹_j`` over the negatives n of row a_j of ``[s(a_j, n) − t_j]_+``, ``T²_j`` over the
+    negatives n of column p_j of ``[s(n, p_j) − t_j]_+`` (negatives as in :func:`negative_topk`),
+    ``s(i, n) = x_i·y_n``, or with ``cosine`` the cosine of the rows (the norms folded into the
+    score tiles: no normalised copies of x and y). x: (B, D), y: (M, D); ``margin`` α: a float or
+    a tensor broadcastable to (P,) (differentiable: each pair's own margin); ``(a, p_idx)`` (P,)
+    the pairs, rows ascending. Differentiable in x, y and α: the pairs' scores are computed inside
+    the operation and their gradient added in its backward. Returns ``(T¹, T²)``, each (P,)
+    float32 (float64 for float64 inputs; zeros for a direction not asked for). ``chunked`` makes
+    one pass over row tiles for both directions; ``triton`` computes both directions' gradients in
+    one backward where pair j is (j, j) (the usual paired batch), and runs the per-row kernels of
+    :func:`hinge_norm_rows` once per direction otherwise. ``paired``: the labels are ``arange(B)``
+    and the pairs (j, j), known without looking at them.
     """
     return kernel_backend(impl, x).hinge_norm_pairs(
-        x, y, t, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i, paired
+        x, y, margin, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i, paired, cosine
     )
 
 

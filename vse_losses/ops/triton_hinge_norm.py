@@ -21,6 +21,10 @@ For queries ``q`` (N, D), keys (M, D), per-row thresholds ``t`` (N,) and
   accumulated in float32 (deterministic, no atomics). The backward costs one recomputed score
   product in Triton and two cuBLAS products, whatever D; the chunk holds ``W_CHUNK_ELEMENTS``
   weights.
+* Both kernels take a SCALED variant (the cosine folded in, as :mod:`~.triton_lse_pairs`): the
+  scores are ``c_i c_j q_i . k_j`` with row and column scales, and the weight kernel writes
+  ``c_i W_ij c_j``. ``hinge_norm_rows_triton`` itself is unscaled; ``hinge_norm_pairs``
+  (:mod:`~.triton_hinge_norm_pairs`) runs the scaled kernels.
 
 Imports without triton (``TRITON_AVAILABLE`` False); kernels are jitted lazily at first use
 so that ``TRITON_INTERPRET=1`` set before the first call selects the CPU interpreter.
@@ -66,6 +70,8 @@ def _hinge_norm_fwd_kernel(
     ql_ptr,
     kl_ptr,
     qs_ptr,
+    cq_ptr,
+    ck_ptr,  # cq, ck: scales of q's rows and of the keys (SCALED)
     out_ptr,
     N,
     M,
@@ -75,6 +81,7 @@ def _hinge_norm_fwd_kernel(
     p,
     inv_p,
     P_MODE: tl.constexpr,  # 1: p == 1, 2: p == 2, 0: any other p
+    SCALED: tl.constexpr,  # the scores are cq_i ck_j q_i·k_j (the cosine folded in)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -90,6 +97,8 @@ def _hinge_norm_fwd_kernel(
     ql = tl.load(ql_ptr + rows, mask=row_ok, other=0)
     qs = tl.load(qs_ptr + rows, mask=row_ok, other=-1)
     q_rows = q_ptr + rows.to(tl.int64)[:, None] * stride_q
+    if SCALED:
+        cq = tl.load(cq_ptr + rows, mask=row_ok, other=1.0)
 
     run_m = tl.zeros([BLOCK_M], dtype=tl.float32)  # running max of h (h >= 0)
     run_s = tl.zeros([BLOCK_M], dtype=tl.float32)  # sum (h / run_m)^p   (P_MODE 1: sum h)
@@ -98,6 +107,9 @@ def _hinge_norm_fwd_kernel(
         col_ok = cols < M
         k_cols = k_ptr + cols.to(tl.int64)[None, :] * stride_k
         acc = score_tile(q_rows, k_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_M, EVEN_N, EVEN_K)
+        if SCALED:
+            ck = tl.load(ck_ptr + cols, mask=col_ok, other=1.0)
+            acc = (acc * cq[:, None]) * ck[None, :]
         kl = tl.load(kl_ptr + cols, mask=col_ok, other=0)
         valid = (ql[:, None] != kl[None, :]) & (cols[None, :] != qs[:, None])
         if not EVEN_M:
@@ -151,6 +163,8 @@ def _hinge_weight_kernel(
     gk_ptr,
     lk_ptr,
     sk_ptr,
+    cq_ptr,
+    ck_ptr,  # cq, ck: scales of q's rows and of the keys (SCALED)
     r0,
     R,
     M,
@@ -166,6 +180,7 @@ def _hinge_weight_kernel(
     COL_TERM: tl.constexpr,
     SELF_Q: tl.constexpr,
     SELF_K: tl.constexpr,
+    SCALED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -181,6 +196,9 @@ def _hinge_weight_kernel(
     rs[pid_n, i - r0] = this tile's row sum of the ROW_TERM part (fp32; summed over pid_n later);
     cs[pid_m, j] = this tile's column sum of the COL_TERM part (summed over pid_m later).
     (i, j) is valid iff lq_i != lk_j, j != sq_i (SELF_Q) and i != sk_j (SELF_K).
+    SCALED: the scores are ``s_ij = cq_i ck_j q_i·k_j`` and the tile written is ``cq_i W_ij ck_j``
+    (W̃, the weights of q and keys themselves up to the normalisation's radial share); the sums
+    are W's (the thresholds' gradient).
     """
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -196,6 +214,10 @@ def _hinge_weight_kernel(
     if SELF_K:
         sk = tl.load(sk_ptr + cols, mask=col_ok, other=-1)
         valid = valid & (rows[:, None] != sk[None, :])
+    if SCALED:  # the scales as row and column vectors: no tile of them held beside w
+        cq = tl.load(cq_ptr + rows, mask=row_ok, other=1.0)
+        ck = tl.load(ck_ptr + cols, mask=col_ok, other=1.0)
+        acc = (acc * cq[:, None]) * ck[None, :]
     w = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if ROW_TERM:
         w_row = hinge_weights(
@@ -221,6 +243,8 @@ def _hinge_weight_kernel(
         )
         tl.store(cs_ptr + pid_m * stride_cs + cols, tl.sum(w_col, axis=0), mask=col_ok)
         w += w_col
+    if SCALED:
+        w = (w * cq[:, None]) * ck[None, :]
     store_chunk(w_ptr, w, loc, cols, row_ok, col_ok, stride_w)
 
 
@@ -233,40 +257,46 @@ def _hinge_weight_kernel(
 W_CHUNK_ELEMENTS = 1 << 27
 
 
-def _fwd_config(dtype: torch.dtype, interpret: bool, even: bool, arch: int = 90) -> dict:
+def _fwd_config(dtype: torch.dtype, interpret: bool, even: bool, arch: int = 90, *, scaled: bool = False) -> dict:
     """:func:`_fwd_tiles` for the GPU architecture ``arch`` (:func:`for_arch`)."""
-    return for_arch(_fwd_tiles(dtype, interpret, even), arch, dtype, narrow=True)
+    return for_arch(_fwd_tiles(dtype, interpret, even, scaled), arch, dtype, narrow=True)
 
 
-def _fwd_tiles(dtype: torch.dtype, interpret: bool, even: bool) -> dict:
-    """Tiles of the forward kernel. ``even``: N and M multiples of 128 and D of 64. Chosen so
-    that every variant compiles for sm_90 without register spills, as triton specializes it at
-    run time (tests/ops/test_triton_compile.py, triton 3.6 and 3.8)."""
+def _fwd_tiles(dtype: torch.dtype, interpret: bool, even: bool, scaled: bool = False) -> dict:
+    """Tiles of the forward kernel. ``even``: N and M multiples of 128 and D of 64; ``scaled``:
+    the SCALED variant. Chosen so that every variant compiles for sm_90 without register spills,
+    as triton specializes it at run time (tests/ops/test_triton_compile.py, triton 3.6 and 3.8)."""
     if interpret:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
     if dtype == torch.float32:
-        return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
+        # scaled, unaligned: the scales beside a general p's temporaries spill at BLOCK_K = 32
+        return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=16 if scaled and not even else 32, num_warps=8, num_stages=3)
     if even:
         return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
     # the unaligned, masked loads of ragged shapes: 128x128 spills
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3)
 
 
-def _weight_config(dtype: torch.dtype, interpret: bool, p_mode: int = 1, even: bool = True, arch: int = 90) -> dict:
+def _weight_config(
+    dtype: torch.dtype, interpret: bool, p_mode: int = 1, even: bool = True, arch: int = 90, *, scaled: bool = False
+) -> dict:
     """:func:`_weight_tiles` for the GPU architecture ``arch`` (:func:`for_arch`)."""
-    return for_arch(_weight_tiles(dtype, interpret, p_mode, even), arch, dtype, narrow=True)
+    return for_arch(_weight_tiles(dtype, interpret, p_mode, even, scaled), arch, dtype, narrow=True)
 
 
-def _weight_tiles(dtype: torch.dtype, interpret: bool, p_mode: int = 1, even: bool = True) -> dict:
-    """Tiles of the backward's weight kernel (no spills on sm_90 in any variant). BLOCK_M, the
-    multiple of the chunk rows, depends on the dtype alone."""
+def _weight_tiles(
+    dtype: torch.dtype, interpret: bool, p_mode: int = 1, even: bool = True, scaled: bool = False
+) -> dict:
+    """Tiles of the backward's weight kernel (no spills on sm_90 in any variant; ``scaled``: the
+    SCALED one). BLOCK_M, the multiple of the chunk rows, depends on the dtype alone."""
     if interpret:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1)
     if dtype == torch.float32:
         return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
-    if even and p_mode != 0:
+    if even and p_mode != 0 and not scaled:
         return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
-    # exp2/log2 temporaries of a general p, or unaligned masked loads: 128x128 spills
+    # exp2/log2 temporaries of a general p, the scales of the cosine (p = 2 spills 40 bytes, p = 1
+    # is at 255 registers), or unaligned masked loads: 128x128 spills
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3)
 
 
@@ -295,9 +325,10 @@ def _prep(q, keys, t, q_labels, k_labels, q_self):
     )
 
 
-def _forward(q, keys, t, ql, kl, qs, p, *, config: dict | None = None):
-    """T (N,) float32 by the forward kernel (inputs as ``_prep`` returns them). ``config``: tile
-    overrides, for gpu_check's tile sweep."""
+def _forward(q, keys, t, ql, kl, qs, p, *, scales=None, config: dict | None = None):
+    """T (N,) float32 by the forward kernel (inputs as ``_prep`` returns them). ``scales``: ``(c_q
+    (N,), c_k (M,))`` float32, the scores ``c_i c_j q_i·k_j`` (the cosine), or None. ``config``:
+    tile overrides, for gpu_check's tile sweep."""
     N, D = q.shape
     M = keys.shape[0]
     out = torch.zeros((N,), device=q.device, dtype=torch.float32)
@@ -306,10 +337,13 @@ def _forward(q, keys, t, ql, kl, qs, p, *, config: dict | None = None):
         if N and M and D == 0:
             return _dense_small(q, keys, t, ql, kl, qs, p)
         return out
-    cfg = dict(_fwd_config(q.dtype, is_interpreting(), even_shape(N, M, D), device_arch(q.device)))
+    cfg = dict(
+        _fwd_config(q.dtype, is_interpreting(), even_shape(N, M, D), device_arch(q.device), scaled=scales is not None)
+    )
     if config:
         cfg.update({k: v for k, v in config.items() if k in cfg})
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    cq, ck = scales or (out, out)  # out: never read (SCALED is False)
     jitted(_hinge_norm_fwd_kernel)[(triton.cdiv(N, BM),)](
         q,
         keys,
@@ -317,6 +351,8 @@ def _forward(q, keys, t, ql, kl, qs, p, *, config: dict | None = None):
         ql,
         kl,
         qs,
+        cq,
+        ck,
         out,
         N,
         M,
@@ -326,6 +362,7 @@ def _forward(q, keys, t, ql, kl, qs, p, *, config: dict | None = None):
         float(p),
         1.0 / float(p),
         P_MODE=_p_mode(p),
+        SCALED=scales is not None,
         BLOCK_M=BM,
         BLOCK_N=BN,
         BLOCK_K=BK,
@@ -338,17 +375,21 @@ def _forward(q, keys, t, ql, kl, qs, p, *, config: dict | None = None):
     return out
 
 
-def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, w_dtype, *, config: dict | None = None):
+def _weights(
+    q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, w_dtype, *, scales=None, config: dict | None = None
+):
     """The weights of rows r0 .. r0 + R of q against every key (see ``_hinge_weight_kernel``).
 
     row_term / col_term: ``(t, T, g)`` fp32 vectors over the rows of q / over the keys, or None;
-    qs / ks: self indices over the rows of q / over the keys, or None; ``config``: tile overrides,
-    for gpu_check's tile sweep. Returns ``W`` (R, M) in ``w_dtype``, the row sums of its row term
-    (R,) fp32 and the column sums of its column term over these rows (M,) fp32 (None for a term
-    not given).
+    qs / ks: self indices over the rows of q / over the keys, or None; ``scales``: ``(c_q, c_k)``
+    float32 over all rows of q / the keys (the cosine: W̃ = c_q W c_k is written), or None;
+    ``config``: tile overrides, for gpu_check's tile sweep. Returns ``W`` (R, M) in ``w_dtype``,
+    the row sums of its row term (R,) fp32 and the column sums of its column term over these rows
+    (M,) fp32 (None for a term not given), both of W itself.
     """
     M, D = keys.shape
-    cfg = dict(_weight_config(q.dtype, is_interpreting(), _p_mode(p), even_shape(R, M, D), device_arch(q.device)))
+    even, arch = even_shape(R, M, D), device_arch(q.device)
+    cfg = dict(_weight_config(q.dtype, is_interpreting(), _p_mode(p), even, arch, scaled=scales is not None))
     if config:
         cfg.update({k: v for k, v in config.items() if k in cfg})
     BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
@@ -359,6 +400,7 @@ def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, w_dtype, *, 
     unused = ql  # any tensor, for pointers a constexpr branch never reads
     tq, Tq, gq = row_term or (unused,) * 3
     tk, Tk, gk = col_term or (unused,) * 3
+    cq, ck = scales or (unused, unused)
     jitted(_hinge_weight_kernel)[(triton.cdiv(R, BM), n_n)](
         q,
         keys,
@@ -375,6 +417,8 @@ def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, w_dtype, *, 
         gk,
         kl,
         unused if ks is None else ks,
+        cq,
+        ck,
         r0,
         R,
         M,
@@ -390,6 +434,7 @@ def _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, ks, p, w_dtype, *, 
         COL_TERM=col_term is not None,
         SELF_Q=qs is not None,
         SELF_K=ks is not None,
+        SCALED=scales is not None,
         BLOCK_M=BM,
         BLOCK_N=BN,
         BLOCK_K=BK,
@@ -413,12 +458,13 @@ def _grad_scale(*gs):
     return torch.where(m > 0, m, torch.ones_like(m))
 
 
-def _weighted_products(q, keys, row_term, col_term, ql, kl, qs, p, need_q=True, need_k=True):
+def _weighted_products(q, keys, row_term, col_term, ql, kl, qs, p, need_q=True, need_k=True, scales=None):
     """One pass over chunks of rows of W, the weights of q's rows against every key (see
     ``_weights``): ``W keys`` (each chunk's rows complete), ``Wᵀ q`` (accumulated), the row sums
     of W's row term and the column sums of its column term — float32, as the terms' g give them.
-    Each chunk is recomputed by the Triton kernel and multiplied by cuBLAS. → (gq, gk, rows, cols),
-    None for what was not asked for."""
+    Each chunk is recomputed by the Triton kernel and multiplied by cuBLAS. ``scales``: ``(c_q,
+    c_k)`` float32, the cosine: the products are then of W̃ = c_q W c_k (the caller removes the
+    normalisation's radial share). → (gq, gk, rows, cols), None for what was not asked for."""
     N, D = q.shape
     M = keys.shape[0]
     mm = Matmul(q.dtype, q.device)
@@ -431,7 +477,9 @@ def _weighted_products(q, keys, row_term, col_term, ql, kl, qs, p, need_q=True, 
     step = _chunk_rows(N, M, _weight_config(q.dtype, is_interpreting(), arch=device_arch(q.device))["BLOCK_M"])
     for r0 in range(0, N, step):
         R = min(step, N - r0)
-        W, rsum, csum = _weights(q, keys, r0, R, row_term, col_term, ql, kl, qs, None, p, mm.operand_dtype)
+        W, rsum, csum = _weights(
+            q, keys, r0, R, row_term, col_term, ql, kl, qs, None, p, mm.operand_dtype, scales=scales
+        )
         if need_q:
             gq[r0 : r0 + R] = mm(W, keys_op)
         if need_k:
