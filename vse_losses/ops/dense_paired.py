@@ -3,12 +3,13 @@ dense backend's paired call (pair j is row j of x with row j of y, every other p
 
 With ``x̂ = x / max(‖x‖, ε)`` (cosine; the dot product: ``x̂ = x``), ``S = x̂ ŷᵀ`` (B, B) and its
 diagonal ``d``, pair j's image→text scores are row j of S and its text→image scores column j
-(``side(S)``: S itself, or the view Sᵀ); ``d_j`` is the positive in both. With ``t = d − α``:
+(``side(S)``: S itself, or Sᵀ copied into rows); ``d_j`` is the positive in both. With
+``t = d − α``:
 
     hinge norms (sum, max, top-k, ℓp, mix; the VSE++ formula):
         H = [side(S) − t]_+ with the diagonal set to 0,   term_j = ‖H_j‖   (norms.violation_norm)
-    smooth maxima (CLIP's formula), one Z for both directions:
-        Z = (S − α·I)/τ,   L_j = logsumexp(side(Z)_j) − t_j/τ = log(1 + Σ_n exp((α − d_j + s_n)/τ)),
+    smooth maxima (CLIP's formula), per direction:
+        Z = (side(S) − α·I)/τ,   L_j = logsumexp(Z_j) − Z_jj = log(1 + Σ_n exp((α − d_j + s_n)/τ)),
         term = τ·L (lse) or L (infonce).
 
 Backward, per direction, with g its terms' gradient and ``G = g · ∂term/∂side(S)`` (B, B):
@@ -22,10 +23,9 @@ Backward, per direction, with g its terms' gradient and ``G = g · ∂term/∂si
     and the normalisation's backward  ∂x = (∂x̂ − [‖x‖ > ε] (x̂·∂x̂) x̂) / max(‖x‖, ε)  (F.normalize's).
 
 Written out rather than left to autograd because at the batch sizes most people train with
-(B = 32–256) a call is bound by the number of operations, not by arithmetic: this is 60–80
-operations forward and backward where the formulas' autograd graphs run 70–110. The columns are
-read through the transposed view, never copied, so at B = 1024 a call also makes fewer passes
-over B×B memory than the formula. Memory: S (or Z) and one H per direction, B² each. Not twice
+(B = 32–256) a call is bound by the number of operations, not by arithmetic: this is 68–116
+operations forward and backward where the formulas' autograd graphs run 72–110, and fewer passes
+over B×B memory at B = 1024. Memory: S and one H (or Z) per direction, B² each. Not twice
 differentiable.
 """
 
