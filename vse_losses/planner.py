@@ -38,7 +38,7 @@ from . import distributed as _dist
 from .norms import Norm, smooth_max, violation_norm
 from .ops import Backend, checked_backend, kernel_backend, resolve_backend
 from .ops.dense_paired import dense_paired_terms
-from .ops.tiling import cosine_scales
+from .ops.tiling import cosine_scale_pair
 from .pairs import pair_masks, positive_pairs, resolve_labels
 
 MH = Norm("max")  # the default norm of violation_terms
@@ -277,10 +277,8 @@ def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend,
         i2t, t2i = backend.max_violation_paired(x, y, margin, cosine)
         selection = {"i2t": i2t, "t2i": t2i}
     elif norm.selection_k:
-        if cosine:  # c = 1/max(‖row‖, ε) with gradient: the selected scores are cosines, exactly
-            wide = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
-            cx = cosine_scales(x, wide)
-            scales = (cx, cx if self_ref else cosine_scales(y, wide))
+        # c = 1/max(‖row‖, ε) with gradient: the selected scores are cosines, exactly
+        scales = cosine_scale_pair(x, y, cosine, same=self_ref)
         # the hardest negatives of a row do not depend on which positive of the row is the pair
         with torch.no_grad():
             row_val, row_idx, col_val, col_idx = backend.negative_topk(

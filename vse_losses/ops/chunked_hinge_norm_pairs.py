@@ -32,7 +32,7 @@ import torch
 
 from .chunked_row_dots import row_dots_forward_chunked
 from .lp_norm import lp_finish, lp_merge, lp_norm, lp_stats, lp_weights
-from .tiling import PairScores, PairTiles, cosine_scales
+from .tiling import PairScores, PairTiles, cosine_scale_pair
 
 
 def _weights(h: torch.Tensor, T: torch.Tensor, g: torch.Tensor, p: float) -> torch.Tensor:
@@ -43,11 +43,7 @@ def _weights(h: torch.Tensor, T: torch.Tensor, g: torch.Tensor, p: float) -> tor
 class HingeNormPairsChunked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, margin, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i, paired, cosine):
-        scales = None
-        if cosine:
-            wide = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
-            cx = cosine_scales(x, wide)
-            scales = (cx, cx if y is x else cosine_scales(y, wide))
+        scales = cosine_scale_pair(x, y, cosine)
         tiles = PairTiles(x, y, a, p_idx, labels, ref_labels, self_ref, paired, scales)
         pairs = PairScores.computed(x, y, a, p_idx, scales, tiles.diagonal, row_dots_forward_chunked, tiles.wide)
         tw = (pairs.s - margin).to(tiles.wide)  # the thresholds

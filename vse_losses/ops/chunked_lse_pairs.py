@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 
 from .chunked_row_dots import row_dots_forward_chunked
-from .tiling import PairScores, PairTiles, cosine_scales
+from .tiling import PairScores, PairTiles, cosine_scale_pair
 
 
 def _z(H: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor:
@@ -60,11 +60,7 @@ def _weights(H, t, L, tau, g, dim, need_tau):
 class LsePairsChunked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, margin, tau, a, p_idx, labels, ref_labels, self_ref, do_i2t, do_t2i, paired, cosine):
-        scales = None
-        if cosine:
-            wide = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
-            cx = cosine_scales(x, wide)
-            scales = (cx, cx if y is x else cosine_scales(y, wide))
+        scales = cosine_scale_pair(x, y, cosine)
         tiles = PairTiles(x, y, a, p_idx, labels, ref_labels, self_ref, paired, scales)
         pairs = PairScores.computed(x, y, a, p_idx, scales, tiles.diagonal, row_dots_forward_chunked, tiles.wide)
         tw, tv = (pairs.s - margin).to(tiles.wide), float(tau)  # the thresholds

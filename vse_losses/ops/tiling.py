@@ -22,6 +22,17 @@ def cosine_scales(t: torch.Tensor, wide: torch.dtype) -> torch.Tensor:
     return 1.0 / torch.linalg.vector_norm(t, dim=1, dtype=wide).clamp_min(EPS)
 
 
+def cosine_scale_pair(x, y, cosine: bool, wide: torch.dtype | None = None, same: bool | None = None):
+    """``(c_x, c_y)`` of :func:`cosine_scales` in ``wide`` (default float32, float64 for float64
+    inputs), one vector for both when ``same`` (default: ``y is x``, one modality); None without
+    the cosine."""
+    if not cosine:
+        return None
+    wide = wide or torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
+    cx = cosine_scales(x, wide)
+    return cx, (cx if (y is x if same is None else same) else cosine_scales(y, wide))
+
+
 def radial_coefficients(c: torch.Tensor) -> torch.Tensor:
     """``c²`` where the row's norm exceeds ε (c < 1/ε), else 0: the factor of the normalisation's
     share of a row's gradient (F.normalize divides a shorter row by the constant ε: no share)."""

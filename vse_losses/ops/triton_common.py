@@ -59,6 +59,7 @@ __all__ = [
     "lp_merge_tile",
     "jitted",
     "even_shape",
+    "pair_operands",
     "num_sms",
     "choose_groups",
     "SHARED_MEMORY_KIB",
@@ -230,6 +231,21 @@ def jitted(fn):
 def even_shape(B: int, M: int, D: int) -> bool:
     """B and M multiples of 128 and D of 64: the shapes whose loads need no masks at 128/64 tiles."""
     return B % 128 == 0 and M % 128 == 0 and D % 64 == 0
+
+
+def pair_operands(x, y, labels, ref_labels, op: str):
+    """x and y contiguous in their common dtype (float32/float16/bfloat16, else ValueError naming
+    ``op``), labels as contiguous int64 on x's device: the operands of the pair kernels."""
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"{op} supports float32/float16/bfloat16 embeddings, got {dtype}")
+    dev = x.device
+    return (
+        x.to(dtype).contiguous(),
+        y.to(dtype).contiguous(),
+        labels.to(device=dev, dtype=torch.int64).contiguous(),
+        ref_labels.to(device=dev, dtype=torch.int64).contiguous(),
+    )
 
 
 # The shared memory one block may opt in to, KiB, per compute capability (CUDA's tables): the tiles

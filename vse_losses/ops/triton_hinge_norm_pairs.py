@@ -43,7 +43,7 @@ from __future__ import annotations
 import torch
 
 from .lp_norm import lp_finish, lp_merge
-from .tiling import PairScores, cosine_scales, diagonal_pairs, radial_coefficients, remove_radial_
+from .tiling import PairScores, cosine_scale_pair, diagonal_pairs, radial_coefficients, remove_radial_
 from .triton_common import (  # triton, tl: None without triton
     choose_groups,
     device_arch,
@@ -52,6 +52,7 @@ from .triton_common import (  # triton, tl: None without triton
     jitted,
     lp_merge_tile,
     num_sms,
+    pair_operands,
     score_tile,
     tl,
     triton,
@@ -228,33 +229,17 @@ def _pairs_forward(x, y, t, lx, ly, self_ref, p, *, scales=None):
     return _merge(rm, rs, p), _merge(cm, cs, p)
 
 
-def _prep(x, y, labels, ref_labels):
-    dtype = torch.promote_types(x.dtype, y.dtype)
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"hinge_norm_pairs_triton supports fp32/fp16/bf16, got {dtype}")
-    dev = x.device
-    return (
-        x.to(dtype).contiguous(),
-        y.to(dtype).contiguous(),
-        labels.to(device=dev, dtype=torch.int64).contiguous(),
-        ref_labels.to(device=dev, dtype=torch.int64).contiguous(),
-    )
-
-
 class HingeNormPairsTriton(torch.autograd.Function):
     """forward(x, y, margin, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i, paired, cosine)
     → (T¹, T²), each (P,) float32; see the module docstring."""
 
     @staticmethod
     def forward(ctx, x, y, margin, a, p_idx, labels, ref_labels, self_ref, p, do_i2t, do_t2i, paired, cosine):
-        xc, yc, lx, ly = _prep(x, y, labels, ref_labels)
+        xc, yc, lx, ly = pair_operands(x, y, labels, ref_labels, "hinge_norm_pairs_triton")
         B, D = xc.shape
         P = a.shape[0]
         diagonal = diagonal_pairs(a, p_idx, B, yc.shape[0], paired)
-        scales = None  # (c_x, c_y): the cosine, folded into the kernels
-        if cosine:
-            cx = cosine_scales(xc, torch.float32)
-            scales = (cx, cx if y is x else cosine_scales(yc, torch.float32))
+        scales = cosine_scale_pair(xc, yc, cosine, torch.float32, y is x)  # folded into the kernels
         pairs = PairScores.computed(xc, yc, a, p_idx, scales, diagonal, row_dots_forward_triton, torch.float32)
         tw = (pairs.s - margin).to(torch.float32).contiguous()  # the thresholds
         f32 = dict(device=x.device, dtype=torch.float32)

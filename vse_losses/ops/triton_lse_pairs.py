@@ -64,7 +64,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .tiling import Matmul, PairScores, cosine_scales, radial_coefficients, remove_radial_
+from .tiling import Matmul, PairScores, cosine_scale_pair, radial_coefficients, remove_radial_
 from .triton_common import (  # triton, tl: None without triton
     choose_groups,
     chunk_score_tile,
@@ -75,6 +75,7 @@ from .triton_common import (  # triton, tl: None without triton
     jitted,
     kernel_helper,
     num_sms,
+    pair_operands,
     score_tile,
     store_chunk,
     tl,
@@ -494,17 +495,6 @@ def _products(x, y, lx, ly, labels, z_scale, row_term, col_term, need_x, need_y,
 # ----------------------------------------------------------------------------------------
 # Autograd
 # ----------------------------------------------------------------------------------------
-def _prep(x, y, labels, ref_labels):
-    dtype = torch.promote_types(x.dtype, y.dtype)
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"lse_pairs_triton supports float32/float16/bfloat16 embeddings, got {dtype}")
-    dev = x.device
-    return (
-        x.to(dtype).contiguous(),
-        y.to(dtype).contiguous(),
-        labels.to(device=dev, dtype=torch.int64).contiguous(),
-        ref_labels.to(device=dev, dtype=torch.int64).contiguous(),
-    )
 
 
 class LsePairsTriton(torch.autograd.Function):
@@ -513,11 +503,8 @@ class LsePairsTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, margin, tau, a, p_idx, labels, ref_labels, do_i2t, do_t2i, paired, cosine, groups):
-        xc, yc, lx, ly = _prep(x, y, labels, ref_labels)
-        scales = None  # (c_x, c_y): the cosine, folded into the kernels
-        if cosine:
-            cx = cosine_scales(xc, torch.float32)
-            scales = (cx, cx if y is x else cosine_scales(yc, torch.float32))
+        xc, yc, lx, ly = pair_operands(x, y, labels, ref_labels, "lse_pairs_triton")
+        scales = cosine_scale_pair(xc, yc, cosine, torch.float32, y is x)  # folded into the kernels
         pairs = PairScores.computed(xc, yc, a, p_idx, scales, paired, row_dots_forward_triton, torch.float32)
         tw = (pairs.s - margin).to(torch.float32)  # the thresholds
         tv = float(tau)
