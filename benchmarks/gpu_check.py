@@ -520,9 +520,10 @@ def _lse_sweep_jobs(x, y, lab, R: int) -> list:
     """The sweep's jobs of InfoNCE's lse_pairs kernels (paired batch, τ = CLIP's, the cosine folded
     in as the loss runs them: the scaled variants)."""
     from vse_losses.ops import triton_lse_pairs as lp
+    from vse_losses.ops.tiling import cosine_scale_pair
 
     z = lp.LOG2E / bc.CLIP_TEMPERATURE
-    scales = (lp.cosine_scales(x, torch.float32), lp.cosine_scales(y, torch.float32))
+    scales = cosine_scale_pair(x, y, True, torch.float32)
     row, col = lp._statistics(x, y, lab, lab, False, z, True, scales=scales)
     g = torch.full_like(row, 1.0 / row.shape[0])
     terms = ((row, g), (col, g))
