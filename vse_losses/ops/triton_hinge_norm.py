@@ -48,6 +48,7 @@ from .triton_common import (  # triton, tl: None without triton
     jitted,
     kernel_helper,
     lp_merge_tile,
+    pair_operands,
     pow_masked,
     pow_pos,
     recip_pos,
@@ -311,18 +312,10 @@ def _p_mode(p: float) -> int:
 
 
 def _prep(q, keys, t, q_labels, k_labels, q_self):
-    dtype = torch.promote_types(q.dtype, keys.dtype)
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"hinge_norm_rows_triton supports fp32/fp16/bf16, got {dtype}")
+    qc, kc, ql, kl = pair_operands(q, keys, q_labels, k_labels, "hinge_norm_rows_triton")
     dev = q.device
-    return (
-        q.to(dtype).contiguous(),
-        keys.to(dtype).contiguous(),
-        t.to(device=dev, dtype=torch.float32).contiguous(),
-        q_labels.to(device=dev, dtype=torch.int64).contiguous(),
-        k_labels.to(device=dev, dtype=torch.int64).contiguous(),
-        q_self.to(device=dev, dtype=torch.int64).contiguous(),
-    )
+    tc = t.to(device=dev, dtype=torch.float32).contiguous()
+    return qc, kc, tc, ql, kl, q_self.to(device=dev, dtype=torch.int64).contiguous()
 
 
 def _forward(q, keys, t, ql, kl, qs, p, *, scales=None, config: dict | None = None):
