@@ -61,6 +61,8 @@ ALL_LOSSES: dict[str, tuple[str, dict]] = {**LOSSES, **TEMPERATURE_LOSSES}
 ANCHORS = {
     "dense-formula-MH": "the usual dense formula, max of hinges (naive, max_violation=True)",
     "dense-formula-SH": "the usual dense formula, sum of hinges (naive, max_violation=False)",
+    "cosine-formula-MH": "the usual dense formula after F.normalize of both inputs, max of hinges",
+    "cosine-formula-SH": "the usual dense formula after F.normalize of both inputs, sum of hinges",
     "compiled-dense-MH": "torch.compile(dynamic=True) of the dense MH formula",
     "PML-BatchHard-Triplet": "PML BatchHardMiner + TripletMarginLoss, cross-modal via ref_emb, one direction",
     "product": "the B×D @ D×B product alone, forward (tiled into a reused buffer where B×B does not fit)",
@@ -233,6 +235,10 @@ def anchor_fn(name: str, x: torch.Tensor, y: torch.Tensor, product_max_bytes: in
         return fwd_bwd(x, y, lambda: naive(x, y, True))
     if name == "dense-formula-SH":
         return fwd_bwd(x, y, lambda: naive(x, y, False))
+    if name in ("cosine-formula-MH", "cosine-formula-SH"):
+        # what the default (cosine) paired call replaces: the inputs' rows need not be unit norm
+        mh = name.endswith("MH")
+        return fwd_bwd(x, y, lambda: naive(F.normalize(x, dim=1), F.normalize(y, dim=1), mh))
     if name == "compiled-dense-MH":
         c = compiled_naive()
         return fwd_bwd(x, y, lambda: c(x, y, True))

@@ -28,6 +28,8 @@ ANCHOR_ORDER = [
     "product",
     "dense-formula-MH",
     "dense-formula-SH",
+    "cosine-formula-MH",
+    "cosine-formula-SH",
     "compiled-dense-MH",
     "PML-BatchHard-Triplet",
     "dense-CLIP",

@@ -136,6 +136,7 @@ def _loss(
         impl=impl,
         cosine=similarity == "cosine",
         guard=True,
+        anchors=False,
     )
     return _reduce(terms, reduction, lambda: nan_guard(img, cap))
 

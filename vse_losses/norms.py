@@ -29,7 +29,7 @@ import torch
 from . import _checks
 from .ops.lp_norm import lp_norm, lp_weights
 
-__all__ = ["Norm", "violation_norm", "violation_norm_grad", "smooth_max", "lp_norm"]
+__all__ = ["Norm", "hardest_hinges", "violation_norm", "violation_norm_grad", "smooth_max", "lp_norm"]
 
 
 @dataclass(frozen=True)
@@ -87,42 +87,50 @@ class Norm:
         return 1.0 - self.mix if self.kind == "mix" else 1.0
 
 
-def violation_norm(h: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """Norm of each row of ``h`` (..., n), ``h >= 0`` with non-negatives set to 0 → (...)."""
-    if h.shape[-1] == 0:
+def hardest_hinges(h: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(values, indices)`` of the ``norm.selection_k`` largest entries of each row of ``h``
+    (..., n) — the hardest negatives of MH, top-k and the max part of a mix — or None for the norms
+    without a selection (sum, ℓp) and for rows without entries. One of k = 1 is ``max``'s: the first
+    maximal index, ties to the lowest, as every implementation takes it."""
+    k = min(norm.selection_k, h.shape[-1])
+    if k == 0:
+        return None
+    return tuple(h.max(-1, keepdim=True) if k == 1 else torch.topk(h, k, dim=-1))
+
+
+def violation_norm(h: torch.Tensor, norm: Norm, hardest: tuple | None = None) -> torch.Tensor:
+    """Norm of each row of ``h`` (..., n), ``h >= 0`` with non-negatives set to 0 → (...).
+    ``hardest``: :func:`hardest_hinges` of h, where the caller has them."""
+    if norm.kind not in ("sum", "lp", "mix", "max", "topk"):
+        raise ValueError(f"{norm.kind} is a smooth maximum of raw violations: use smooth_max")
+    if h.shape[-1] == 0 or norm.kind == "sum":
         return h.sum(-1)
-    if norm.kind == "sum":
-        return h.sum(-1)
-    if norm.kind == "max":
-        # max along a dim returns (and its backward uses) the first maximal index: ties go to the
-        # lowest index, as in every implementation
-        return h.max(-1).values
-    if norm.kind == "topk":
-        return torch.topk(h, min(norm.k, h.shape[-1]), dim=-1).values.sum(-1)
     if norm.kind == "lp":
         return lp_norm(h, norm.p)
-    if norm.kind == "mix":
-        return (1.0 - norm.mix) * h.sum(-1) + norm.mix * violation_norm(h, Norm("max"))
-    raise ValueError(f"{norm.kind} is a smooth maximum of raw violations: use smooth_max")
+    vals = (hardest_hinges(h, norm) if hardest is None else hardest)[0]
+    if norm.kind == "topk":
+        return vals.sum(-1)
+    if norm.kind == "max":
+        return vals[..., 0]
+    return (1.0 - norm.mix) * h.sum(-1) + norm.mix * vals[..., 0]
 
 
-def violation_norm_grad(h: torch.Tensor, terms: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """∂ violation_norm(h)/∂h (..., n) for the hinge norms, given ``terms = violation_norm(h, norm)``:
-    1 where h > 0 (sum); 1 at the first maximal entry (max: the index ``max`` and its autograd
-    take); 1 at each of ``topk``'s k entries (top-k); (h/T)^{p−1} (ℓp); their mix. Entries with
-    h = 0 get 0, so the masked ones stay out."""
+def violation_norm_grad(h: torch.Tensor, terms: torch.Tensor, norm: Norm, hardest: tuple | None = None) -> torch.Tensor:
+    """∂ violation_norm(h)/∂h (..., n) for the hinge norms, given ``terms = violation_norm(h, norm)``
+    (and ``hardest``, :func:`hardest_hinges` of h, where the caller kept them): 1 where h > 0
+    (sum); 1 at the first maximal entry (max); 1 at each of ``topk``'s k entries (top-k);
+    (h/T)^{p−1} (ℓp); their mix. Entries with h = 0 get 0, so the masked ones stay out."""
     if norm.kind not in ("sum", "lp", "mix", "max", "topk"):
         raise ValueError(f"{norm.kind} is a smooth maximum of raw violations: no hinge-norm gradient")
     if h.shape[-1] == 0:
         return torch.zeros_like(h)
     if norm.kind in ("sum", "lp"):
         return lp_weights(h, terms[..., None], norm.p if norm.kind == "lp" else 1.0)
+    vals, idx = hardest_hinges(h, norm) if hardest is None else hardest
+    w = torch.zeros_like(h).scatter_(-1, idx, (vals > 0).to(h.dtype))
     if norm.kind == "mix":
-        w = violation_norm_grad(h, terms, Norm("sum")).mul_(1.0 - norm.mix)
-        return w.add_(violation_norm_grad(h, terms, Norm("max")), alpha=norm.mix)
-    k = 1 if norm.kind == "max" else min(norm.k, h.shape[-1])
-    vals, idx = h.max(-1, keepdim=True) if k == 1 else torch.topk(h, k, dim=-1)
-    return torch.zeros_like(h).scatter_(-1, idx, (vals > 0).to(h.dtype))
+        return w.mul_(norm.mix).add_(lp_weights(h, terms[..., None], 1.0), alpha=1.0 - norm.mix)
+    return w
 
 
 def smooth_max(v: torch.Tensor, norm: Norm) -> torch.Tensor:

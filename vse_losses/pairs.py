@@ -14,6 +14,15 @@ from .ops.tiling import SameLabel
 __all__ = ["resolve_labels", "positive_pairs", "pair_masks"]
 
 
+def check_paired(B: int, M: int) -> None:
+    """The paired form (row a with column a) needs B = M."""
+    if B != M:
+        raise ValueError(
+            f"paired form needs as many captions as images (rows aligned), got {B} and {M}; "
+            "pass labels and ref_labels to pair them otherwise"
+        )
+
+
 def resolve_labels(
     labels: torch.Tensor | None,
     ref_labels: torch.Tensor | None,
@@ -31,11 +40,7 @@ def resolve_labels(
                 "one modality without labels has no positive pairs; pass labels, or pass the other "
                 "modality as ref_emb (paired form: loss(img_emb, cap_emb))"
             )
-        if B != M:
-            raise ValueError(
-                f"paired form needs as many captions as images (rows aligned), got {B} and {M}; "
-                "pass labels and ref_labels to pair them otherwise"
-            )
+        check_paired(B, M)
         idx = torch.arange(B, device=device)
         return idx, idx
     labels = labels.to(device)

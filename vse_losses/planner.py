@@ -39,7 +39,7 @@ from .norms import Norm, smooth_max, violation_norm
 from .ops import Backend, checked_backend, kernel_backend, resolve_backend
 from .ops.dense_paired import dense_paired_terms
 from .ops.tiling import cosine_scale_pair
-from .pairs import pair_masks, positive_pairs, resolve_labels
+from .pairs import check_paired, pair_masks, positive_pairs, resolve_labels
 
 MH = Norm("max")  # the default norm of violation_terms
 
@@ -114,7 +114,8 @@ def violation_terms(
     query_cols: tuple[int, int] | None = None,
     cosine: bool = False,
     guard: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    anchors: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Loss terms of embeddings whose similarity is the dot product ``x yᵀ`` (with ``cosine``,
     of the l2-normalised rows: off ``dense`` the operations then fold the norms into their kernels
     instead of normalising copies of x and y; ``dense`` and the query blocks normalise first).
@@ -131,13 +132,21 @@ def violation_terms(
     query indices within their range: ``a − start`` for i2t terms, ``p − start`` for t2i terms.
 
     guard: add :func:`nan_guard` of x and y to every term (NaN/Inf in an input → NaN terms).
+    anchors: False for callers that discard them: ``(terms, None)`` (a paired call then builds no
+    index tensor; at small batches every operation counts).
     """
     backend = resolve_backend(impl, x, x.shape[0] * (x if y is None else y).shape[0], norm.kind)
     args = (x, y, labels, ref_labels, margin, norm, directions, query_rows, query_cols, cosine, guard)
     if backend.name == "triton":  # the configuration's key costs tens of µs: only where it is used
         config = _call_config("violation_terms", *args)
         backend = checked_backend(impl, backend, config, lambda b: _probe(_violation_terms_on, b, *args))
-    return _violation_terms_on(backend, *args)
+    terms, idx = _violation_terms_on(backend, *args)
+    if not anchors:
+        return terms, None
+    if idx is None:  # the paired dense call: pair j is the anchor j of a term in each direction
+        a = torch.arange(x.shape[0], device=x.device)
+        idx = torch.cat((a, a)) if directions == "both" else a
+    return terms, idx
 
 
 def _call_config(op: str, *args) -> tuple:
@@ -167,7 +176,7 @@ def _probe(fn, backend, x, y, *rest):
 def _violation_terms_on(
     backend, x, y, labels, ref_labels, margin, norm, directions, query_rows, query_cols, cosine, guard
 ):
-    """:func:`violation_terms` on a resolved backend."""
+    """:func:`violation_terms` on a resolved backend; the anchors None for the paired dense call."""
     local = query_rows is None and query_cols is None
     paired = labels is None and ref_labels is None and y is not None  # pair j is (j, j)
     if (
@@ -193,16 +202,16 @@ def _paired_dense_terms(x, y, margin, norm, directions, cosine, guard):
     """The dense terms of a paired batch (pair j is row j with column j): the formula users write,
     both directions at once, its backward written out (:mod:`~vse_losses.ops.dense_paired`). No
     pair enumeration, no gathered copies of S: at the batch sizes most people train with, a call
-    costs what the formula costs, or less."""
+    costs what the formula costs, or less. Returns ``(terms, None)``: the anchors are built by
+    :func:`violation_terms` where a caller needs them."""
     B = x.shape[0]
-    a, _ = resolve_labels(None, None, B, y.shape[0], False, x.device)  # ValueError unless B = M
+    check_paired(B, y.shape[0])
     terms = dense_paired_terms(x, y, margin, norm, directions, cosine)
-    anchors = torch.cat((a, a)) if directions == "both" else a
     # NaN/Inf in an input reaches every term through d and the normalisation, except in a batch
     # of one pair (no negative) or through an unnormalised dot product (inf − inf is not always NaN)
     if guard and (B < 2 or not cosine):
         terms = terms + nan_guard(x, y)
-    return terms, anchors
+    return terms, None
 
 
 def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend, query_rows, query_cols, cosine):

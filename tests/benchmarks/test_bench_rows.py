@@ -50,6 +50,62 @@ def test_dense_clip_anchor_is_infonce(impl):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("loss", list(bc.ALL_LOSSES))
+def test_small_batch_formulas_are_the_losses(loss):
+    """Each formula small_batch.py measures a loss against computes that loss and its gradients."""
+    sb = _module("small_batch")
+    x, y = bc.make_inputs(24, 8, torch.float64, torch.device("cpu"), seed=3)
+    with torch.no_grad():  # unequal norms: both normalise
+        x.mul_(torch.linspace(0.5, 2, 24, dtype=torch.float64)[:, None])
+    lib, formula = bc.make_loss(loss, "dense"), sb.formula(loss)
+    assert lib(x, y).item() > 0
+    ga = _grads(bc.fwd_bwd(x, y, lambda: lib(x, y)), x, y)
+    gf = _grads(bc.fwd_bwd(x, y, lambda: formula(x, y)), x, y)
+    assert formula(x, y).item() == pytest.approx(lib(x, y).item(), rel=1e-10)
+    for a, b in zip(ga, gf):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_small_batch_script():
+    run = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(BENCH, "small_batch.py"),
+            "--B",
+            "16",
+            "--D",
+            "8",
+            "--rounds",
+            "2",
+            "--reps",
+            "1",
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = [ln.split() for ln in run.stdout.splitlines()[2:]]
+    assert [r[2] for r in rows] == list(bc.ALL_LOSSES)
+    assert all(r[0] == "8" and r[1] == "16" and r[5].endswith("×") and int(r[6]) > 0 for r in rows)
+
+
+@pytest.mark.parametrize("loss", ["MH", "SH"])
+def test_cosine_formula_anchors_are_the_losses(loss):
+    """The cosine-formula anchors compute the default loss on rows of any norm (summed, not averaged)."""
+    B = 32
+    x, y = bc.make_inputs(B, 16, torch.float64, torch.device("cpu"), seed=4)
+    with torch.no_grad():
+        x.mul_(torch.linspace(0.5, 2, B, dtype=torch.float64)[:, None])
+    ga = _grads(bc.anchor_fn(f"cosine-formula-{loss}", x, y), x, y)
+    gl = _grads(bc.loss_fn(loss, "dense", x, y), x, y)
+    assert gl[0].abs().sum() > 0
+    for a, b in zip(ga, gl):
+        torch.testing.assert_close(a, b * 2 * B, rtol=1e-9, atol=1e-12)
+
+
 def test_every_cpu_row_runs():
     x, y = bc.make_inputs(40, 8, torch.float32, torch.device("cpu"))
     for loss in bc.ALL_LOSSES:

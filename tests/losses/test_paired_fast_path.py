@@ -4,6 +4,8 @@ output size depends on the data (on CUDA each one is a device synchronisation)."
 
 import pytest
 import torch
+from pytorch_metric_learning import reducers
+from pytorch_metric_learning.losses import BaseMetricLossFunction
 from torch.profiler import ProfilerActivity, profile
 
 import vse_losses
@@ -61,3 +63,32 @@ def test_paired_call_has_no_data_dependent_ops(name, kwargs, norm, impl):
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         loss_fn(x, ids, ref_emb=y, ref_labels=ids.clone()).backward()
     assert {e.name for e in prof.events()} & SYNCING
+
+
+class _MeanViaPML(reducers.MeanReducer):
+    """A MeanReducer the plain-reducer shortcut does not recognise: PML's own forward runs."""
+
+
+class _SumViaPML(reducers.SumReducer):
+    pass
+
+
+@pytest.mark.parametrize("directions", ["both", "t2i"])
+@pytest.mark.parametrize("reducer,via_pml", [(reducers.MeanReducer, _MeanViaPML), (reducers.SumReducer, _SumViaPML)])
+@pytest.mark.parametrize("name,kwargs,norm", LOSS_CASES)
+def test_plain_reducer_shortcut_equals_pml_forward(name, kwargs, norm, reducer, via_pml, directions, monkeypatch):
+    """A paired call with a plain MeanReducer/SumReducer skips PML's forward and reducer (fixed
+    costs at small batches): the same value and gradients as through them."""
+    x0, y0 = _inputs(B=9, D=5, seed=2)
+    out = {}
+    for r in (reducer, via_pml):
+        x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
+        loss_fn = getattr(vse_losses, name)(reducer=r(), directions=directions, **kwargs)
+        with monkeypatch.context() as m:
+            if r is reducer:  # the shortcut is taken: PML's forward is not reached
+                m.setattr(BaseMetricLossFunction, "forward", lambda *a, **k: pytest.fail("PML's forward ran"))
+            loss = loss_fn(x, y)
+        loss.backward()
+        out[r] = (loss.detach(), x.grad, y.grad)
+    for a, b in zip(out[reducer], out[via_pml]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

@@ -88,6 +88,37 @@ def test_equals_the_explicit_loop(norm, directions, cosine, margin):
 
 
 @pytest.mark.parametrize("norm", NORMS, ids=IDS)
+@pytest.mark.parametrize("trained", ["x", "y"])
+@pytest.mark.parametrize("directions", ["both", "t2i"])
+def test_one_input_trained(norm, trained, directions):
+    """A frozen tower (one input without gradient) gets none, the other the loop's gradient."""
+    x0, y0 = _inputs(7, 4, seed=11)
+    got = [x0.clone(), y0.clone()]
+    ref = [x0.clone(), y0.clone()]
+    i = 0 if trained == "x" else 1
+    got[i].requires_grad_(), ref[i].requires_grad_()
+    dense_paired_terms(*got, 0.2, norm, directions, True).sum().backward()
+    loop_terms(*ref, 0.2, norm, directions, True).sum().backward()
+    torch.testing.assert_close(got[i].grad, ref[i].grad, rtol=1e-10, atol=1e-12)
+    assert got[1 - i].grad is None
+
+
+def test_mixed_input_dtypes():
+    """x in float32 and y in float64: terms in float64, each gradient in its input's dtype."""
+    x0, y0 = _inputs(6, 4, seed=13)
+    x, y = x0.float().requires_grad_(), y0.clone().requires_grad_()
+    rx, ry = x0.float().double().requires_grad_(), y0.clone().requires_grad_()
+    got = dense_paired_terms(x, y, 0.2, Norm("sum"), "both", True)
+    ref = loop_terms(rx, ry, 0.2, Norm("sum"), "both", True)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    got.sum().backward(), ref.sum().backward()
+    assert x.grad.dtype == torch.float32 and y.grad.dtype == torch.float64
+    torch.testing.assert_close(x.grad, rx.grad.float())
+    torch.testing.assert_close(y.grad, ry.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("norm", NORMS, ids=IDS)
 def test_gradcheck(norm):
     x, y = _inputs(6, 4, seed=5)
     x.requires_grad_(), y.requires_grad_()

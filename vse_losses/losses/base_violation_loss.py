@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimilarity
 from pytorch_metric_learning.losses import BaseMetricLossFunction
+from pytorch_metric_learning.reducers import MeanReducer, SumReducer
 
 from .. import _checks
 from .. import distributed as _dist
@@ -82,17 +83,54 @@ class BaseViolationLoss(BaseMetricLossFunction):
             ref_emb, ref_labels = embeddings, labels
         if self.distributed and _dist.world_size() > 1:  # ValueError without a process group
             return self._forward_distributed(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        if labels is None and ref_labels is None and indices_tuple is None and self._plain_reduction():
+            return self._paired_forward(embeddings, ref_emb)
         return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+
+    def _plain_reduction(self) -> bool:
+        """The loss is the mean (``MeanReducer``) or the sum (``SumReducer``) of the terms, of a dot
+        product or cosine, and nothing is recorded or added: what :meth:`_paired_forward` computes."""
+        return (
+            type(self.reducer) in (MeanReducer, SumReducer)
+            and not (self.collect_stats or self.reducer.collect_stats)
+            and self.embedding_regularizer is None
+            and self._dot()
+        )
+
+    def _paired_forward(self, embeddings, ref_emb):
+        """PML's forward of a paired call with a plain reducer (:meth:`_plain_reduction`): the same
+        value and gradients without the loss dict, the terms' anchors and the reducer's dispatch
+        (at the batch sizes most people train with, a call is bound by such fixed costs)."""
+        self.reset_stats()
+        x, y, cosine = self._dot_inputs(embeddings, ref_emb)
+        terms, _ = violation_terms(
+            x,
+            y,
+            margin=self.margin,
+            norm=self.norm(),
+            directions=self.directions,
+            impl=self.impl,
+            cosine=cosine,
+            guard=True,
+            anchors=False,
+        )
+        if terms.numel() == 0:
+            return self._no_terms(embeddings, ref_emb)["losses"]
+        return terms.mean() if type(self.reducer) is MeanReducer else terms.sum()
+
+    def _dot_inputs(self, embeddings, ref_emb):
+        """``(x, y, cosine)`` for the planner: PML's cosine (l2 normalisation, then the dot product)
+        is left to it, which can fold the norms into the kernels instead of normalising copies."""
+        cosine = self.distance.normalize_embeddings and self.distance.p == 2
+        x = embeddings if cosine else self.distance.maybe_normalize(embeddings)
+        y = None if ref_emb is None else (ref_emb if cosine else self.distance.maybe_normalize(ref_emb))
+        return x, y, cosine
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         self_ref = ref_emb is embeddings
         y_in = None if self_ref else ref_emb
         if self._dot() and indices_tuple is None:
-            # PML's cosine (l2 normalisation, then the dot product) is left to the planner, which
-            # can fold the norms into the kernels instead of normalising copies
-            cosine = self.distance.normalize_embeddings and self.distance.p == 2
-            x = embeddings if cosine else self.distance.maybe_normalize(embeddings)
-            y = None if self_ref else (ref_emb if cosine else self.distance.maybe_normalize(ref_emb))
+            x, y, cosine = self._dot_inputs(embeddings, y_in)
             terms, anchors = violation_terms(
                 x,
                 y,

@@ -2,66 +2,76 @@
 dense backend's paired call (pair j is row j of x with row j of y, every other pair a negative).
 
 With ``x̂ = x / max(‖x‖, ε)`` (cosine; the dot product: ``x̂ = x``), ``S = x̂ ŷᵀ`` (B, B) and its
-diagonal ``d``, pair j's image→text scores are row j of S and its text→image scores column j
-(``side(S)``: S itself, or Sᵀ copied into rows); ``d_j`` is the positive in both. With
-``t = d − α``:
+diagonal ``d``, pair j's image→text scores are row j of S and its text→image scores column j;
+the sides ``Q`` (k, B, B) hold them as rows (S, and Sᵀ copied; k = 2 for both directions), so
+that every later step is one operation for both directions. ``d_j`` is the positive in both.
+With ``t = d − α``:
 
     hinge norms (sum, max, top-k, ℓp, mix; the VSE++ formula):
-        H = [side(S) − t]_+ with the diagonal set to 0,   term_j = ‖H_j‖   (norms.violation_norm)
-    smooth maxima (CLIP's formula), per direction:
-        Z = (side(S) − α·I)/τ,   L_j = logsumexp(Z_j) − Z_jj = log(1 + Σ_n exp((α − d_j + s_n)/τ)),
+        H = [Q − t]_+ with the diagonals set to 0,   term_j = ‖H_j‖   (norms.violation_norm)
+    smooth maxima (CLIP's formula):
+        Z = (Q − α·I)/τ,   L_j = logsumexp(Z_j) − Z_jj = −log softmax(Z_j)_j
+                                = log(1 + Σ_n exp((α − d_j + s_n)/τ)),
         term = τ·L (lse) or L (infonce).
 
-Backward, per direction, with g its terms' gradient and ``G = g · ∂term/∂side(S)`` (B, B):
+Backward, with g the terms' gradient and ``G = g · ∂term/∂Q`` (k, B, B):
 
-    hinge:    G_jn = g_j · ∂‖H_j‖/∂H_jn  (norms.violation_norm_grad: 0 where H = 0),
-              ∂t_j −= Σ_n G_jn;
-    smooth:   G_jn = g_j · c · softmax(side(Z)_j)_n,  c = 1/τ (infonce) or 1 (lse),  ∂t_j −= g_j c;
-              ∂τ += Σ_j g_j (−(Σ_n P_jn Z_jn − t_j/τ)/τ) for infonce, and
-              Σ_j g_j (L_j − (Σ_n P_jn Z_jn − t_j/τ)) for lse (P the softmax);
-    then ∂S = Σ side(G) + diag(∂t),  ∂x̂ = ∂S ŷ,  ∂ŷ = ∂Sᵀ x̂,
-    and the normalisation's backward  ∂x = (∂x̂ − [‖x‖ > ε] (x̂·∂x̂) x̂) / max(‖x‖, ε)  (F.normalize's).
+    hinge:    G_jn = g_j · ∂‖H_j‖/∂H_jn  (norms.violation_norm_grad: 0 where H = 0; max and top-k
+              scatter to the indices the forward kept), ∂t_j −= Σ_n G_jn;
+    smooth:   G_jn = g_j · c · P_jn,  P = softmax(Z) = exp of the saved log-softmax,
+              c = 1/τ (infonce) or 1 (lse),  ∂t_j −= g_j c;
+              ∂τ += Σ_j g_j (−(Σ_n P_jn Z_jn − Z_jj)/τ) for infonce, and
+              Σ_j g_j (L_j − (Σ_n P_jn Z_jn − Z_jj)) for lse;
+    then ∂S = G_i2t + G_t2iᵀ + diag(∂t),  ∂x̂ = ∂S ŷ,  ∂ŷ = ∂Sᵀ x̂,
+    and the normalisation's backward  ∂x = (∂x̂ − [‖x‖ > ε] (x̂·∂x̂) x̂) / max(‖x‖, ε)  (F.normalize's),
+    for x and y at once (they are stacked into one (2, B, D) tensor in the forward).
 
 Written out rather than left to autograd because at the batch sizes most people train with
-(B = 32–256) a call is bound by the number of operations, not by arithmetic: this is 68–116
-operations forward and backward where the formulas' autograd graphs run 72–110, and fewer passes
-over B×B memory at B = 1024. Memory: S and one H (or Z) per direction, B² each. Not twice
+(B = 32–256) a call is bound by the number of operations and by Python, not by arithmetic: this
+is 55–80 operations forward and backward where the formulas' autograd graphs run 72–116
+(``benchmarks/small_batch.py``), and fewer passes over B×B memory at B = 1024. Memory: the
+sides (k·B²) kept for the backward, S and the backward's (k + 1)·B² in passing. Not twice
 differentiable.
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-from ..norms import Norm, violation_norm, violation_norm_grad
-from .tiling import cosine_scales, radial_coefficients, remove_radial_
+from ..norms import Norm, hardest_hinges, violation_norm, violation_norm_grad
+from .tiling import EPS, cosine_scales, remove_radial_
 
 
-def _normalized(t: torch.Tensor, cosine: bool, wide: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(t̂, c)``: the rows of t in ``wide``, times ``c = 1/max(‖t_i‖, ε)`` with cosine (else c None)."""
-    if not cosine:
-        return t.to(wide), None
-    c = cosine_scales(t, wide)
-    return t.to(wide) * c[:, None], c
+def _autocast_off(device: torch.device) -> bool:
+    """Whether autocast must be switched off around the Function's work: the terms are computed in
+    float32 or float64 whatever the input dtype, and the backward's products must match the saved
+    tensors' dtype. (A check rather than a context manager on every call: at small batches every
+    microsecond of Python counts.)"""
+    return torch.is_autocast_enabled(device.type)
 
 
-def _input_grad(g: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-    """The gradient of t from ``g``, that of t̂ (F.normalize's backward, as the chunked ops write it:
-    :func:`~vse_losses.ops.tiling.remove_radial_` of ``c·g``); g itself without cosine."""
-    if c is None:
-        return g
-    g = g.mul_(c[:, None])
-    remove_radial_(g, t, radial_coefficients(c))
-    return g
+def _sides(S: torch.Tensor, directions: str) -> torch.Tensor:
+    """(k, B, B): pair j's negatives in row j of each side — S itself (i2t) and Sᵀ (t2i), copied
+    into one tensor so that each later step is one operation for both directions. The transposed
+    side is a plain copy: torch's CPU reductions with indices (max, topk) and elementwise
+    operations are an order of magnitude slower along a transposed view (measured at B = 1024)."""
+    if directions == "i2t":
+        return S.unsqueeze(0)
+    if directions == "t2i":
+        return S.t().contiguous().unsqueeze(0)
+    Q = S.new_empty((2, *S.shape))
+    rows, cols = Q.unbind(0)
+    rows.copy_(S)
+    cols.copy_(S.t())
+    return Q
 
 
-def _exact(device: torch.device):
-    """Autocast off (the terms are computed in float32 or float64 whatever the input dtype, and
-    the backward's products must match the saved tensors' dtype)."""
-    on = torch.is_autocast_enabled(device.type)
-    return torch.autocast(device.type, enabled=False) if on else contextlib.nullcontext()
+def _to_scores(G: torch.Tensor, directions: str) -> torch.Tensor:
+    """The gradient of S from that of its sides (k, B, B): the inverse layout of :func:`_sides`."""
+    if directions == "both":
+        rows, cols = G.unbind(0)
+        return rows.add_(cols.t())
+    return G.squeeze(0) if directions == "i2t" else G.squeeze(0).t()
 
 
 class DensePairedTerms(torch.autograd.Function):
@@ -71,87 +81,102 @@ class DensePairedTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, margin, norm, directions, cosine, tau):
-        with _exact(x.device):
-            return DensePairedTerms._forward(ctx, x, y, margin, norm, directions, cosine, tau)
+        if _autocast_off(x.device):
+            with torch.autocast(x.device.type, enabled=False):
+                return DensePairedTerms._forward(ctx, x, y, margin, norm, directions, cosine, tau)
+        return DensePairedTerms._forward(ctx, x, y, margin, norm, directions, cosine, tau)
 
     @staticmethod
     def _forward(ctx, x, y, margin, norm, directions, cosine, tau):
+        # x and y in one (2, B, D) tensor: the normalisation, and its backward, once for both
         wide = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
-        xh, cx = _normalized(x, cosine, wide)
-        yh, cy = _normalized(y, cosine, wide)
+        X = torch.stack((x, y)) if x.dtype == y.dtype else torch.stack((x.to(wide), y.to(wide)))
+        X = X.to(wide)
+        B, D = x.shape
+        c = None
+        if cosine:
+            c = cosine_scales(X.view(2 * B, D), wide).view(2, B, 1)
+            X.mul_(c)
+        xh, yh = X.unbind(0)
         S = xh @ yh.t()
-        sides = [v for v, d in ((_rows, "i2t"), (_cols, "t2i")) if directions in ("both", d)]
+        Q = _sides(S, directions)  # may be a view of S: S is not used after t
+        hardest = None
         if norm.smooth:
             temp = norm.temperature if tau is None else tau.to(wide)
-            Z = [side(S) / temp for side in sides]
-            L = []
-            for z in Z:
-                if margin:
-                    z.diagonal().sub_(margin / temp)
-                L.append(torch.logsumexp(z, -1) - z.diagonal())  # Z_jj = t_j/τ, as rounded in Z
-            terms = [v * temp for v in L] if norm.kind == "lse" else L
-            ctx.save_for_backward(x, y, xh, yh, cx, cy, tau, *Z, *L)
+            Q = Q.div_(temp)
+            if margin:
+                Q.diagonal(dim1=1, dim2=2).sub_(margin / temp)
+            # L_j = logsumexp(Z_j) − Z_jj = −log softmax(Z_j)_j: one fused kernel, whose output
+            # is all the backward needs (softmax = its exp)
+            Q = torch.log_softmax(Q, -1)
+            V = Q.diagonal(dim1=1, dim2=2).neg()
+            terms = V * temp if norm.kind == "lse" else V
         else:
             t = S.diagonal() - margin  # (B,): each pair's threshold, the same in both directions
-            H = [side(S) - t[:, None] for side in sides]
-            for h in H:
-                h.clamp_(min=0).diagonal().zero_()
-            terms = [violation_norm(h, norm) for h in H]
-            ctx.save_for_backward(x, y, xh, yh, cx, cy, None, *H, *terms)
-        ctx.norm, ctx.sides = norm, sides
-        return torch.cat(terms) if len(terms) > 1 else terms[0]
+            Q.sub_(t.unsqueeze(1)).clamp_(min=0).diagonal(dim1=1, dim2=2).zero_()
+            hardest = hardest_hinges(Q, norm)  # kept: the backward scatters to its indices
+            V = terms = violation_norm(Q, norm, hardest)
+        ctx.save_for_backward(X, c, tau, Q, V, *(hardest or ()))
+        ctx.norm, ctx.directions, ctx.dtypes = norm, directions, (x.dtype, y.dtype)
+        return terms.view(-1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        with _exact(g.device):
-            return DensePairedTerms._backward(ctx, g)
+        if _autocast_off(g.device):
+            with torch.autocast(g.device.type, enabled=False):
+                return DensePairedTerms._backward(ctx, g)
+        return DensePairedTerms._backward(ctx, g)
 
     @staticmethod
     def _backward(ctx, g):
-        x, y, xh, yh, cx, cy, tau, *rest = ctx.saved_tensors
-        norm, sides = ctx.norm, ctx.sides
-        k = len(sides)
-        g = g.to(xh.dtype).view(k, -1)
-        dS, dt, gtau = None, 0.0, None
-        for i, side in enumerate(sides):
-            gi, m, v = g[i], rest[i], rest[k + i]  # m: Z or H of this side; v: its L or terms
-            if norm.smooth:
-                temp = norm.temperature if tau is None else tau.to(m.dtype)
-                P = torch.softmax(m, -1)
-                if tau is not None and ctx.needs_input_grad[6]:
-                    pz = (P * m).sum(-1) - m.diagonal()  # Σ_n P_n Z_n − t/τ
-                    dL = -pz / temp if norm.kind == "infonce" else v - pz
-                    gtau = (gi * dL).sum() + (0.0 if gtau is None else gtau)
-                c = gi if norm.kind == "lse" else gi / temp
-                G = P.mul_(c[:, None])
-                dt = dt - c
-            else:
-                G = violation_norm_grad(m, v, norm).mul_(gi[:, None])
-                dt = dt - G.sum(-1)
-            G = side(G)  # back to S's layout
-            dS = G if dS is None else dS.add_(G)
-        dS.diagonal().add_(dt)
-        gx = gy = None
-        if ctx.needs_input_grad[0]:
-            gx = _input_grad(dS @ yh, x, cx).to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            gy = _input_grad(dS.t() @ xh, y, cy).to(y.dtype)
-        if gtau is not None:
-            gtau = gtau.to(tau.dtype).reshape(tau.shape)
+        # Q: the sides' log-softmax or H (k, B, B); V: their L or terms; the hardest hinges' values and indices
+        X, c, tau, Q, V, *hardest = ctx.saved_tensors
+        norm = ctx.norm
+        need_x, need_y, *_, need_tau = ctx.needs_input_grad
+        g = g.to(X.dtype).view(Q.shape[:2])
+        gtau = None
+        if norm.smooth:
+            temp = norm.temperature if tau is None else tau.to(Q.dtype)
+            P = Q.exp()
+            if tau is not None and need_tau:
+                # Σ_n P_n Z_n − Z_jj (Z_jj = t_j/τ), the same with log P = Z − logsumexp(Z) for Z
+                pz = (P * Q).sum(-1) - Q.diagonal(dim1=1, dim2=2)
+                dL = -pz / temp if norm.kind == "infonce" else V - pz
+                gtau = (g * dL).sum().to(tau.dtype).reshape(tau.shape)
+            cg = g if norm.kind == "lse" else g / temp
+            G = P.mul_(cg.unsqueeze(-1))
+            dt = cg.sum(0)
+        else:
+            G = violation_norm_grad(Q, V, norm, tuple(hardest) or None).mul_(g.unsqueeze(-1))
+            dt = G.sum((0, 2))
+        dS = _to_scores(G, ctx.directions)
+        dS.diagonal().sub_(dt)
+        if not (need_x or need_y):
+            return None, None, None, None, None, None, gtau
+        # ∂x̂ = ∂S ŷ, ∂ŷ = ∂Sᵀ x̂ (the saved rows x̂ = X), into one (n, B, D) tensor for the
+        # normalisation's backward
+        xh, yh = X.unbind(0)
+        if need_x and need_y:
+            dX = torch.empty_like(X)
+            dx, dy = dX.unbind(0)
+            torch.mm(dS, yh, out=dx)
+            torch.mm(dS.t(), xh, out=dy)
+            Xn, cn = X, c
+        else:
+            i = 0 if need_x else 1
+            dX = dS.mm(yh).unsqueeze(0) if need_x else dS.t().mm(xh).unsqueeze(0)
+            Xn, cn = X[i : i + 1], None if c is None else c[i : i + 1]
+        if cn is not None:
+            # F.normalize's backward: ∂x = c (∂x̂ − [‖x‖ > ε] (x̂·∂x̂) x̂)
+            n, B, D = dX.shape
+            dX.mul_(cn)
+            remove_radial_(dX.view(n * B, D), Xn.view(n * B, D), cn.view(n * B) < 1.0 / EPS)
+        if need_x and need_y:
+            return dx.to(ctx.dtypes[0]), dy.to(ctx.dtypes[1]), None, None, None, None, gtau
+        grad = dX.squeeze(0).to(ctx.dtypes[0 if need_x else 1])
+        gx, gy = (grad, None) if need_x else (None, grad)
         return gx, gy, None, None, None, None, gtau
-
-
-def _rows(M: torch.Tensor) -> torch.Tensor:
-    """i2t: pair j's scores are row j of S."""
-    return M
-
-
-def _cols(M: torch.Tensor) -> torch.Tensor:
-    """t2i: pair j's scores are column j of S, copied into rows: torch's CPU reductions with
-    indices (max, topk) and elementwise operations are an order of magnitude slower along a
-    transposed view than a blocked transposing copy (measured at B = 1024)."""
-    return M.t().contiguous()
 
 
 def dense_paired_terms(

@@ -19,7 +19,7 @@ EPS = 1e-12  # as F.normalize and PML's CosineSimilarity
 def cosine_scales(t: torch.Tensor, wide: torch.dtype) -> torch.Tensor:
     """(N,) ``c_i = 1/max(‖t_i‖, ε)`` in ``wide``: the scores of the l2-normalised rows are
     ``c_i c_j x_i·y_j``, without a normalised copy of t."""
-    return 1.0 / torch.linalg.vector_norm(t, dim=1, dtype=wide).clamp_min(EPS)
+    return torch.linalg.vector_norm(t, dim=1, dtype=wide).clamp_min(EPS).reciprocal()
 
 
 def cosine_scale_pair(x, y, cosine: bool, wide: torch.dtype | None = None, same: bool | None = None):
@@ -41,13 +41,19 @@ def radial_coefficients(c: torch.Tensor) -> torch.Tensor:
 
 def remove_radial_(g: torch.Tensor, v: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """In place, row by row: ``g_i ← g_i − k_i A_i v_i`` with ``A_i = v_i·g_i``; returns A (N,).
+    ``k`` (N,): floating, or bool (1 where True).
     With ``g = W̃ w`` (``W̃_ij = c_i W_ij c_j``, W the gradient of the cosines ``s_ij = c_i c_j
     v_i·w_j``) and k = c² (:func:`radial_coefficients`) this makes g the gradient of v itself,
     ``∂v_i = (W̃ w)_i − c_i² (Σ_j W_ij s_ij) v_i``, as ``Σ_j W_ij s_ij = A_i``. Rows in chunks of
     TILE_ELEMENTS (O(chunk) temporaries)."""
     N, D = g.shape
-    A = torch.empty(N, dtype=g.dtype, device=g.device)
     step = max(1, TILE_ELEMENTS // max(D, 1))
+    if N <= step:  # one chunk: no slices (at small batches every operation counts)
+        v = v.to(g.dtype)
+        A = (g * v).sum(1)
+        g.addcmul_((k * A)[:, None], v, value=-1.0)
+        return A
+    A = torch.empty(N, dtype=g.dtype, device=g.device)
     for r0 in range(0, N, step):
         gr, vr = g[r0 : r0 + step], v[r0 : r0 + step].to(g.dtype)
         a = (gr * vr).sum(1)
