@@ -50,27 +50,31 @@ def _autocast_off(device: torch.device) -> bool:
     return torch.is_autocast_enabled(device.type)
 
 
-def _sides(S: torch.Tensor, directions: str) -> torch.Tensor:
-    """(k, B, B): pair j's negatives in row j of each side — S itself (i2t) and Sᵀ (t2i), copied
-    into one tensor so that each later step is one operation for both directions. The transposed
-    side is a plain copy: torch's CPU reductions with indices (max, topk) and elementwise
-    operations are an order of magnitude slower along a transposed view (measured at B = 1024)."""
-    if directions == "i2t":
-        return S.unsqueeze(0)
+def _scores_and_sides(xh: torch.Tensor, yh: torch.Tensor, directions: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(S, Q)``: the scores ``S = x̂ ŷᵀ`` (B, B) and the sides (k, B, B), pair j's negatives in row
+    j of each — S itself (i2t) and Sᵀ (t2i) in one tensor, so that each later step is one
+    operation for both directions. S is Q's first side where there is one (the product is
+    written there: no copy of it), so that work in place on Q changes S. The transposed side is a
+    plain copy: torch's CPU reductions with indices (max, topk) and elementwise operations are an
+    order of magnitude slower along a transposed view (measured at B = 1024)."""
     if directions == "t2i":
-        return S.t().contiguous().unsqueeze(0)
-    Q = S.new_empty((2, *S.shape))
+        S = xh @ yh.t()
+        return S, S.t().contiguous().unsqueeze(0)
+    if directions == "i2t":
+        S = xh @ yh.t()
+        return S, S.unsqueeze(0)
+    Q = xh.new_empty((2, xh.shape[0], yh.shape[0]))
     rows, cols = Q.unbind(0)
-    rows.copy_(S)
-    cols.copy_(S.t())
-    return Q
+    torch.mm(xh, yh.t(), out=rows)
+    cols.copy_(rows.t())
+    return rows, Q
 
 
 def _to_scores(G: torch.Tensor, directions: str) -> torch.Tensor:
-    """The gradient of S from that of its sides (k, B, B): the inverse layout of :func:`_sides`."""
+    """The gradient of S from that of its sides (k, B, B): the inverse of :func:`_scores_and_sides`."""
     if directions == "both":
         rows, cols = G.unbind(0)
-        return rows.add_(cols.t())
+        return rows.add_(cols.t().contiguous())  # not along a transposed view: see _scores_and_sides
     return G.squeeze(0) if directions == "i2t" else G.squeeze(0).t()
 
 
@@ -97,9 +101,7 @@ class DensePairedTerms(torch.autograd.Function):
         if cosine:
             c = cosine_scales(X.view(2 * B, D), wide).view(2, B, 1)
             X.mul_(c)
-        xh, yh = X.unbind(0)
-        S = xh @ yh.t()
-        Q = _sides(S, directions)  # may be a view of S: S is not used after t
+        S, Q = _scores_and_sides(*X.unbind(0), directions)  # S a view of Q: not used after t
         hardest = None
         if norm.smooth:
             temp = norm.temperature if tau is None else tau.to(wide)
@@ -146,12 +148,12 @@ class DensePairedTerms(torch.autograd.Function):
                 gtau = (g * dL).sum().to(tau.dtype).reshape(tau.shape)
             cg = g if norm.kind == "lse" else g / temp
             G = P.mul_(cg.unsqueeze(-1))
-            dt = cg.sum(0)
+            dt = cg
         else:
             G = violation_norm_grad(Q, V, norm, tuple(hardest) or None).mul_(g.unsqueeze(-1))
-            dt = G.sum((0, 2))
+            dt = G.sum(-1)
+        G.diagonal(dim1=1, dim2=2).sub_(dt)  # the positives' share, through t = d − α
         dS = _to_scores(G, ctx.directions)
-        dS.diagonal().sub_(dt)
         if not (need_x or need_y):
             return None, None, None, None, None, None, gtau
         # ∂x̂ = ∂S ŷ, ∂ŷ = ∂Sᵀ x̂ (the saved rows x̂ = X), into one (n, B, D) tensor for the
