@@ -187,3 +187,33 @@ def test_zero_features():
         )
     with pytest.raises(ValueError, match="no features"):
         vse_losses.TopKNegativeMiner(k=2)(x, torch.arange(4))
+
+
+@pytest.mark.parametrize(
+    "cls,attr,value,match",
+    [
+        (vse_losses.TopKViolationLoss, "k", 0, "k must be >= 1"),
+        (vse_losses.TopKViolationLoss, "k", True, "k must be an integer"),  # not the k=1 norm
+        (vse_losses.LpViolationLoss, "p", 0.5, "p must be >= 1"),
+        (vse_losses.LpViolationLoss, "p", [2.0], "p must be"),  # unhashable: still a ValueError
+    ],
+)
+def test_hyperparameter_changed_after_construction_is_checked_at_the_call(cls, attr, value, match):
+    """The loss classes reuse one Norm per distinct hyper-parameters (norms.norm_of): a value set
+    after construction is still validated when the loss is called."""
+    loss_fn = cls()
+    x, y = torch.randn(6, 4), torch.randn(6, 4)
+    loss_fn(x, y)  # a valid norm is cached first
+    setattr(loss_fn, attr, value)
+    with pytest.raises(ValueError, match=match):
+        loss_fn(x, y)
+
+
+def test_norm_of_reuses_one_norm_per_arguments():
+    from vse_losses.norms import Norm, norm_of
+
+    assert norm_of("topk", k=3) is norm_of("topk", k=3) == Norm("topk", k=3)
+    assert norm_of("topk", k=1).kind == "max" and norm_of("lp", p=1.0).kind == "sum"
+    tau = torch.tensor(0.1, requires_grad=True)
+    a, b = norm_of("infonce", temperature=tau), norm_of("infonce", temperature=tau)
+    assert a is not b and a.temperature is tau and b.temperature is tau  # a learned τ: never cached

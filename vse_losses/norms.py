@@ -22,6 +22,7 @@ Masked-out entries of ``v`` are −∞ there (exp(−∞) = 0).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,7 @@ import torch
 from . import _checks
 from .ops.lp_norm import lp_norm, lp_weights
 
-__all__ = ["Norm", "hardest_hinges", "violation_norm", "violation_norm_grad", "smooth_max", "lp_norm"]
+__all__ = ["Norm", "norm_of", "hardest_hinges", "violation_norm", "violation_norm_grad", "smooth_max", "lp_norm"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,23 @@ class Norm:
     def hinge_weight(self) -> float:
         """Weight of the ℓp part of the term (1 − λ of the mix, else 1)."""
         return 1.0 - self.mix if self.kind == "mix" else 1.0
+
+
+@functools.lru_cache(maxsize=256, typed=True)
+def _norm_of(kind, k, p, mix, temperature) -> Norm:
+    return Norm(kind, k, p, mix, temperature)
+
+
+def norm_of(kind: str, k=1, p=1.0, mix=0.0, temperature=1.0) -> Norm:
+    """``Norm(kind, k, p, mix, temperature)``, one object per distinct arguments: the loss classes
+    ask for theirs on every call, and at small batches a call is bound by such fixed costs (the
+    validation runs once). A tensor temperature (learned) builds a new one each time."""
+    if torch.is_tensor(temperature):
+        return Norm(kind, k, p, mix, temperature)
+    try:
+        return _norm_of(kind, k, p, mix, temperature)
+    except TypeError:  # an unhashable argument: Norm says what is wrong with it
+        return Norm(kind, k, p, mix, temperature)
 
 
 def hardest_hinges(h: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, torch.Tensor] | None:

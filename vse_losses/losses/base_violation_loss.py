@@ -23,6 +23,10 @@ from ..functional import (
     violation_terms_from_scores,
 )
 
+# the reducers whose paired call skips PML's forward (BaseViolationLoss._paired_forward), and what
+# each computes from the terms
+_PLAIN_REDUCTIONS = {MeanReducer: torch.mean, SumReducer: torch.sum}
+
 
 class BaseViolationLoss(BaseMetricLossFunction):
     """One loss term per positive pair and direction, a norm of its violation vector (docs/design.md).
@@ -83,21 +87,23 @@ class BaseViolationLoss(BaseMetricLossFunction):
             ref_emb, ref_labels = embeddings, labels
         if self.distributed and _dist.world_size() > 1:  # ValueError without a process group
             return self._forward_distributed(embeddings, labels, indices_tuple, ref_emb, ref_labels)
-        if labels is None and ref_labels is None and indices_tuple is None and self._plain_reduction():
-            return self._paired_forward(embeddings, ref_emb)
+        if labels is None and ref_labels is None and indices_tuple is None:
+            reduce = self._plain_reduction()
+            if reduce is not None:
+                return self._paired_forward(embeddings, ref_emb, reduce)
         return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
-    def _plain_reduction(self) -> bool:
-        """The loss is the mean (``MeanReducer``) or the sum (``SumReducer``) of the terms, of a dot
-        product or cosine, and nothing is recorded or added: what :meth:`_paired_forward` computes."""
-        return (
-            type(self.reducer) in (MeanReducer, SumReducer)
-            and not (self.collect_stats or self.reducer.collect_stats)
-            and self.embedding_regularizer is None
-            and self._dot()
-        )
+    def _plain_reduction(self):
+        """``torch.mean`` or ``torch.sum`` where the loss is the mean (``MeanReducer``) or the sum
+        (``SumReducer``) of the terms of a dot product or cosine and nothing is recorded or added
+        (what :meth:`_paired_forward` computes), else None."""
+        reducer = self.reducer
+        reduce = _PLAIN_REDUCTIONS.get(type(reducer))
+        if reduce is None or self.collect_stats or reducer.collect_stats or self.embedding_regularizer is not None:
+            return None
+        return reduce if self._dot() else None
 
-    def _paired_forward(self, embeddings, ref_emb):
+    def _paired_forward(self, embeddings, ref_emb, reduce):
         """PML's forward of a paired call with a plain reducer (:meth:`_plain_reduction`): the same
         value and gradients without the loss dict, the terms' anchors and the reducer's dispatch
         (at the batch sizes most people train with, a call is bound by such fixed costs)."""
@@ -116,15 +122,16 @@ class BaseViolationLoss(BaseMetricLossFunction):
         )
         if terms.numel() == 0:
             return self._no_terms(embeddings, ref_emb)["losses"]
-        return terms.mean() if type(self.reducer) is MeanReducer else terms.sum()
+        return reduce(terms)
 
     def _dot_inputs(self, embeddings, ref_emb):
         """``(x, y, cosine)`` for the planner: PML's cosine (l2 normalisation, then the dot product)
         is left to it, which can fold the norms into the kernels instead of normalising copies."""
-        cosine = self.distance.normalize_embeddings and self.distance.p == 2
-        x = embeddings if cosine else self.distance.maybe_normalize(embeddings)
-        y = None if ref_emb is None else (ref_emb if cosine else self.distance.maybe_normalize(ref_emb))
-        return x, y, cosine
+        distance = self.distance
+        if distance.normalize_embeddings and distance.p == 2:
+            return embeddings, ref_emb, True
+        y = None if ref_emb is None else distance.maybe_normalize(ref_emb)
+        return distance.maybe_normalize(embeddings), y, False
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         self_ref = ref_emb is embeddings

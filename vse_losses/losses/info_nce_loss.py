@@ -1,4 +1,4 @@
-from ..functional import Norm
+from ..norms import Norm, norm_of
 from .log_sum_exp_violation_loss import LogSumExpViolationLoss
 
 
@@ -25,4 +25,4 @@ class InfoNCELoss(LogSumExpViolationLoss):
         super().__init__(temperature=temperature, margin=margin, **kwargs)
 
     def norm(self) -> Norm:
-        return Norm("infonce", temperature=self.temperature)
+        return norm_of("infonce", temperature=self.temperature)

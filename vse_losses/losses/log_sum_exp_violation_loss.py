@@ -1,5 +1,5 @@
 from .. import _checks
-from ..functional import Norm
+from ..norms import Norm, norm_of
 from .base_violation_loss import BaseViolationLoss
 
 
@@ -33,4 +33,4 @@ class LogSumExpViolationLoss(BaseViolationLoss):
         self._temperature = _checks.check_temperature(value)
 
     def norm(self) -> Norm:
-        return Norm("lse", temperature=self._temperature)
+        return norm_of("lse", temperature=self._temperature)

@@ -1,5 +1,5 @@
 from .. import _checks
-from ..functional import Norm
+from ..norms import Norm, norm_of
 from .base_violation_loss import BaseViolationLoss
 
 
@@ -21,4 +21,4 @@ class LpViolationLoss(BaseViolationLoss):
         self.add_to_recordable_attributes(list_of_names=["p"], is_stat=False)
 
     def norm(self) -> Norm:
-        return Norm("lp", p=self.p)
+        return norm_of("lp", p=self.p)

@@ -1,5 +1,5 @@
 from .. import _checks
-from ..functional import Norm
+from ..norms import Norm, norm_of
 from .base_violation_loss import BaseViolationLoss
 
 
@@ -29,4 +29,4 @@ class MixedViolationLoss(BaseViolationLoss):
         self._mix = _checks.check_mix(value)
 
     def norm(self) -> Norm:
-        return Norm("mix", mix=self._mix)
+        return norm_of("mix", mix=self._mix)

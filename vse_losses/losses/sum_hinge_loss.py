@@ -1,4 +1,4 @@
-from ..functional import Norm
+from ..norms import Norm, norm_of
 from .base_violation_loss import BaseViolationLoss
 
 
@@ -18,4 +18,4 @@ class SumHingeLoss(BaseViolationLoss):
     """
 
     def norm(self) -> Norm:
-        return Norm("sum")
+        return norm_of("sum")

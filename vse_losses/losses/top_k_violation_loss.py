@@ -1,5 +1,5 @@
 from .. import _checks
-from ..functional import Norm
+from ..norms import Norm, norm_of
 from .base_violation_loss import BaseViolationLoss
 
 
@@ -20,4 +20,4 @@ class TopKViolationLoss(BaseViolationLoss):
         self.add_to_recordable_attributes(list_of_names=["k"], is_stat=False)
 
     def norm(self) -> Norm:
-        return Norm("topk", k=self.k)
+        return norm_of("topk", k=self.k)
