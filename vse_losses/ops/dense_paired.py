@@ -42,12 +42,14 @@ from ..norms import Norm, hardest_hinges, violation_norm, violation_norm_grad
 from .tiling import EPS, cosine_scales, remove_radial_
 
 
-def _autocast_off(device: torch.device) -> bool:
-    """Whether autocast must be switched off around the Function's work: the terms are computed in
-    float32 or float64 whatever the input dtype, and the backward's products must match the saved
-    tensors' dtype. (A check rather than a context manager on every call: at small batches every
-    microsecond of Python counts.)"""
-    return torch.is_autocast_enabled(device.type)
+def _autocast_on(t: torch.Tensor) -> str | None:
+    """The device type of t where autocast is on there, else None: the Function's work then runs
+    with autocast off (the terms are computed in float32 or float64 whatever the input dtype, and
+    the backward's products must match the saved tensors' dtype). A check, not a context manager
+    on every call, and no device object for the CPU and CUDA: at small batches every microsecond of
+    Python counts."""
+    kind = "cuda" if t.is_cuda else "cpu" if t.is_cpu else t.device.type
+    return kind if torch.is_autocast_enabled(kind) else None
 
 
 def _scores_and_sides(xh: torch.Tensor, yh: torch.Tensor, directions: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,8 +87,9 @@ class DensePairedTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, margin, norm, directions, cosine, tau):
-        if _autocast_off(x.device):
-            with torch.autocast(x.device.type, enabled=False):
+        kind = _autocast_on(x)
+        if kind is not None:
+            with torch.autocast(kind, enabled=False):
                 return DensePairedTerms._forward(ctx, x, y, margin, norm, directions, cosine, tau)
         return DensePairedTerms._forward(ctx, x, y, margin, norm, directions, cosine, tau)
 
@@ -114,7 +117,7 @@ class DensePairedTerms(torch.autograd.Function):
             V = Q.diagonal(dim1=1, dim2=2).neg()
             terms = V * temp if norm.kind == "lse" else V
         else:
-            t = S.diagonal() - margin  # (B,): each pair's threshold, the same in both directions
+            t = S.diagonal().sub(margin)  # (B,): each pair's threshold, the same in both directions
             Q.sub_(t.unsqueeze(1)).clamp_(min=0).diagonal(dim1=1, dim2=2).zero_()
             hardest = hardest_hinges(Q, norm)  # kept: the backward scatters to its indices
             V = terms = violation_norm(Q, norm, hardest)
@@ -125,8 +128,9 @@ class DensePairedTerms(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        if _autocast_off(g.device):
-            with torch.autocast(g.device.type, enabled=False):
+        kind = _autocast_on(g)
+        if kind is not None:
+            with torch.autocast(kind, enabled=False):
                 return DensePairedTerms._backward(ctx, g)
         return DensePairedTerms._backward(ctx, g)
 
@@ -173,7 +177,7 @@ class DensePairedTerms(torch.autograd.Function):
             # F.normalize's backward: ∂x = c (∂x̂ − [‖x‖ > ε] (x̂·∂x̂) x̂)
             n, B, D = dX.shape
             dX.mul_(cn)
-            remove_radial_(dX.view(n * B, D), Xn.view(n * B, D), cn.view(n * B) < 1.0 / EPS)
+            remove_radial_(dX.view(n * B, D), Xn.view(n * B, D), cn.view(n * B).lt(1.0 / EPS))
         if need_x and need_y:
             return dx.to(ctx.dtypes[0]), dy.to(ctx.dtypes[1]), None, None, None, None, gtau
         grad = dX.squeeze(0).to(ctx.dtypes[0 if need_x else 1])

@@ -48,10 +48,10 @@ def remove_radial_(g: torch.Tensor, v: torch.Tensor, k: torch.Tensor) -> torch.T
     TILE_ELEMENTS (O(chunk) temporaries)."""
     N, D = g.shape
     step = max(1, TILE_ELEMENTS // max(D, 1))
-    if N <= step:  # one chunk: no slices (at small batches every operation counts)
+    if N <= step:  # one chunk, in method calls: at small batches every microsecond counts
         v = v.to(g.dtype)
-        A = (g * v).sum(1)
-        g.addcmul_((k * A)[:, None], v, value=-1.0)
+        A = g.mul(v).sum(1)
+        g.addcmul_(k.mul(A).unsqueeze(1), v, value=-1.0)
         return A
     A = torch.empty(N, dtype=g.dtype, device=g.device)
     for r0 in range(0, N, step):
