@@ -31,6 +31,20 @@ def _env(**extra):
     )
 
 
+def _script(name, *args):
+    """``python benchmarks/<name>.py args`` on one thread; its completed process, checked."""
+    run = subprocess.run(
+        [sys.executable, os.path.join(BENCH, f"{name}.py"), *map(str, args)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
 def _grads(run, x, y):
     run()
     return x.grad.clone(), y.grad.clone()
@@ -67,26 +81,7 @@ def test_small_batch_formulas_are_the_losses(loss):
 
 
 def test_small_batch_script():
-    run = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(BENCH, "small_batch.py"),
-            "--B",
-            "16",
-            "--D",
-            "8",
-            "--rounds",
-            "2",
-            "--reps",
-            "1",
-        ],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = _script("small_batch", "--B", 16, "--D", 8, "--rounds", 2, "--reps", 1)
     rows = [ln.split() for ln in run.stdout.splitlines()[2:]]
     assert [r[2] for r in rows] == list(bc.ALL_LOSSES)
     assert all(r[0] == "8" and r[1] == "16" and r[5].endswith("×") and int(r[6]) > 0 for r in rows)
@@ -169,26 +164,7 @@ def test_benchmark_only_then_report(tmp_path):
     "loss,ref,beside", [("InfoNCE", "dense-CLIP", "InfoNCE/dense"), ("MH", "MH/dense", "dense-formula-MH")]
 )
 def test_cpu_target_script(loss, ref, beside):
-    run = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(BENCH, "cpu_target.py"),
-            "--loss",
-            loss,
-            "--B",
-            "64",
-            "--D",
-            "16",
-            "--rounds",
-            "2",
-        ],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = _script("cpu_target", "--loss", loss, "--B", 64, "--D", 16, "--rounds", 2)
     table = [ln.split()[0] for ln in run.stdout.splitlines() if ln and not ln.startswith(("#", "row"))]
     assert table[:3] == [ref, f"{loss}/chunked", beside]  # the reference first, the rows interleaved
     limit = "1×" if loss == "InfoNCE" else "0.5×"

@@ -109,20 +109,26 @@ class BaseViolationLoss(BaseMetricLossFunction):
         (at the batch sizes most people train with, a call is bound by such fixed costs)."""
         self.reset_stats()
         x, y, cosine = self._dot_inputs(embeddings, ref_emb)
-        terms, _ = violation_terms(
+        terms, _ = self._violation_terms(x, y, None, None, cosine, anchors=False)
+        if terms.numel() == 0:
+            return self._no_terms(embeddings, ref_emb)["losses"]
+        return reduce(terms)
+
+    def _violation_terms(self, x, y, labels, ref_labels, cosine, anchors=True):
+        """The planner's terms (and anchors) of x against y with this loss's options, NaN-guarded."""
+        return violation_terms(
             x,
             y,
+            labels=labels,
+            ref_labels=ref_labels,
             margin=self.margin,
             norm=self.norm(),
             directions=self.directions,
             impl=self.impl,
             cosine=cosine,
             guard=True,
-            anchors=False,
+            anchors=anchors,
         )
-        if terms.numel() == 0:
-            return self._no_terms(embeddings, ref_emb)["losses"]
-        return reduce(terms)
 
     def _dot_inputs(self, embeddings, ref_emb):
         """``(x, y, cosine)`` for the planner: PML's cosine (l2 normalisation, then the dot product)
@@ -138,18 +144,7 @@ class BaseViolationLoss(BaseMetricLossFunction):
         y_in = None if self_ref else ref_emb
         if self._dot() and indices_tuple is None:
             x, y, cosine = self._dot_inputs(embeddings, y_in)
-            terms, anchors = violation_terms(
-                x,
-                y,
-                labels=labels,
-                ref_labels=ref_labels,
-                margin=self.margin,
-                norm=self.norm(),
-                directions=self.directions,
-                impl=self.impl,
-                cosine=cosine,
-                guard=True,
-            )
+            terms, anchors = self._violation_terms(x, y, labels, ref_labels, cosine)
             if self.collect_stats:
                 if cosine:
                     x = F.normalize(x, dim=1)
