@@ -39,6 +39,7 @@ from .triton_common import (  # triton, tl: None without triton
     jitted,
     mma_from_registers,
     num_sms,
+    pair_operands,
     score_tile,
     tl,
 )
@@ -234,13 +235,8 @@ def negative_max_triton(
         y = y.new_zeros((M, 1))
         D = 1
 
-    dtype = torch.promote_types(x.dtype, y.dtype)
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"negative_max_triton supports fp32/fp16/bf16, got {dtype}")
-    x = x.to(dtype).contiguous()
-    y = y.to(dtype).contiguous()
-    xl = x_labels.to(device=dev, dtype=torch.int64).contiguous()
-    yl = y_labels.to(device=dev, dtype=torch.int64).contiguous()
+    x, y, xl, yl = pair_operands(x, y, x_labels, y_labels, "negative_max_triton")
+    dtype = x.dtype
 
     interpret = is_interpreting()
     cfg = dict(_default_config(dtype, interpret, even_shape(B, M, D), D % 64 == 0, device_arch(dev)))
