@@ -41,3 +41,33 @@ def test_cpu_smoke_checks_tables_and_sweep(tmp_path):
     kernels = {r["kernel"] for r in report["tile_sweep"]}
     assert {"negative_max cosine", "MH backward, one side", "pairs forward p=2"} <= kernels
     assert "Tile sweep" in md.read_text()
+
+
+def _session(tmp_path, *args, python=sys.executable):
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=python, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        ["bash", os.path.join(ROOT, "benchmarks", "gpu_session.sh"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_gpu_session_script_on_the_cpu(tmp_path):
+    """The session script runs the self-check and gpu_check, writing each output under $OUT."""
+    run = _session(tmp_path, "--cpu-smoke")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    kinds = ["gpu_check_cpu_*.json", "gpu_check_cpu_*.log", "gpu_check_cpu_*.md", "self_check_cpu_*.json"]
+    for pattern in kinds + ["self_check_cpu_*.txt"]:
+        assert list(tmp_path.glob(pattern)), (pattern, names)
+    assert len(names) <= 8  # what the device tool brings back from $OUT
+    assert json.loads(next(tmp_path.glob("self_check_cpu_*.json")).read_text())
+    assert "self-check exit 0, gpu_check exit 0" in run.stdout
+
+
+def test_gpu_session_script_fails_when_a_step_fails(tmp_path):
+    assert _session(tmp_path, "--gpu").returncode == 2  # an unknown argument
+    run = _session(tmp_path, "--cpu-smoke", python="false")  # no step can run
+    assert run.returncode != 0 and "self-check exit 1" in run.stdout

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The first command of a session that has a CUDA machine: the self-check, then gpu_check.py's
+# checks, table, targets and tile sweep, every output under $OUT (default gpu_session_out/), named
+# by card and date, ready to commit to docs/benchmarks/. About 6 minutes on one H100/H200.
+#
+#   bash benchmarks/gpu_session.sh               # on the CUDA machine, from the repository root
+#   bash benchmarks/gpu_session.sh --cpu-smoke   # the same steps on the CPU at tiny sizes (tests it)
+#
+# The machine runs the working tree (PYTHONPATH=.). Where pytorch-metric-learning is not installed
+# there, carry it as a wheel in .whl/ (it is pure Python):
+#   pip download --no-deps -d .whl pytorch-metric-learning==2.9.0
+# and this script installs every .whl/*.whl into /tmp/site first.
+# Exit status: non-zero when the self-check or gpu_check's checks fail (missed speed targets do not).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu_session_out}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+if compgen -G ".whl/*.whl" >/dev/null; then
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || { echo "gpu_session.sh: installing .whl/*.whl failed" >&2; exit 2; }
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+
+check_args=()
+gpu_args=()
+if [ "${1:-}" = "--cpu-smoke" ]; then
+    check_args=(--quick --device cpu)
+    gpu_args=(--cpu-smoke)
+elif [ $# -gt 0 ]; then
+    echo "gpu_session.sh: unknown argument $1 (only --cpu-smoke)" >&2
+    exit 2
+fi
+card=$("$py" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')" \
+    | tr -c 'A-Za-z0-9\n' '_' | tr '[:upper:]' '[:lower:]')
+tag=${card}_$(date -u +%F)
+echo "gpu_session.sh: $tag, outputs in $out/"
+nvidia-smi >"$out/nvidia_smi_$tag.txt" 2>&1 || true
+
+"$py" -m vse_losses.check "${check_args[@]}" --json "$out/self_check_$tag.json" 2>&1 | tee "$out/self_check_$tag.txt"
+check_status=${PIPESTATUS[0]}
+"$py" benchmarks/gpu_check.py "${gpu_args[@]}" --md "$out/gpu_check_$tag.md" --json "$out/gpu_check_$tag.json" 2>&1 \
+    | tee "$out/gpu_check_$tag.log"
+gpu_status=${PIPESTATUS[0]}
+echo "gpu_session.sh: self-check exit $check_status, gpu_check exit $gpu_status"
+[ "$check_status" -eq 0 ] && [ "$gpu_status" -eq 0 ]
