@@ -7,9 +7,10 @@
 #   bash benchmarks/gpu_session.sh --cpu-smoke   # the same steps on the CPU at tiny sizes (tests it)
 #
 # The machine runs the working tree (PYTHONPATH=.). Where pytorch-metric-learning is not installed
-# there, carry it as a wheel in .whl/ (it is pure Python):
+# there (a bare CUDA image), carry it as a wheel in .whl/ (ignored by git; it is pure Python):
 #   pip download --no-deps -d .whl pytorch-metric-learning==2.9.0
-# and this script installs every .whl/*.whl into /tmp/site first.
+# and this script installs every .whl/*.whl into /tmp/site first; with the device tool of these
+# sessions: run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=540).
 # Exit status: non-zero when the self-check or gpu_check's checks fail (missed speed targets do not).
 set -uo pipefail
 cd "$(dirname "$0")/.."
