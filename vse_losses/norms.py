@@ -108,8 +108,8 @@ def norm_of(kind: str, k=1, p=1.0, mix=0.0, temperature=1.0) -> Norm:
 def hardest_hinges(h: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(values, indices)`` of the ``norm.selection_k`` largest entries of each row of ``h``
     (..., n) — the hardest negatives of MH, top-k and the max part of a mix — or None for the norms
-    without a selection (sum, ℓp) and for rows without entries. One of k = 1 is ``max``'s: the first
-    maximal index, ties to the lowest, as every implementation takes it."""
+    without a selection (sum, ℓp) and for rows without entries. For k = 1 it is ``max``'s: the first
+    maximal index (ties to the lowest), as every implementation of the library takes it."""
     k = min(norm.selection_k, h.shape[-1])
     if k == 0:
         return None

@@ -140,7 +140,7 @@ class DensePairedTerms(torch.autograd.Function):
         X, c, tau, Q, V, *hardest = ctx.saved_tensors
         norm = ctx.norm
         need_x, need_y, *_, need_tau = ctx.needs_input_grad
-        g = g.to(X.dtype).view(Q.shape[:2])
+        g = g.to(X.dtype).reshape(Q.shape[:2])
         gtau = None
         if norm.smooth:
             temp = norm.temperature if tau is None else tau.to(Q.dtype)
