@@ -73,12 +73,26 @@ class _SumViaPML(reducers.SumReducer):
     pass
 
 
+def _call(loss_fn, form, x, y):
+    """The call forms without mined tuples: paired, cross-modal with repeated labels (and ref_labels
+    omitted: the same labels), one modality with labels."""
+    labels = torch.tensor([0, 1, 1, 2, 3, 3, 3, 4, 5])
+    if form == "paired":
+        return loss_fn(x, y)
+    if form == "labelled":
+        return loss_fn(x, labels, ref_emb=y, ref_labels=labels.flip(0))
+    if form == "same labels":
+        return loss_fn(x, labels, ref_emb=y)
+    return loss_fn(x, labels)  # one modality
+
+
+@pytest.mark.parametrize("form", ["paired", "labelled", "same labels", "one modality"])
 @pytest.mark.parametrize("directions", ["both", "t2i"])
 @pytest.mark.parametrize("reducer,via_pml", [(reducers.MeanReducer, _MeanViaPML), (reducers.SumReducer, _SumViaPML)])
 @pytest.mark.parametrize("name,kwargs,norm", LOSS_CASES)
-def test_plain_reducer_shortcut_equals_pml_forward(name, kwargs, norm, reducer, via_pml, directions, monkeypatch):
-    """A paired call with a plain MeanReducer/SumReducer skips PML's forward and reducer (fixed
-    costs at small batches): the same value and gradients as through them."""
+def test_plain_reducer_shortcut_equals_pml_forward(name, kwargs, norm, reducer, via_pml, directions, form, monkeypatch):
+    """A call without mined tuples and with a plain MeanReducer/SumReducer skips PML's forward and
+    reducer (fixed costs at small batches): the same value and gradients as through them."""
     x0, y0 = _inputs(B=9, D=5, seed=2)
     out = {}
     for r in (reducer, via_pml):
@@ -87,8 +101,9 @@ def test_plain_reducer_shortcut_equals_pml_forward(name, kwargs, norm, reducer, 
         with monkeypatch.context() as m:
             if r is reducer:  # the shortcut is taken: PML's forward is not reached
                 m.setattr(BaseMetricLossFunction, "forward", lambda *a, **k: pytest.fail("PML's forward ran"))
-            loss = loss_fn(x, y)
+            loss = _call(loss_fn, form, x, y)
         loss.backward()
-        out[r] = (loss.detach(), x.grad, y.grad)
+        out[r] = (loss.detach(), x.grad, None if form == "one modality" else y.grad)
+    assert out[reducer][0] != 0
     for a, b in zip(out[reducer], out[via_pml]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

@@ -23,7 +23,7 @@ from ..functional import (
     violation_terms_from_scores,
 )
 
-# the reducers whose paired call skips PML's forward (BaseViolationLoss._paired_forward), and what
+# the reducers whose calls skip PML's forward (BaseViolationLoss._plain_forward), and what
 # each computes from the terms
 _PLAIN_REDUCTIONS = {MeanReducer: torch.mean, SumReducer: torch.sum}
 
@@ -87,31 +87,33 @@ class BaseViolationLoss(BaseMetricLossFunction):
             ref_emb, ref_labels = embeddings, labels
         if self.distributed and _dist.world_size() > 1:  # ValueError without a process group
             return self._forward_distributed(embeddings, labels, indices_tuple, ref_emb, ref_labels)
-        if labels is None and ref_labels is None and indices_tuple is None:
+        if indices_tuple is None:
             reduce = self._plain_reduction()
             if reduce is not None:
-                return self._paired_forward(embeddings, ref_emb, reduce)
+                return self._plain_forward(embeddings, labels, ref_emb, ref_labels, reduce)
         return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
     def _plain_reduction(self):
         """``torch.mean`` or ``torch.sum`` where the loss is the mean (``MeanReducer``) or the sum
         (``SumReducer``) of the terms of a dot product or cosine and nothing is recorded or added
-        (what :meth:`_paired_forward` computes), else None."""
+        (what :meth:`_plain_forward` computes), else None."""
         reducer = self.reducer
         reduce = _PLAIN_REDUCTIONS.get(type(reducer))
         if reduce is None or self.collect_stats or reducer.collect_stats or self.embedding_regularizer is not None:
             return None
         return reduce if self._dot() else None
 
-    def _paired_forward(self, embeddings, ref_emb, reduce):
-        """PML's forward of a paired call with a plain reducer (:meth:`_plain_reduction`): the same
-        value and gradients without the loss dict, the terms' anchors and the reducer's dispatch
-        (at the batch sizes most people train with, a call is bound by such fixed costs)."""
+    def _plain_forward(self, embeddings, labels, ref_emb, ref_labels, reduce):
+        """PML's forward (without mined tuples) with a plain reducer (:meth:`_plain_reduction`): what
+        :meth:`compute_loss` and the reducer give, without the loss dict, the terms' anchors and the
+        reducer's dispatch (at the batch sizes most people train with, a call is bound by such
+        fixed costs)."""
         self.reset_stats()
-        x, y, cosine = self._dot_inputs(embeddings, ref_emb)
-        terms, _ = self._violation_terms(x, y, None, None, cosine, anchors=False)
+        y_in = None if ref_emb is embeddings else ref_emb
+        x, y, cosine = self._dot_inputs(embeddings, y_in)
+        terms, _ = self._violation_terms(x, y, labels, ref_labels, cosine, anchors=False)
         if terms.numel() == 0:
-            return self._no_terms(embeddings, ref_emb)["losses"]
+            return self._no_terms(embeddings, y_in)["losses"]
         return reduce(terms)
 
     def _violation_terms(self, x, y, labels, ref_labels, cosine, anchors=True):
