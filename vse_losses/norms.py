@@ -155,7 +155,10 @@ def smooth_max(v: torch.Tensor, norm: Norm) -> torch.Tensor:
     """The ``lse``/``infonce`` term of each row of the raw violations ``v`` (..., n), −∞ where an
     entry is not a negative → (...): ``log(1 + Σ exp(v/τ))``, times τ for ``lse``."""
     tau = norm.temperature
-    ok = v > float("-inf")  # −∞ entries stay out of the division: their τ-gradient would be NaN
-    z = torch.where(ok, torch.where(ok, v, torch.zeros_like(v)) / tau, v)
+    if torch.is_tensor(tau):  # −∞ entries stay out of the division: their τ-gradient would be NaN
+        ok = v > float("-inf")
+        z = torch.where(ok, torch.where(ok, v, torch.zeros_like(v)) / tau, v)
+    else:
+        z = v / tau
     lse = torch.logsumexp(torch.cat([torch.zeros_like(z[..., :1]), z], -1), -1)  # the 1 + …: exp(0)
     return lse * tau if norm.kind == "lse" else lse

@@ -235,6 +235,13 @@ def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend,
         cosine = False
     y = x if y is None else y
     labels, ref_labels = resolve_labels(labels, ref_labels, B, M, self_ref, x.device)
+    if backend.dense and local:  # labelled (the paired call has its own Function)
+        wide = torch.promote_types(x.dtype, torch.float32)
+        S = x.to(wide) @ y.to(wide).t()
+        # the masks are B×M here anyway: the pairs are the positive mask's entries (row-major, as
+        # positive_pairs gives them), one operation instead of a sort and searches
+        pos, neg = pair_masks(labels, ref_labels, self_ref)
+        return violation_terms_from_scores(S, pos, neg, margin=margin, norm=norm, directions=directions)
     a, p = (labels, ref_labels) if paired else positive_pairs(labels, ref_labels, self_ref)
     if fused_mh:
         i2t, t2i = backend.max_violation_paired(x, y, margin, cosine)
@@ -255,12 +262,6 @@ def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend,
             directions=directions,
             backend=backend,
         )
-    if backend.dense:
-        wide = torch.promote_types(x.dtype, torch.float32)
-        S = x.to(wide) @ y.to(wide).t()
-        pos, neg = pair_masks(labels, ref_labels, self_ref)
-        return violation_terms_from_scores(S, pos, neg, margin=margin, norm=norm, directions=directions, pairs=(a, p))
-
     if norm.smooth:  # one online log-sum-exp over the score tiles gives both directions
         # the op computes the pairs' scores (thresholds s_ap − α) and passes their gradient into
         # its own backward: no gradient-sized buffer for the thresholds' path
