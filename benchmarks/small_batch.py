@@ -10,6 +10,12 @@ score matrix, diagonal, the two hinge matrices with the eye mask, then the loss'
 along each direction (sum, max, ``topk``, the ℓp norm, the mix, ``logsumexp``) and the mean over
 the 2B terms; InfoNCE's is CLIP's (``F.cross_entropy`` both ways, ``bench_common.clip_formula``).
 
+With ``--labelled`` the library's row is the PML call with labels,
+``loss(img, labels, ref_emb=cap, ref_labels=labels)``, labels drawn from B/2 classes (so most
+rows have several positives), and its formula the labelled one a user writes (the mask of equal
+labels, its entries as the pairs, each pair's row and column of S masked to its negatives;
+``vse_losses.check.plain_loss``).
+
 The two calls of a row alternate within each round (``--reps`` calls each), the order flipping every
 round, so that load from other processes hits both alike; the ratio is the median over rounds of the
 per-round ratio. ``aten ops``: the operations one forward+backward dispatches (what a GPU pays per
@@ -95,13 +101,31 @@ def _aten_ops(run) -> int:
     return c.n
 
 
-def measure(loss: str, B: int, D: int, rounds: int, reps: int, seed: int = 0) -> dict:
+def labelled_formula(loss: str):
+    """The labelled formula of ``loss``: (x, y, labels) → the mean of its terms."""
+    from vse_losses.check import LossSpec, plain_loss
+
+    cls, kw = bc.ALL_LOSSES[loss]
+    kind = bc.make_loss(loss, "dense").norm().kind
+    spec = LossSpec(cls, {k: v for k, v in kw.items() if k != "margin"}, kind, kw.get("margin", bc.MARGIN))
+    return lambda x, y, labels: plain_loss(spec, x, y, labels, labels)
+
+
+def measure(loss: str, B: int, D: int, rounds: int, reps: int, seed: int = 0, labelled: bool = False) -> dict:
     x, y = bc.make_inputs(B, D, torch.float32, torch.device("cpu"), seed)
     with torch.no_grad():  # rows of unequal norms: the normalisation is part of the work
         x.mul_(torch.linspace(0.5, 2.0, B)[:, None])
     lib = bc.make_loss(loss, "auto")
-    f = formula(loss)
-    runs = [bc.fwd_bwd(x, y, lambda: lib(x, y)), bc.fwd_bwd(x, y, lambda: f(x, y))]
+    if labelled:
+        labels = torch.randint(0, max(1, B // 2), (B,), generator=torch.Generator().manual_seed(seed))
+        f = labelled_formula(loss)
+        runs = [
+            bc.fwd_bwd(x, y, lambda: lib(x, labels, ref_emb=y, ref_labels=labels)),
+            bc.fwd_bwd(x, y, lambda: f(x, y, labels)),
+        ]
+    else:
+        f = formula(loss)
+        runs = [bc.fwd_bwd(x, y, lambda: lib(x, y)), bc.fwd_bwd(x, y, lambda: f(x, y))]
     for r in runs:
         r()
     ops = [_aten_ops(r) for r in runs]
@@ -132,6 +156,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--reps", type=int, default=20, help="calls per row and round")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--labelled", action="store_true", help="the PML call with labels against the labelled formula")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     losses = args.losses.split(",")
@@ -139,6 +164,7 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown loss {unknown[0]!r}; choose from {', '.join(bc.ALL_LOSSES)}")
     print(
+        f"{'labelled' if args.labelled else 'paired'} calls, "
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), fp32, forward+backward, "
         f"median of per-round ratios over {args.rounds} interleaved rounds of {args.reps} calls"
     )
@@ -146,7 +172,7 @@ def main(argv=None) -> int:
     for D in map(int, args.D.split(",")):
         for B in map(int, args.B.split(",")):
             for loss in losses:
-                r = measure(loss, B, D, args.rounds, args.reps)
+                r = measure(loss, B, D, args.rounds, args.reps, labelled=args.labelled)
                 print(
                     f"{D:>5} {B:>5} {loss:<8} {r['ms']:>8.3f} {r['formula_ms']:>10.3f} {r['ratio']:>8.2f}× "
                     f"{r['ops']:>5} {r['formula_ops']:>11}",

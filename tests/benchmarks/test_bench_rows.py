@@ -80,8 +80,20 @@ def test_small_batch_formulas_are_the_losses(loss):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_small_batch_script():
-    run = _script("small_batch", "--B", 16, "--D", 8, "--rounds", 2, "--reps", 1)
+@pytest.mark.parametrize("loss", list(bc.ALL_LOSSES))
+def test_small_batch_labelled_formulas_are_the_losses(loss):
+    sb = _module("small_batch")
+    x, y = bc.make_inputs(24, 8, torch.float64, torch.device("cpu"), seed=5)
+    labels = torch.randint(0, 10, (24,), generator=torch.Generator().manual_seed(1))
+    lib, formula = bc.make_loss(loss, "dense"), sb.labelled_formula(loss)
+    value = lib(x, labels, ref_emb=y, ref_labels=labels)
+    assert value.item() > 0
+    assert formula(x, y, labels).item() == pytest.approx(value.item(), rel=1e-10)
+
+
+@pytest.mark.parametrize("labelled", [[], ["--labelled"]], ids=["paired", "labelled"])
+def test_small_batch_script(labelled):
+    run = _script("small_batch", "--B", 16, "--D", 8, "--rounds", 2, "--reps", 1, *labelled)
     rows = [ln.split() for ln in run.stdout.splitlines()[2:]]
     assert [r[2] for r in rows] == list(bc.ALL_LOSSES)
     assert all(r[0] == "8" and r[1] == "16" and r[5].endswith("×") and int(r[6]) > 0 for r in rows)
