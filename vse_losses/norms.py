@@ -97,7 +97,8 @@ def norm_of(kind: str, k=1, p=1.0, mix=0.0, temperature=1.0) -> Norm:
     """``Norm(kind, k, p, mix, temperature)``, one object per distinct arguments: the loss classes
     ask for theirs on every call, and at small batches a call is bound by such fixed costs (the
     validation runs once). A tensor temperature (learned) builds a new one each time."""
-    if torch.is_tensor(temperature):
+    # torch.compile traces the construction instead (and warns about a cached call)
+    if torch.is_tensor(temperature) or torch.compiler.is_compiling():
         return Norm(kind, k, p, mix, temperature)
     try:
         return _norm_of(kind, k, p, mix, temperature)

@@ -37,9 +37,10 @@ import torch.nn.functional as F
 from . import distributed as _dist
 from .norms import Norm, smooth_max, violation_norm
 from .ops import Backend, checked_backend, kernel_backend, resolve_backend
+from .ops.dense_labelled import dense_labelled_terms
 from .ops.dense_paired import dense_paired_terms
 from .ops.tiling import cosine_scale_pair
-from .pairs import check_paired, pair_masks, positive_pairs, resolve_labels
+from .pairs import check_paired, positive_pairs, resolve_labels
 
 MH = Norm("max")  # the default norm of violation_terms
 
@@ -229,19 +230,15 @@ def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend,
     # (and their gradients) would be the largest buffers of these losses, and in 16-bit inputs
     # the rounding of those copies would be the largest error of the scores
     folded = local and not backend.dense
+    if backend.dense and local:  # labelled or one modality (the paired call has its own Function)
+        labels, ref_labels = resolve_labels(labels, ref_labels, B, M, self_ref, x.device)
+        return dense_labelled_terms(x, y, labels, ref_labels, margin, norm, directions, cosine)
     if cosine and not folded:
         x = F.normalize(x, dim=1)
         y = None if self_ref else F.normalize(y, dim=1)
         cosine = False
     y = x if y is None else y
     labels, ref_labels = resolve_labels(labels, ref_labels, B, M, self_ref, x.device)
-    if backend.dense and local:  # labelled (the paired call has its own Function)
-        wide = torch.promote_types(x.dtype, torch.float32)
-        S = x.to(wide) @ y.to(wide).t()
-        # the masks are B×M here anyway: the pairs are the positive mask's entries (row-major, as
-        # positive_pairs gives them), one operation instead of a sort and searches
-        pos, neg = pair_masks(labels, ref_labels, self_ref)
-        return violation_terms_from_scores(S, pos, neg, margin=margin, norm=norm, directions=directions)
     a, p = (labels, ref_labels) if paired else positive_pairs(labels, ref_labels, self_ref)
     if fused_mh:
         i2t, t2i = backend.max_violation_paired(x, y, margin, cosine)
