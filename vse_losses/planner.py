@@ -196,7 +196,13 @@ def _violation_terms_on(
     if backend.dense and paired and local:
         return _paired_dense_terms(x, y, margin, norm, directions, cosine, guard)
     terms, anchors = _terms(x, y, labels, ref_labels, margin, norm, directions, backend, query_rows, query_cols, cosine)
-    return (terms + nan_guard(x, y), anchors) if guard else (terms, anchors)
+    # the labelled dense Function, both directions, with the cosine, needs no guard: a NaN/Inf in a
+    # row makes its whole row (or column) of S NaN, and every row is the own entry or a negative of
+    # some term of one direction, whose masking keeps it or multiplies it by 0 (tested; no term at
+    # all: the callers' zero is guarded)
+    if guard and not (backend.dense and local and cosine and directions == "both"):
+        terms = terms + nan_guard(x, y)
+    return terms, anchors
 
 
 def _paired_dense_terms(x, y, margin, norm, directions, cosine, guard):

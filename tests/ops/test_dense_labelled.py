@@ -174,3 +174,36 @@ def test_inputs_are_not_modified():
     dense_labelled_terms(x, None, LABELS, LABELS, 0.2, Norm("sum"), "both", True)
     dense_labelled_terms(x, y, LABELS, REF_LABELS, 0.2, Norm("sum"), "both", True)
     assert torch.equal(x, x_copy)
+
+
+@pytest.mark.parametrize("norm", NORMS, ids=IDS)
+@pytest.mark.parametrize("where", ["x row without positive", "x row with positives", "y row", "one modality"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_nan_or_inf_input_reaches_a_term(norm, where, bad):
+    """With the cosine and both directions the planner adds no NaN guard to these terms: a NaN/Inf
+    anywhere in an input must make some term NaN by itself (its whole row/column of S is NaN). With
+    one direction it need not (a row without positive is no i2t term's), and the guard stays."""
+    directions = "both"
+    x, y = _inputs(9, 11, 5, seed=17)
+    row = {"x row without positive": 7, "x row with positives": 4, "y row": 6, "one modality": 2}[where]
+    (y if where == "y row" else x)[row, 1] = bad
+    self_ref = where == "one modality"
+    labels, ref_labels = (LABELS, LABELS) if self_ref else (LABELS, REF_LABELS)
+    terms, _ = dense_labelled_terms(x, None if self_ref else y, labels, ref_labels, 0.2, norm, directions, True)
+    assert terms.numel() > 0 and torch.isnan(terms).any()
+
+
+@pytest.mark.parametrize("directions", ["i2t", "t2i"])
+def test_one_direction_keeps_the_guard(directions):
+    """A NaN in a row that no term of the direction reads still gives a NaN loss (the planner's guard)."""
+    import vse_losses
+
+    x, y = _inputs(9, 11, 5, seed=19)
+    if directions == "i2t":
+        x[7, 0] = float("nan")  # label 9: no positive, so no i2t term reads its row
+    else:
+        y[5, 0] = float("nan")  # label 5: no positive, so no t2i term reads its column
+    loss_fn = vse_losses.SumHingeLoss(directions=directions, impl="dense")
+    terms, _ = dense_labelled_terms(x, y, LABELS, REF_LABELS, 0.2, Norm("sum"), directions, True)
+    assert terms.numel() > 0 and not torch.isnan(terms).any()  # the terms alone miss it
+    assert torch.isnan(loss_fn(x, LABELS, ref_emb=y, ref_labels=REF_LABELS))
