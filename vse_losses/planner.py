@@ -7,7 +7,8 @@ compute the terms:
 - ``dense``: the formula with its backward written out — the paired call (labels absent):
   :func:`~vse_losses.ops.dense_paired.dense_paired_terms`; with labels (or one modality):
   :func:`~vse_losses.ops.dense_labelled.dense_labelled_terms`; the query blocks of a distributed
-  call: S and its masks, then :func:`violation_terms_from_scores`;
+  call: their blocks of S through autograd (:func:`query_violation_terms`); precomputed scores
+  and other PML distances: :func:`violation_terms_from_scores`;
 - the paired max violation (labels absent, MH): :meth:`Backend.max_violation_paired`, O(B)
   memory, the cosine folded into the kernels; a small batch on Triton: one launch;
 - the temperature losses (LSE, InfoNCE; any labels): ``lse_pairs``, both directions'
