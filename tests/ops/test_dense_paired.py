@@ -9,20 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.support.cases import NORM_IDS, NORM_KWARGS
+from tests.support.reference import norm_of
 from vse_losses.norms import Norm
 from vse_losses.ops.dense_paired import dense_paired_terms
 
 F64 = {"dtype": torch.float64}
-NORMS = [
-    Norm("sum"),
-    Norm("max"),
-    Norm("topk", k=3),
-    Norm("lp", p=2.5),
-    Norm("mix", mix=0.3),
-    Norm("lse", temperature=0.1),
-    Norm("infonce", temperature=0.1),
-]
-IDS = ["sum", "max", "top3", "l2.5", "mix", "lse", "infonce"]
+NORMS = [Norm(**kw) for kw in NORM_KWARGS]
+IDS = NORM_IDS
 
 
 def loop_terms(x, y, margin, norm, directions, cosine, tau=None):
@@ -39,23 +33,7 @@ def loop_terms(x, y, margin, norm, directions, cosine, tau=None):
             pos = x[j] @ y[j]
             negs = [(x[j] @ y[n]) if direction == "i2t" else (x[n] @ y[j]) for n in range(B) if n != j]
             v = [margin - pos + s for s in negs]
-            if norm.kind in ("lse", "infonce"):
-                L = torch.log(1 + sum(torch.exp(e / tau) for e in v)) if v else pos * 0
-                out.append(L * tau if norm.kind == "lse" else L)
-                continue
-            h = [torch.clamp(e, min=0) for e in v]
-            if not h:
-                out.append(pos * 0)
-            elif norm.kind == "sum":
-                out.append(sum(h))
-            elif norm.kind == "max":
-                out.append(max(h))
-            elif norm.kind == "topk":
-                out.append(sum(sorted(h, key=lambda e: e.detach().item(), reverse=True)[: norm.k]))
-            elif norm.kind == "lp":
-                out.append(sum(e**norm.p for e in h) ** (1 / norm.p))
-            else:
-                out.append((1 - norm.mix) * sum(h) + norm.mix * max(h))
+            out.append(norm_of(v, norm.kind, k=norm.k, p=norm.p, mix=norm.mix, temperature=tau))
     return torch.stack(out)
 
 

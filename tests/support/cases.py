@@ -12,6 +12,9 @@ LOSS_CASES = [
     ("InfoNCELoss", {"temperature": 0.1, "margin": 0.2}, {"kind": "infonce", "temperature": 0.1}),
 ]
 FAST_IMPLS = ["dense", "chunked"]
+# the same norms as vse_losses Norm objects (for the ops that take one), and their test ids
+NORM_KWARGS = [norm for _, _, norm in LOSS_CASES]
+NORM_IDS = ["sum", "max", "top3", "l2.5", "mix", "lse", "infonce"]
 
 
 def loss_and_grads(name, kwargs, impl, x0, y0, labels=None, ref_labels=None):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..norms import Norm, hardest_hinges, violation_norm, violation_norm_grad
-from .dense_paired import _autocast_on
+from .dense_paired import without_autocast
 from .tiling import EPS, cosine_scales, remove_radial_
 
 
@@ -35,11 +35,8 @@ class DenseLabelledTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, labels, ref_labels, margin, norm, directions, cosine, tau):
-        kind = _autocast_on(x)
-        if kind is not None:
-            with torch.autocast(kind, enabled=False):
-                return DenseLabelledTerms._forward(ctx, x, y, labels, ref_labels, margin, norm, directions, cosine, tau)
-        return DenseLabelledTerms._forward(ctx, x, y, labels, ref_labels, margin, norm, directions, cosine, tau)
+        fwd = DenseLabelledTerms._forward
+        return without_autocast(x, fwd, ctx, x, y, labels, ref_labels, margin, norm, directions, cosine, tau)
 
     @staticmethod
     def _forward(ctx, x, y, labels, ref_labels, margin, norm, directions, cosine, tau):
@@ -97,11 +94,7 @@ class DenseLabelledTerms(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g, _anchors_grad):
-        kind = _autocast_on(g)
-        if kind is not None:
-            with torch.autocast(kind, enabled=False):
-                return DenseLabelledTerms._backward(ctx, g)
-        return DenseLabelledTerms._backward(ctx, g)
+        return without_autocast(g, DenseLabelledTerms._backward, ctx, g)
 
     @staticmethod
     def _backward(ctx, g):

@@ -42,14 +42,16 @@ from ..norms import Norm, hardest_hinges, violation_norm, violation_norm_grad
 from .tiling import EPS, cosine_scales, remove_radial_
 
 
-def _autocast_on(t: torch.Tensor) -> str | None:
-    """The device type of t where autocast is on there, else None: the Function's work then runs
-    with autocast off (the terms are computed in float32 or float64 whatever the input dtype, and
-    the backward's products must match the saved tensors' dtype). A check, not a context manager
-    on every call, and no device object for the CPU and CUDA: at small batches every microsecond of
-    Python counts."""
+def without_autocast(t: torch.Tensor, fn, *args):
+    """``fn(*args)`` with autocast off on t's device where it is on: the Functions' terms are
+    computed in float32 or float64 whatever the input dtype, and their backward's products must
+    match the saved tensors' dtype. A check, not a context manager on every call, and no device
+    object for the CPU and CUDA: at small batches every microsecond of Python counts."""
     kind = "cuda" if t.is_cuda else "cpu" if t.is_cpu else t.device.type
-    return kind if torch.is_autocast_enabled(kind) else None
+    if not torch.is_autocast_enabled(kind):
+        return fn(*args)
+    with torch.autocast(kind, enabled=False):
+        return fn(*args)
 
 
 def _scores_and_sides(xh: torch.Tensor, yh: torch.Tensor, directions: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,11 +89,7 @@ class DensePairedTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, margin, norm, directions, cosine, tau):
-        kind = _autocast_on(x)
-        if kind is not None:
-            with torch.autocast(kind, enabled=False):
-                return DensePairedTerms._forward(ctx, x, y, margin, norm, directions, cosine, tau)
-        return DensePairedTerms._forward(ctx, x, y, margin, norm, directions, cosine, tau)
+        return without_autocast(x, DensePairedTerms._forward, ctx, x, y, margin, norm, directions, cosine, tau)
 
     @staticmethod
     def _forward(ctx, x, y, margin, norm, directions, cosine, tau):
@@ -128,11 +126,7 @@ class DensePairedTerms(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        kind = _autocast_on(g)
-        if kind is not None:
-            with torch.autocast(kind, enabled=False):
-                return DensePairedTerms._backward(ctx, g)
-        return DensePairedTerms._backward(ctx, g)
+        return without_autocast(g, DensePairedTerms._backward, ctx, g)
 
     @staticmethod
     def _backward(ctx, g):
