@@ -52,34 +52,39 @@ class DenseLabelledTerms(torch.autograd.Function):
             X.mul_(c)
         xh, yh = (X, X) if self_ref else (X[:B], X[B:])
         S = xh @ yh.t()
-        pos = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
+        # what is not a negative: the positives, and with one modality the pairs (i, i); the
+        # t2i layout built from the labels, not transposed (gathers along a transposed view and
+        # elementwise work on one are an order of magnitude slower on the CPU)
+        same = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
+        same_t = ref_labels.unsqueeze(1) == labels.unsqueeze(0)
         if self_ref:
-            pos.fill_diagonal_(False)
-        neg = ~pos
-        if self_ref:
-            neg.fill_diagonal_(False)
-        a, p = pos.nonzero(as_tuple=True)
+            a, p = (same & ~torch.eye(B, dtype=torch.bool, device=S.device)).nonzero(as_tuple=True)
+            same.fill_diagonal_(True)
+            same_t.fill_diagonal_(True)
+        else:
+            a, p = same.nonzero(as_tuple=True)
         t = S[a, p].sub_(margin)  # (P,): each pair's threshold
-        sides = []  # (side, its own-entry index, its negatives' mask) per direction
+        sides = []  # (side, its own-entry index, its non-negatives' mask) per direction
         if directions in ("both", "i2t"):
-            sides.append((S.index_select(0, a), p, neg.index_select(0, a)))
+            sides.append((S.index_select(0, a), p, same.index_select(0, a)))
         if directions in ("both", "t2i"):
-            sides.append((S.t().index_select(0, p), a, neg.t().index_select(0, p)))
+            St = S if self_ref else S.t().contiguous()
+            sides.append((St.index_select(0, p), a, same_t.index_select(0, p)))
         rows = torch.arange(a.shape[0], device=a.device)
         temp = None
         if norm.smooth:
             temp = norm.temperature if tau is None else tau.to(wide)
         saved, terms = [], []
-        for Q, own, negs in sides:
+        for Q, own, other in sides:
             if norm.smooth:
-                Q = Q.masked_fill_(~negs, float("-inf"))
+                Q = Q.masked_fill_(other, float("-inf"))
                 Q[rows, own] = t  # the own entry: the positive's threshold, the "1 +" of the loss
                 Q = torch.log_softmax(Q.div_(temp), -1)
                 V = Q[rows, own].neg()
                 terms.append(V * temp if norm.kind == "lse" else V)
                 saved += [Q, V]
             else:
-                Q = Q.sub_(t.unsqueeze(1)).clamp_(min=0).mul_(negs)
+                Q = Q.sub_(t.unsqueeze(1)).clamp_(min=0).masked_fill_(other, 0.0)
                 hardest = hardest_hinges(Q, norm)  # kept: the backward scatters to its indices
                 V = violation_norm(Q, norm, hardest)
                 terms.append(V)
@@ -108,6 +113,7 @@ class DenseLabelledTerms(torch.autograd.Function):
         rows = torch.arange(P, device=a.device)
         xh, yh = (X, X) if self_ref else (X[:B], X[B:])
         dS = torch.zeros(xh.shape[0], yh.shape[0], dtype=X.dtype, device=X.device)
+        dSt = None  # the t2i share, in its own layout (M, B): added to dS by one transposing copy
         per = 2 if norm.smooth else 4
         gtau = None
         for i, own in enumerate(owns):
@@ -131,7 +137,9 @@ class DenseLabelledTerms(torch.autograd.Function):
             if own is p:  # i2t: the rows a of S
                 dS.index_add_(0, a, G)
             else:  # t2i: the columns p of S
-                dS.t().index_add_(0, p, G)
+                dSt = torch.zeros(yh.shape[0], xh.shape[0], dtype=X.dtype, device=X.device).index_add_(0, p, G)
+        if dSt is not None:
+            dS.add_(dSt.t().contiguous())
         if gtau is not None:
             gtau = gtau.to(tau.dtype).reshape(tau.shape)
         if not (need_x or need_y):
