@@ -185,3 +185,19 @@ def test_one_direction_keeps_the_guard(directions):
     terms, _ = dense_labelled_terms(x, y, LABELS, REF_LABELS, 0.2, Norm("sum"), directions, True)
     assert terms.numel() > 0 and not torch.isnan(terms).any()  # the terms alone miss it
     assert torch.isnan(loss_fn(x, LABELS, ref_emb=y, ref_labels=REF_LABELS))
+
+
+def test_half_inputs_and_autocast():
+    """16-bit inputs are computed in float32; under autocast the product is not cast down."""
+    x, y = _inputs(9, 11, 16, seed=23)
+    xb, yb = x.bfloat16().requires_grad_(), y.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = dense_labelled_terms(xb, yb, LABELS, REF_LABELS, 0.2, Norm("lse", temperature=0.1), "both", True)
+    assert got.dtype == torch.float32
+    got.sum().backward()
+    assert xb.grad.dtype == torch.bfloat16 and yb.grad.dtype == torch.bfloat16
+    assert torch.isfinite(xb.grad.float()).all() and torch.isfinite(yb.grad.float()).all()
+    exact, _ = dense_labelled_terms(
+        xb.detach().double(), yb.detach().double(), LABELS, REF_LABELS, 0.2, Norm("lse", temperature=0.1), "both", True
+    )
+    torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-6)  # float32 arithmetic
