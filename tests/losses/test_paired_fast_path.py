@@ -107,3 +107,16 @@ def test_plain_reducer_shortcut_equals_pml_forward(name, kwargs, norm, reducer, 
     assert out[reducer][0] != 0
     for a, b in zip(out[reducer], out[via_pml]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_a_subclass_compute_loss_is_not_bypassed():
+    """PML's template: a subclass that overrides compute_loss gets it called, plain reducer or not."""
+
+    class Doubled(vse_losses.SumHingeLoss):
+        def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+            out = super().compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+            out["loss"]["losses"] = out["loss"]["losses"] * 2
+            return out
+
+    x0, y0 = _inputs(B=9, D=5, seed=4)
+    assert Doubled()(x0, y0).item() == pytest.approx(2 * vse_losses.SumHingeLoss()(x0, y0).item(), rel=1e-12)

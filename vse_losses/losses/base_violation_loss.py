@@ -95,11 +95,13 @@ class BaseViolationLoss(BaseMetricLossFunction):
 
     def _plain_reduction(self):
         """``torch.mean`` or ``torch.sum`` where the loss is the mean (``MeanReducer``) or the sum
-        (``SumReducer``) of the terms of a dot product or cosine and nothing is recorded or added
-        (what :meth:`_plain_forward` computes), else None."""
+        (``SumReducer``) of the terms of a dot product or cosine, nothing is recorded or added, and
+        ``compute_loss`` is this class's (what :meth:`_plain_forward` computes), else None."""
         reducer = self.reducer
         reduce = _PLAIN_REDUCTIONS.get(type(reducer))
         if reduce is None or self.collect_stats or reducer.collect_stats or self.embedding_regularizer is not None:
+            return None
+        if type(self).compute_loss is not BaseViolationLoss.compute_loss:  # a subclass's own terms
             return None
         return reduce if self._dot() else None
 
