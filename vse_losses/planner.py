@@ -71,7 +71,6 @@ def violation_terms_from_scores(
     margin: float,
     norm: Norm,
     directions: str = "both",
-    pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense loss terms from a score matrix and boolean pair masks.
 
@@ -80,7 +79,7 @@ def violation_terms_from_scores(
     and for each the row index ``a`` of its pair.
     """
     S = scores.to(torch.promote_types(scores.dtype, torch.float32))
-    a, p = pos_mask.nonzero(as_tuple=True) if pairs is None else pairs
+    a, p = pos_mask.nonzero(as_tuple=True)
     s_ap = S[a, p][:, None]
     if norm.smooth:  # raw violations, −∞ where not a negative
         inf = torch.full((), float("-inf"), dtype=S.dtype, device=S.device)

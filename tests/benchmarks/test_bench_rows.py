@@ -50,34 +50,41 @@ def _grads(run, x, y):
     return x.grad.clone(), y.grad.clone()
 
 
+def _unequal_inputs(B, D, seed=0):
+    """Two float64 (B, D) leaves whose x rows have norms 0.5…2: a row compared with its formula
+    must normalise (unit-norm inputs would hide a missing normalisation)."""
+    x, y = bc.make_inputs(B, D, torch.float64, torch.device("cpu"), seed)
+    with torch.no_grad():
+        x.mul_(torch.linspace(0.5, 2, B, dtype=torch.float64)[:, None])
+    return x, y
+
+
+def _assert_same_grads(run_a, run_b, x, y, scale=1.0):
+    """The two rows' input gradients agree (run_a's = scale × run_b's); run_b's are not zero."""
+    ga, gb = _grads(run_a, x, y), _grads(run_b, x, y)
+    assert gb[0].abs().sum() > 0
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b * scale, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("impl", ["dense", "chunked"])
 def test_dense_clip_anchor_is_infonce(impl):
     """The anchor InfoNCE is measured against computes the same loss and gradients."""
-    x, y = bc.make_inputs(96, 16, torch.float64, torch.device("cpu"))
-    with torch.no_grad():  # not unit norm: both normalise
-        x.mul_(torch.linspace(0.5, 2, 96, dtype=torch.float64)[:, None])
+    x, y = _unequal_inputs(96, 16)
     value = bc.clip_formula(x, y)
     assert bc.make_loss("InfoNCE", impl)(x, y).item() == pytest.approx(value.item(), rel=1e-10)
-    ga = _grads(bc.anchor_fn("dense-CLIP", x, y), x, y)
-    gl = _grads(bc.loss_fn("InfoNCE", impl, x, y), x, y)
-    for a, b in zip(ga, gl):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    _assert_same_grads(bc.anchor_fn("dense-CLIP", x, y), bc.loss_fn("InfoNCE", impl, x, y), x, y)
 
 
 @pytest.mark.parametrize("loss", list(bc.ALL_LOSSES))
 def test_small_batch_formulas_are_the_losses(loss):
     """Each formula small_batch.py measures a loss against computes that loss and its gradients."""
     sb = _module("small_batch")
-    x, y = bc.make_inputs(24, 8, torch.float64, torch.device("cpu"), seed=3)
-    with torch.no_grad():  # unequal norms: both normalise
-        x.mul_(torch.linspace(0.5, 2, 24, dtype=torch.float64)[:, None])
+    x, y = _unequal_inputs(24, 8, seed=3)
     lib, formula = bc.make_loss(loss, "dense"), sb.formula(loss)
     assert lib(x, y).item() > 0
-    ga = _grads(bc.fwd_bwd(x, y, lambda: lib(x, y)), x, y)
-    gf = _grads(bc.fwd_bwd(x, y, lambda: formula(x, y)), x, y)
     assert formula(x, y).item() == pytest.approx(lib(x, y).item(), rel=1e-10)
-    for a, b in zip(ga, gf):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    _assert_same_grads(bc.fwd_bwd(x, y, lambda: formula(x, y)), bc.fwd_bwd(x, y, lambda: lib(x, y)), x, y)
 
 
 @pytest.mark.parametrize("loss", list(bc.ALL_LOSSES))
@@ -103,14 +110,9 @@ def test_small_batch_script(labelled):
 def test_cosine_formula_anchors_are_the_losses(loss):
     """The cosine-formula anchors compute the default loss on rows of any norm (summed, not averaged)."""
     B = 32
-    x, y = bc.make_inputs(B, 16, torch.float64, torch.device("cpu"), seed=4)
-    with torch.no_grad():
-        x.mul_(torch.linspace(0.5, 2, B, dtype=torch.float64)[:, None])
-    ga = _grads(bc.anchor_fn(f"cosine-formula-{loss}", x, y), x, y)
-    gl = _grads(bc.loss_fn(loss, "dense", x, y), x, y)
-    assert gl[0].abs().sum() > 0
-    for a, b in zip(ga, gl):
-        torch.testing.assert_close(a, b * 2 * B, rtol=1e-9, atol=1e-12)
+    x, y = _unequal_inputs(B, 16, seed=4)
+    anchor, lib = bc.anchor_fn(f"cosine-formula-{loss}", x, y), bc.loss_fn(loss, "dense", x, y)
+    _assert_same_grads(anchor, lib, x, y, scale=2 * B)
 
 
 def test_every_cpu_row_runs():
