@@ -97,7 +97,7 @@ def main(variants, arch=90):
         aligned = [n for n in names if n.endswith("_ptr")]
         if constexprs.get("EVEN_K", True):
             aligned += [n for n in names if n in ("D", "r0") or n.startswith("stride_")]
-        if constexprs.get("EVEN_M", constexprs.get("EVEN_R", True)):
+        if constexprs.get("EVEN_M", True):
             aligned += [n for n in names if n in ("B", "M", "N", "R")]
         attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
         src = ASTSource(
@@ -173,7 +173,7 @@ def main(variants, arch=90):
         elif kind == "lse_weights":  # mode: 0 … 3, bits (labels, scaled); both directions' terms
             cfg = dict(lp._weight_config(dtypes[dtype], False, even, arch), **tiles)
             const = dict(
-                LABELS=bool(mode & 1), ROW_TERM=True, COL_TERM=True, SCALED=bool(mode & 2), EVEN_R=even, **flags
+                LABELS=bool(mode & 1), ROW_TERM=True, COL_TERM=True, SCALED=bool(mode & 2), EVEN_M=even, **flags
             )
             r = compile_one(lp._lse_weight_kernel, dtype, cfg, const)
         elif kind == "hinge_weights":
@@ -185,7 +185,7 @@ def main(variants, arch=90):
                 SELF_Q=True,
                 SELF_K=True,
                 SCALED=scaled,
-                EVEN_R=even,
+                EVEN_M=even,
                 **flags,
             )
             r = compile_one(hn._hinge_weight_kernel, dtype, cfg, const)

@@ -58,6 +58,7 @@ __all__ = [
     "pow_pos",
     "lp_merge_tile",
     "jitted",
+    "tile_args",
     "even_shape",
     "pair_operands",
     "num_sms",
@@ -134,7 +135,7 @@ def chunk_score_tile(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    EVEN_R: tl.constexpr,
+    EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr,
     EVEN_K: tl.constexpr,
 ):
@@ -148,7 +149,7 @@ def chunk_score_tile(
     col_ok = cols < M
     q_rows = q_ptr + rows.to(tl.int64)[:, None] * stride_q
     k_cols = k_ptr + cols.to(tl.int64)[None, :] * stride_k
-    S = score_tile(q_rows, k_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_R, EVEN_N, EVEN_K)
+    S = score_tile(q_rows, k_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_M, EVEN_N, EVEN_K)
     return loc, rows, row_ok, cols, col_ok, S
 
 
@@ -226,6 +227,23 @@ def jitted(fn):
                 fn.__globals__[name] = jitted(helper)
         _JITTED[key] = triton.jit(fn)
     return _JITTED[key]
+
+
+def tile_args(cfg: dict, N: int, M: int, D: int) -> dict:
+    """The keyword arguments of a score-tile kernel's launch from its tile ``cfg``: the blocks,
+    whether each of N (rows), M (columns) and D is a whole number of blocks (its loads need no
+    mask), and the warps and pipeline stages."""
+    BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    return dict(
+        BLOCK_M=BM,
+        BLOCK_N=BN,
+        BLOCK_K=BK,
+        EVEN_M=N % BM == 0,
+        EVEN_N=M % BN == 0,
+        EVEN_K=D % BK == 0,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )
 
 
 def even_shape(B: int, M: int, D: int) -> bool:

@@ -54,6 +54,7 @@ from .triton_common import (  # triton, tl: None without triton
     recip_pos,
     score_tile,
     store_chunk,
+    tile_args,
     tl,
     triton,
 )
@@ -185,7 +186,7 @@ def _hinge_weight_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    EVEN_R: tl.constexpr,
+    EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr,
     EVEN_K: tl.constexpr,
 ):
@@ -204,7 +205,7 @@ def _hinge_weight_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     loc, rows, row_ok, cols, col_ok, acc = chunk_score_tile(
-        q_ptr, k_ptr, r0, R, M, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_R, EVEN_N, EVEN_K
+        q_ptr, k_ptr, r0, R, M, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_M, EVEN_N, EVEN_K
     )
     lq = tl.load(lq_ptr + rows, mask=row_ok, other=0)
     lk = tl.load(lk_ptr + cols, mask=col_ok, other=0)
@@ -335,7 +336,7 @@ def _forward(q, keys, t, ql, kl, qs, p, *, scales=None, config: dict | None = No
     )
     if config:
         cfg.update({k: v for k, v in config.items() if k in cfg})
-    BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    BM = cfg["BLOCK_M"]
     cq, ck = scales or (out, out)  # out: never read (SCALED is False)
     jitted(_hinge_norm_fwd_kernel)[(triton.cdiv(N, BM),)](
         q,
@@ -356,14 +357,7 @@ def _forward(q, keys, t, ql, kl, qs, p, *, scales=None, config: dict | None = No
         1.0 / float(p),
         P_MODE=_p_mode(p),
         SCALED=scales is not None,
-        BLOCK_M=BM,
-        BLOCK_N=BN,
-        BLOCK_K=BK,
-        EVEN_M=(N % BM == 0),
-        EVEN_N=(M % BN == 0),
-        EVEN_K=(D % BK == 0),
-        num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        **tile_args(cfg, N, M, D),
     )
     return out
 
@@ -385,7 +379,7 @@ def _weights(
     cfg = dict(_weight_config(q.dtype, is_interpreting(), _p_mode(p), even, arch, scaled=scales is not None))
     if config:
         cfg.update({k: v for k, v in config.items() if k in cfg})
-    BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    BM, BN = cfg["BLOCK_M"], cfg["BLOCK_N"]
     n_n = triton.cdiv(M, BN)
     W = torch.empty((R, M), device=q.device, dtype=w_dtype)
     rs = torch.empty((n_n, R), device=q.device, dtype=torch.float32) if row_term else W
@@ -428,14 +422,7 @@ def _weights(
         SELF_Q=qs is not None,
         SELF_K=ks is not None,
         SCALED=scales is not None,
-        BLOCK_M=BM,
-        BLOCK_N=BN,
-        BLOCK_K=BK,
-        EVEN_R=(R % BM == 0),
-        EVEN_N=(M % BN == 0),
-        EVEN_K=(D % BK == 0),
-        num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        **tile_args(cfg, R, M, D),
     )
     return W, (rs.sum(0) if row_term else None), (cs.sum(0) if col_term else None)
 

@@ -54,6 +54,7 @@ from .triton_common import (  # triton, tl: None without triton
     num_sms,
     pair_operands,
     score_tile,
+    tile_args,
     tl,
     triton,
 )
@@ -186,7 +187,7 @@ def _pairs_forward(x, y, t, lx, ly, self_ref, p, *, scales=None):
     B, D = x.shape
     even, arch = even_shape(B, B, D), device_arch(x.device)
     cfg = _pairs_config(x.dtype, is_interpreting(), _p_mode(p), even, arch, scaled=scales is not None)
-    BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    BM, BN = cfg["BLOCK_M"], cfg["BLOCK_N"]
     nrb, nct = triton.cdiv(B, BM), triton.cdiv(B, BN)
     P, Q = choose_groups(nrb, nct, B, B, num_sms(x.device), max_partial_bytes=128 * 2**20)
     rb_per, ct_per = triton.cdiv(nrb, P), triton.cdiv(nct, Q)
@@ -217,14 +218,7 @@ def _pairs_forward(x, y, t, lx, ly, self_ref, p, *, scales=None):
         SELF_REF=bool(self_ref),
         P_MODE=_p_mode(p),
         SCALED=scales is not None,
-        BLOCK_M=BM,
-        BLOCK_N=BN,
-        BLOCK_K=BK,
-        EVEN_M=(B % BM == 0),
-        EVEN_N=(B % BN == 0),
-        EVEN_K=(D % BK == 0),
-        num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        **tile_args(cfg, B, B, D),
     )
     return _merge(rm, rs, p), _merge(cm, cs, p)
 

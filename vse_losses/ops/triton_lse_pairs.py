@@ -78,6 +78,7 @@ from .triton_common import (  # triton, tl: None without triton
     pair_operands,
     score_tile,
     store_chunk,
+    tile_args,
     tl,
     triton,
 )
@@ -221,7 +222,7 @@ def _lse_weight_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    EVEN_R: tl.constexpr,
+    EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr,
     EVEN_K: tl.constexpr,
 ):
@@ -233,7 +234,7 @@ def _lse_weight_kernel(
     the base-2 statistics (finite: a row without negatives has none of its entries here). SCALED:
     the scores are ``cq_i ck_n q_i·k_n`` and the tile written is ``cq_i W[i − r0, n] ck_n`` (W̃)."""
     loc, rows, row_ok, cols, col_ok, acc = chunk_score_tile(
-        q_ptr, k_ptr, r0, R, M, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_R, EVEN_N, EVEN_K
+        q_ptr, k_ptr, r0, R, M, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_M, EVEN_N, EVEN_K
     )
     if LABELS:
         lq = tl.load(lq_ptr + rows, mask=row_ok, other=0)
@@ -319,7 +320,7 @@ def _statistics(q, k, lq, lk, labels, z_scale, cols, _groups=None, *, scales=Non
     cfg = dict(
         _fwd_config(q.dtype, is_interpreting(), even_shape(N, M, D), cols, device_arch(q.device)), **(config or {})
     )
-    BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    BM, BN = cfg["BLOCK_M"], cfg["BLOCK_N"]
     nrb, nct = triton.cdiv(N, BM), triton.cdiv(M, BN)
     P, Q = _groups or choose_groups(nrb, nct, N, M, num_sms(q.device), max_partial_bytes=128 * 2**20)
     rb_per, ct_per = triton.cdiv(nrb, P), triton.cdiv(nct, Q)
@@ -351,14 +352,7 @@ def _statistics(q, k, lq, lk, labels, z_scale, cols, _groups=None, *, scales=Non
         LABELS=labels,
         COLS=cols,
         SCALED=scales is not None,
-        BLOCK_M=BM,
-        BLOCK_N=BN,
-        BLOCK_K=BK,
-        EVEN_M=(N % BM == 0),
-        EVEN_N=(M % BN == 0),
-        EVEN_K=(D % BK == 0),
-        num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        **tile_args(cfg, N, M, D),
     )
     return _finish(rm, rs), (_finish(cm, cs) if cols else None)
 
@@ -381,7 +375,7 @@ def _weight_chunks(q, k, lq, lk, labels, z_scale, q_term, k_term, w_dtype, *, sc
     for r0 in range(0, N, step):
         R = min(step, N - r0)
         cfg = {**_weight_config(q.dtype, is_interpreting(), even_shape(R, M, D), arch), **(config or {}), "BLOCK_M": BM}
-        BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+        BM, BN = cfg["BLOCK_M"], cfg["BLOCK_N"]
         W = torch.empty((R, M), device=q.device, dtype=w_dtype)
         jitted(_lse_weight_kernel)[(triton.cdiv(R, BM), triton.cdiv(M, BN))](
             q,
@@ -407,14 +401,7 @@ def _weight_chunks(q, k, lq, lk, labels, z_scale, q_term, k_term, w_dtype, *, sc
             ROW_TERM=q_term is not None,
             COL_TERM=k_term is not None,
             SCALED=scales is not None,
-            BLOCK_M=BM,
-            BLOCK_N=BN,
-            BLOCK_K=BK,
-            EVEN_R=(R % BM == 0),
-            EVEN_N=(M % BN == 0),
-            EVEN_K=(D % BK == 0),
-            num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"],
+            **tile_args(cfg, R, M, D),
         )
         yield r0, W
 

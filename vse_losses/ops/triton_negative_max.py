@@ -41,6 +41,7 @@ from .triton_common import (  # triton, tl: None without triton
     num_sms,
     pair_operands,
     score_tile,
+    tile_args,
     tl,
 )
 
@@ -242,7 +243,7 @@ def negative_max_triton(
     cfg = dict(_default_config(dtype, interpret, even_shape(B, M, D), D % 64 == 0, device_arch(dev)))
     if _config:
         cfg.update(_config)
-    BM, BN, BK = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    BM, BN = cfg["BLOCK_M"], cfg["BLOCK_N"]
     nrb = -(-B // BM)
     nct = -(-M // BN)
     if _groups is None:
@@ -283,14 +284,7 @@ def negative_max_triton(
         ct_per,
         SELF_REF=bool(self_ref),
         SCALED=scales is not None,
-        BLOCK_M=BM,
-        BLOCK_N=BN,
-        BLOCK_K=BK,
-        EVEN_M=(B % BM == 0),
-        EVEN_N=(M % BN == 0),
-        EVEN_K=(D % BK == 0),
-        num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        **tile_args(cfg, B, M, D),
     )
     row_val, row_idx = _reduce_partials(row_pv, row_pi)
     col_val, col_idx = _reduce_partials(col_pv, col_pi)
