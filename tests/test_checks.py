@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from pytorch_metric_learning.reducers import DivisorReducer
 
 import vse_losses
 from vse_losses import functional as VF
@@ -43,6 +44,13 @@ def test_bad_p(p, match):
 def test_bad_margin(cls, margin, match):
     with pytest.raises(ValueError, match=match):
         cls(margin=margin)
+    loss = cls()  # set between calls, as a schedule would: validated too, the old value kept
+    with pytest.raises(ValueError, match=match):
+        loss.margin = margin
+    assert loss.margin == 0.2
+    loss.margin = 0.05
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(loss(x, y), cls(margin=0.05)(x, y))
 
 
 @pytest.mark.parametrize(
@@ -96,6 +104,11 @@ def test_bad_inputs(cls):
         loss_fn(x, y, ref_emb=y)
     with pytest.raises(ValueError, match="indices_tuple must be PML triplets"):
         loss_fn(x, torch.arange(4), (torch.arange(2), torch.arange(2)), ref_emb=y)
+    with pytest.raises(ValueError, match="ref_labels without ref_emb: one modality"):
+        loss_fn(x, torch.arange(4), ref_labels=torch.tensor([0, 0, 1, 1]))
+    loss_fn.reducer = DivisorReducer()
+    with pytest.raises(ValueError, match="DivisorReducer divides by a 'divisor'.*MeanReducer"):
+        loss_fn(x, y)
 
 
 def test_functional_bad_inputs():
@@ -114,6 +127,11 @@ def test_functional_bad_inputs():
         VF.max_violation_loss(x)
     with pytest.raises(ValueError, match="scores must be 2-D"):
         VF.max_violation_loss(scores=torch.randn(4))
+    for kwargs in ({"impl": "triton"}, {"impl": "chunked"}, {"similarity": "dot"}, {"similarity": "order"}):
+        with pytest.raises(ValueError, match="scores= are the similarities themselves"):
+            VF.max_violation_loss(scores=x @ y.t(), **kwargs)
+    with pytest.raises(ValueError, match="ref_labels without cap: one modality"):
+        VF.max_violation_loss(x, labels=torch.arange(4), ref_labels=torch.tensor([0, 0, 1, 1]))
 
 
 def test_triton_on_cpu_says_what_to_do(monkeypatch):
@@ -127,12 +145,31 @@ def test_triton_on_cpu_says_what_to_do(monkeypatch):
         vse_losses.MaxViolationLoss(impl="triton")(torch.randn(4, 3), torch.randn(4, 3))
 
 
+def test_triton_with_a_dtype_it_cannot_take_names_both_operands():
+    # the interpreter runs float32 but not float64: an explicit triton refuses the pair up front,
+    # whichever operand is the float64 one (the kernels would take their common dtype)
+    from vse_losses.ops import triton_runs
+
+    x = torch.randn(4, 3)
+    if not triton_runs(x):
+        pytest.skip("needs triton's interpreter (TRITON_INTERPRET=1, as the suite sets)")
+    for a, b in ((x, x.double()), (x.double(), x)):
+        with pytest.raises(ValueError, match="impl='triton' needs .*float64"):
+            VF.max_violation_loss(a, b, impl="triton")
+        with pytest.raises(ValueError, match="impl='triton' needs .*float64"):
+            vse_losses.HardestNegativeMiner(impl="triton")(a, b)
+
+
 def test_miner_bad_inputs():
     miner = vse_losses.HardestNegativeMiner()
     with pytest.raises(ValueError, match="different sizes"):
         miner(torch.randn(4, 3), None, torch.randn(4, 2))
     with pytest.raises(ValueError, match="one modality needs labels"):
         miner(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="ref_labels without ref_emb"):
+        miner(torch.randn(4, 3), torch.arange(4), ref_labels=torch.tensor([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="ref_labels without ref_emb"):
+        vse_losses.CollapseAlarm().update(torch.randn(4, 3), torch.arange(4), ref_labels=torch.arange(4))
     with pytest.raises(ValueError, match="always mines k=1"):
         vse_losses.HardestNegativeMiner(k=2)
 

@@ -120,7 +120,8 @@ def check_inputs(emb, labels, ref_emb, ref_labels, names=("embeddings", "labels"
     """Every check of one call's tensors, for the losses, the functions and the miners alike.
 
     ``names``: what the caller calls the four arguments (the functions say img, labels, cap,
-    ref_labels). Without ``ref_emb`` (one modality) ``ref_labels`` label the same rows."""
+    ref_labels). Without ``ref_emb`` (one modality) the rows are their own reference and
+    ``labels`` label them: ``ref_labels`` there is a mistake (PML would ignore it silently)."""
     emb_name, lab_name, ref_name, ref_lab_name = names
     if ref_emb is None:
         check_embeddings(emb_name, emb)
@@ -129,8 +130,11 @@ def check_inputs(emb, labels, ref_emb, ref_labels, names=("embeddings", "labels"
     check_labels(lab_name, labels, emb.shape[0], emb_name)
     if ref_emb is not None:
         check_labels(ref_lab_name, ref_labels, ref_emb.shape[0], ref_name)
-    else:
-        check_labels(ref_lab_name, ref_labels, emb.shape[0], emb_name)
+    elif ref_labels is not None:
+        raise ValueError(
+            f"{ref_lab_name} without {ref_name}: one modality is its own reference, labelled by "
+            f"{lab_name}; pass {ref_name} (the other modality) too, or leave {ref_lab_name} out"
+        )
 
 
 def check_scores(scores, labels, ref_labels) -> None:

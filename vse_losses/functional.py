@@ -19,7 +19,9 @@ Arguments common to every loss function:
     img: (B, D) image embeddings (or any first modality); ``None`` when ``scores`` is given.
     cap: (M, D) caption embeddings, rows aligned with ``img`` unless labels say otherwise;
         ``None`` for one modality (then ``labels`` are required).
-    scores: (B, M) precomputed similarities, larger = closer (cross-attention models); dense.
+    scores: (B, M) precomputed similarities, larger = closer (cross-attention models); the terms
+        then come from the matrix itself: ``similarity`` and an ``impl`` other than ``"auto"`` /
+        ``"dense"`` do not apply (``ValueError``).
     labels, ref_labels: (B,), (M,) integer labels; ``(a, p)`` is positive iff they are equal.
         ``ref_labels`` omitted means the same labels as ``img`` (rows aligned).
     margin: α ≥ 0 (0.2 in the paper).
@@ -95,6 +97,11 @@ def _loss(
     if scores is not None:
         if img is not None or cap is not None:
             raise ValueError("pass either embeddings (img, cap) or scores=, not both")
+        if impl not in ("auto", "dense") or similarity != "cosine":
+            raise ValueError(
+                f"scores= are the similarities themselves, computed from the matrix as given: "
+                f"impl={impl!r} and similarity={similarity!r} do not apply (leave them at their defaults)"
+            )
         _checks.check_scores(scores, labels, ref_labels)
         if distributed and _dist.world_size() > 1:
             raise ValueError(
@@ -135,7 +142,7 @@ def _loss(
         directions=directions,
         impl=impl,
         cosine=similarity == "cosine",
-        guard=True,
+        guard=True if reduction == "none" else "sum",
         anchors=False,
     )
     return _reduce(terms, reduction, lambda: nan_guard(img, cap))

@@ -29,6 +29,7 @@ import torch
 
 from . import _checks
 from .ops.lp_norm import lp_norm, lp_weights
+from .ops.topk import topk_lowest
 
 __all__ = ["Norm", "norm_of", "hardest_hinges", "violation_norm", "violation_norm_grad", "smooth_max", "lp_norm"]
 
@@ -109,12 +110,13 @@ def norm_of(kind: str, k=1, p=1.0, mix=0.0, temperature=1.0) -> Norm:
 def hardest_hinges(h: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(values, indices)`` of the ``norm.selection_k`` largest entries of each row of ``h``
     (..., n) — the hardest negatives of MH, top-k and the max part of a mix — or None for the norms
-    without a selection (sum, ℓp) and for rows without entries. For k = 1 it is ``max``'s: the first
-    maximal index (ties to the lowest), as every implementation of the library takes it."""
+    without a selection (sum, ℓp) and for rows without entries. Ties go to the lowest index
+    (``max``'s first maximal index for k = 1, :func:`~vse_losses.ops.topk.topk_lowest` for more), as
+    every implementation of the library takes them."""
     k = min(norm.selection_k, h.shape[-1])
     if k == 0:
         return None
-    return tuple(h.max(-1, keepdim=True) if k == 1 else torch.topk(h, k, dim=-1))
+    return tuple(h.max(-1, keepdim=True) if k == 1 else topk_lowest(h, k))
 
 
 def violation_norm(h: torch.Tensor, norm: Norm, hardest: tuple | None = None) -> torch.Tensor:

@@ -115,7 +115,7 @@ def violation_terms(
     query_rows: tuple[int, int] | None = None,
     query_cols: tuple[int, int] | None = None,
     cosine: bool = False,
-    guard: bool = False,
+    guard: bool | str = False,
     anchors: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Loss terms of embeddings whose similarity is the dot product ``x yᵀ`` (with ``cosine``,
@@ -133,11 +133,14 @@ def violation_terms(
     ``distributed=True``; cost O((rows + cols)·(B + M)·D)). Then the anchors are the terms'
     query indices within their range: ``a − start`` for i2t terms, ``p − start`` for t2i terms.
 
-    guard: add :func:`nan_guard` of x and y to every term (NaN/Inf in an input → NaN terms).
+    guard: ``True``: a NaN/Inf in x or y makes every term NaN (:func:`nan_guard` added where the
+    operations do not already carry it); ``"sum"``: it makes the terms' sum (and mean) NaN, at
+    least one term NaN, which is all a caller that reduces them by a sum or mean needs (the dense
+    Functions then add nothing: NaN reaches some term through S); ``False``: no guard.
     anchors: False for callers that discard them: ``(terms, None)`` (a paired call then builds no
     index tensor; at small batches every operation counts).
     """
-    backend = resolve_backend(impl, x, x.shape[0] * (x if y is None else y).shape[0], norm.kind)
+    backend = resolve_backend(impl, x, x.shape[0] * (x if y is None else y).shape[0], norm.kind, y)
     args = (x, y, labels, ref_labels, margin, norm, directions, query_rows, query_cols, cosine, guard)
     if backend.name == "triton":  # the configuration's key costs tens of µs: only where it is used
         config = _call_config("violation_terms", *args)
@@ -193,15 +196,15 @@ def _violation_terms_on(
     ):
         # the paired MH of a small batch, bound by launches rather than arithmetic: one kernel
         # forward (terms, anchors and the guard), one backward, nothing else
-        return backend.max_violation_small(x, y, margin, cosine, guard=guard)
+        return backend.max_violation_small(x, y, margin, cosine, guard=bool(guard))
     if backend.dense and paired and local:
         return _paired_dense_terms(x, y, margin, norm, directions, cosine, guard)
     terms, anchors = _terms(x, y, labels, ref_labels, margin, norm, directions, backend, query_rows, query_cols, cosine)
-    # the labelled dense Function, both directions, with the cosine, needs no guard: a NaN/Inf in a
-    # row makes its whole row (or column) of S NaN, and every row is the own entry or a negative of
-    # some term of one direction, whose masking keeps it or multiplies it by 0 (tested; no term at
-    # all: the callers' zero is guarded)
-    if guard and not (backend.dense and local and cosine and directions == "both"):
+    # a sum of the labelled dense Function's terms, both directions, with the cosine, needs no guard:
+    # a NaN/Inf in a row makes its whole row (or column) of S NaN, and every row is the own entry or
+    # a negative of some term of one direction, whose masking keeps it or multiplies it by 0 (tested;
+    # no term at all: the callers' zero is guarded). Each term is NaN only with the guard.
+    if guard is True or (guard and not (backend.dense and local and cosine and directions == "both")):
         terms = terms + nan_guard(x, y)
     return terms, anchors
 
@@ -215,9 +218,11 @@ def _paired_dense_terms(x, y, margin, norm, directions, cosine, guard):
     B = x.shape[0]
     check_paired(B, y.shape[0])
     terms = dense_paired_terms(x, y, margin, norm, directions, cosine)
-    # NaN/Inf in an input reaches every term through d and the normalisation, except in a batch
-    # of one pair (no negative) or through an unnormalised dot product (inf − inf is not always NaN)
-    if guard and (B < 2 or not cosine):
+    # NaN/Inf in a row of an input makes its row or column of S NaN: the terms of the other
+    # direction and its own term carry it, so their sum is NaN, except in a batch of one pair (no
+    # negative) or through an unnormalised dot product (inf − inf is not always NaN). Each term
+    # is NaN only with the guard.
+    if guard is True or (guard and (B < 2 or not cosine)):
         terms = terms + nan_guard(x, y)
     return terms, None
 
@@ -394,7 +399,7 @@ def query_violation_terms(
     alone excludes it from the negatives.
     """
     if backend is None:
-        backend = resolve_backend(impl or "auto", x, x.shape[0] * y.shape[0], norm.kind)
+        backend = resolve_backend(impl or "auto", x, x.shape[0] * y.shape[0], norm.kind, y)
     a, p = pairs
     wide = torch.promote_types(x.dtype, torch.float32)
     terms, anchors = [], []

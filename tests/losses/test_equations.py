@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from pytorch_metric_learning.reducers import MeanReducer, SumReducer
+from pytorch_metric_learning.reducers import AvgNonZeroReducer, MeanReducer, SumReducer, ThresholdReducer
 
 import vse_losses
 from tests.support.cases import FAST_IMPLS, LOSS_CASES
@@ -10,6 +10,15 @@ from tests.support.reference import cosine, loop_terms, original_vsepp_loss
 from vse_losses import functional as VF
 
 F64 = dict(dtype=torch.float64)
+FUNCTIONS = {
+    "SumHingeLoss": "sum_hinge_loss",
+    "MaxViolationLoss": "max_violation_loss",
+    "TopKViolationLoss": "top_k_violation_loss",
+    "LpViolationLoss": "lp_violation_loss",
+    "MixedViolationLoss": "mixed_violation_loss",
+    "LogSumExpViolationLoss": "log_sum_exp_violation_loss",
+    "InfoNCELoss": "info_nce_loss",
+}
 
 
 def make_loss(name, kwargs, **extra):
@@ -127,6 +136,24 @@ def test_single_pair_is_zero_with_zero_gradients(name, kwargs, norm, impl):
     loss.backward()
     assert x.grad is not None and y.grad is not None
     assert torch.equal(x.grad, torch.zeros_like(x)) and torch.equal(y.grad, torch.zeros_like(y))
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("name,kwargs,norm", LOSS_CASES)
+def test_a_nan_input_makes_every_term_nan(name, kwargs, norm, impl):
+    """Every term, not only their sum: a reducer that filters terms (AvgNonZeroReducer keeps those
+    > 0, and NaN > 0 is False) must not drop the NaN and return a finite loss; nor may a caller of
+    reduction="none"."""
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    for bad in (float("nan"), float("inf")):
+        x, y = torch.randn(5, 3), torch.randn(5, 3)
+        x[2, 1] = bad
+        for reducer in (AvgNonZeroReducer(), ThresholdReducer(low=0.0)):
+            assert torch.isnan(make_loss(name, kwargs, impl=impl, reducer=reducer)(x, y))
+            assert torch.isnan(make_loss(name, kwargs, impl=impl, reducer=reducer)(x, labels, ref_emb=y))
+        for lab in (None, labels):
+            terms = getattr(VF, FUNCTIONS[name])(x, y, labels=lab, impl=impl, reduction="none", **kwargs)
+            assert terms.numel() > 0 and torch.isnan(terms).all()
 
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)

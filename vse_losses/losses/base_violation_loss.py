@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimilarity
 from pytorch_metric_learning.losses import BaseMetricLossFunction
-from pytorch_metric_learning.reducers import MeanReducer, SumReducer
+from pytorch_metric_learning.reducers import DivisorReducer, MeanReducer, SumReducer
 
 from .. import _checks
 from .. import distributed as _dist
@@ -32,7 +32,7 @@ class BaseViolationLoss(BaseMetricLossFunction):
     """One loss term per positive pair and direction, a norm of its violation vector (docs/design.md).
 
     Args:
-        margin: α ≥ 0 of the hinge (0.2 in the paper).
+        margin: α ≥ 0 of the hinge (0.2 in the paper); may be changed between calls (validated).
         directions: ``"both"`` (default), ``"i2t"`` (embeddings as queries) or ``"t2i"``.
         impl: ``"auto"``, ``"dense"``, ``"chunked"`` or ``"triton"``: the same function computed
             three ways; distances other than a dot product/cosine always use ``dense``.
@@ -54,12 +54,20 @@ class BaseViolationLoss(BaseMetricLossFunction):
         self, margin: float = 0.2, directions: str = "both", impl: str = "auto", distributed: bool = False, **kwargs
     ):
         super().__init__(**kwargs)
-        self.margin = _checks.check_margin(margin)
+        self.margin = margin
         self.directions = _checks.check_choice("directions", directions, _checks.DIRECTIONS)
         self.impl = _checks.check_choice("impl", impl, _checks.IMPLS)
         self.distributed = bool(distributed)
         self.add_to_recordable_attributes(list_of_names=["margin"], is_stat=False)
         self.add_to_recordable_attributes(list_of_names=list(STATS), is_stat=True)
+
+    @property
+    def margin(self) -> float:
+        return self._margin
+
+    @margin.setter
+    def margin(self, value: float) -> None:  # validated when changed between calls too
+        self._margin = _checks.check_margin(value)
 
     def get_default_distance(self):
         return CosineSimilarity()
@@ -82,6 +90,12 @@ class BaseViolationLoss(BaseMetricLossFunction):
         if ref_emb is None and labels is None and indices_tuple is None:
             raise ValueError(
                 "one modality needs labels: call loss(embeddings, labels), or the paired form loss(img_emb, cap_emb)"
+            )
+        if isinstance(self.reducer, DivisorReducer):  # PML's own error would be KeyError: 'divisor'
+            raise ValueError(
+                "DivisorReducer divides by a 'divisor' that the loss must provide; these losses give none "
+                "(one term per positive pair and direction): use MeanReducer (the mean over the terms) or "
+                "SumReducer (the original VSE++ code's sum)"
             )
         if ref_emb is None:
             ref_emb, ref_labels = embeddings, labels
@@ -113,13 +127,14 @@ class BaseViolationLoss(BaseMetricLossFunction):
         self.reset_stats()
         y_in = None if ref_emb is embeddings else ref_emb
         x, y, cosine = self._dot_inputs(embeddings, y_in)
-        terms, _ = self._violation_terms(x, y, labels, ref_labels, cosine, anchors=False)
+        terms, _ = self._violation_terms(x, y, labels, ref_labels, cosine, anchors=False, guard="sum")
         if terms.numel() == 0:
             return self._no_terms(embeddings, y_in)["losses"]
         return reduce(terms)
 
-    def _violation_terms(self, x, y, labels, ref_labels, cosine, anchors=True):
-        """The planner's terms (and anchors) of x against y with this loss's options, NaN-guarded."""
+    def _violation_terms(self, x, y, labels, ref_labels, cosine, anchors=True, guard=True):
+        """The planner's terms (and anchors) of x against y with this loss's options, NaN-guarded
+        (``guard``: every term, or with ``"sum"`` their sum: :func:`~vse_losses.planner.violation_terms`)."""
         return violation_terms(
             x,
             y,
@@ -130,7 +145,7 @@ class BaseViolationLoss(BaseMetricLossFunction):
             directions=self.directions,
             impl=self.impl,
             cosine=cosine,
-            guard=True,
+            guard=guard,
             anchors=anchors,
         )
 

@@ -8,6 +8,7 @@ from pytorch_metric_learning.miners import BaseMiner
 
 from .. import _checks
 from ..ops import CHUNKED, checked_backend, resolve_backend
+from ..ops.topk import topk_lowest
 from ..pairs import positive_pairs, resolve_labels
 
 
@@ -59,7 +60,7 @@ class TopKNegativeMiner(BaseMiner):
         if isinstance(self.distance, DotProductSimilarity) and self.distance.power == 1:
             x = self.distance.maybe_normalize(embeddings)
             y = self.distance.maybe_normalize(ref_emb)
-            backend = resolve_backend(self.impl, x, B * M)
+            backend = resolve_backend(self.impl, x, B * M, y=y)
             backend = CHUNKED if backend.dense else backend  # the search is the same at any size
 
             def search(b):
@@ -84,7 +85,7 @@ class TopKNegativeMiner(BaseMiner):
             neg &= ~torch.eye(S.shape[0], dtype=torch.bool, device=S.device)
         S = S.masked_fill(~neg, float("-inf"))
         k = min(self.k, S.shape[1])
-        return torch.topk(S, k, dim=1)
+        return topk_lowest(S, k, dim=1)  # ties to the lowest index, as the fused search
 
 
 class HardestNegativeMiner(TopKNegativeMiner):

@@ -155,22 +155,27 @@ def triton_runs(*tensors: torch.Tensor) -> bool:
     )
 
 
-def resolve_backend(impl: str, x: torch.Tensor, n_pairs: int, kind: str | None = None) -> Backend:
-    """The backend for ``impl``: ``auto`` is triton on CUDA where it runs, chunked when B·M is large
-    (from ``AUTO_CHUNKED_MIN_PAIRS_BY_KIND`` for the loss's norm ``kind``, else
+def resolve_backend(
+    impl: str, x: torch.Tensor, n_pairs: int, kind: str | None = None, y: torch.Tensor | None = None
+) -> Backend:
+    """The backend for ``impl`` on x (and y, the other operand, where there is one): ``auto`` is
+    triton on CUDA where it runs on both, chunked when B·M is large (from
+    ``AUTO_CHUNKED_MIN_PAIRS_BY_KIND`` for the loss's norm ``kind``, else
     ``AUTO_CHUNKED_MIN_PAIRS``), dense otherwise. An explicit ``triton`` that cannot run raises
     ``ValueError``."""
+    ts = (x,) if y is None else (x, y)
     if impl == "auto":
-        if x.is_cuda and triton_runs(x):
+        if x.is_cuda and triton_runs(*ts):
             return _triton_backend()
         return CHUNKED if n_pairs >= AUTO_CHUNKED_MIN_PAIRS_BY_KIND.get(kind, AUTO_CHUNKED_MIN_PAIRS) else DENSE
     if impl == "triton":
-        if not triton_runs(x):
+        if not triton_runs(*ts):
             from .triton_common import triton_requirement
 
+            got = ", ".join(f"{t.device} {t.dtype}" for t in ts)
             raise ValueError(
-                f"impl='triton' needs {triton_requirement()} and a CUDA tensor of "
-                f"float32/float16/bfloat16 (got {x.device}, {x.dtype}); use impl='chunked' on the CPU, or set "
+                f"impl='triton' needs {triton_requirement()} and CUDA tensors of "
+                f"float32/float16/bfloat16 (got {got}); use impl='chunked' on the CPU, or set "
                 "TRITON_INTERPRET=1 before importing to test"
             )
         return _triton_backend()

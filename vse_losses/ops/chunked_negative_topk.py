@@ -5,18 +5,19 @@ from __future__ import annotations
 import torch
 
 from .tiling import Matmul, SameLabel, mask_non_negatives_, tile_rows
+from .topk import topk_lowest
 
 NEG_INF = float("-inf")
 
 
 def _topk_desc(S: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k along ``dim``, padded with −inf/0 to k; for k=1 ties go to the lowest index."""
+    """Top-k along ``dim``, padded with −inf/0 to k; ties go to the lowest index."""
     n = S.shape[dim]
     if k == 1:
         idx = S.argmax(dim, keepdim=True)  # argmax returns the first maximal index
         vals = S.gather(dim, idx)
     else:
-        vals, idx = torch.topk(S, min(k, n), dim=dim)
+        vals, idx = topk_lowest(S, min(k, n), dim=dim)
     if vals.shape[dim] < k:
         pad = list(vals.shape)
         pad[dim] = k - vals.shape[dim]
@@ -39,7 +40,8 @@ def negative_topk_chunked(
     """See :func:`vse_losses.ops.negative_topk`. Peak extra memory: a (tile, M) score tile.
 
     Rows are complete within a tile; columns are merged across tiles in increasing row order,
-    replacing only on a strictly larger score, so ties keep the lowest row index.
+    replacing only on a strictly larger score (k = 1; for more, :func:`.topk.topk_lowest` by row
+    index), so ties keep the lowest row index.
     """
     B, M = x.shape[0], y.shape[0]
     mm = Matmul(x.dtype, x.device)
@@ -65,7 +67,6 @@ def negative_topk_chunked(
             col_val = torch.where(better, tv, col_val)
             col_idx = torch.where(better, ti, col_idx)
         else:
-            vals, pos = torch.topk(torch.cat([col_val, tv], 1), k, dim=1)
-            col_idx = torch.cat([col_idx, ti], 1).gather(1, pos)
-            col_val = vals
+            # ties by the rows' indices, whichever tile they came from
+            col_val, col_idx = topk_lowest(torch.cat([col_val, tv], 1), k, dim=1, index=torch.cat([col_idx, ti], 1))
     return row_val, row_idx, col_val, col_idx

@@ -1,0 +1,41 @@
+"""The k largest entries with ties to the lowest index, which ``torch.topk`` does not promise."""
+
+from __future__ import annotations
+
+import torch
+
+
+def topk_lowest(
+    v: torch.Tensor, k: int, dim: int = -1, index: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, indices)`` of the ``k`` largest entries of ``v`` along ``dim`` (k ≤ its size).
+
+    The values are ``torch.topk``'s (descending; NaN counts as the largest). Among entries equal
+    to the k-th value, those with the lowest index are taken, as ``max`` does for k = 1: the
+    library's rule for ties in every implementation. ``index``: the entries' indices (same shape as
+    ``v``; default their positions along ``dim``), returned for the selected entries and used for
+    that rule (merging the candidates of several tiles). Cost: a second ``topk``, over the ties'
+    indices only where they are tied.
+    """
+    vals, pos = torch.topk(v, k, dim=dim)
+    if k == 1:  # torch.topk(k=1) is max, whose index is the first maximal one
+        return vals, pos if index is None else index.gather(dim, pos)
+    if index is None:
+        shape = [1] * v.ndim
+        shape[dim] = v.shape[dim]
+        index = torch.arange(v.shape[dim], device=v.device).view(shape)
+        chosen = pos
+    else:
+        chosen = index.gather(dim, pos)
+    kth = vals.narrow(dim, k - 1, 1)
+    # the tied entries' indices, lowest first (the others pushed below every index)
+    key = torch.where(v == kth, -index, torch.iinfo(torch.int64).min + 1)
+    lowest = -torch.topk(key, k, dim=dim).values
+    # the selected slots holding the k-th value are the last c (values descending): slot j takes the
+    # (j − (k − c))-th lowest tied index. A NaN k-th value ties with nothing: topk's choice stays
+    in_tie = vals == kth
+    c = in_tie.sum(dim, keepdim=True)
+    shape = [1] * v.ndim
+    shape[dim] = k
+    rank = (torch.arange(k, device=v.device).view(shape) - (k - c)).clamp_(min=0)
+    return vals, torch.where(in_tie, lowest.gather(dim, rank), chosen)
