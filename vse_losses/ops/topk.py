@@ -14,27 +14,31 @@ def topk_lowest(
     to the k-th value, those with the lowest index are taken, as ``max`` does for k = 1: the
     library's rule for ties in every implementation. ``index``: the entries' indices (same shape as
     ``v``; default their positions along ``dim``), returned for the selected entries and used for
-    that rule (merging the candidates of several tiles). Cost: a second ``topk``, over the ties'
-    indices only where they are tied.
+    that rule (merging the candidates of several tiles). Cost: two comparisons and their counts;
+    where entries beyond those taken tie with the k-th value (and always on CUDA, where checking
+    would synchronise), a second ``topk`` over the tied entries' indices.
     """
     vals, pos = torch.topk(v, k, dim=dim)
     if k == 1:  # torch.topk(k=1) is max, whose index is the first maximal one
         return vals, pos if index is None else index.gather(dim, pos)
+    chosen = pos if index is None else index.gather(dim, pos)
+    kth = vals.narrow(dim, k - 1, 1)
+    tied = v == kth
+    in_tie = vals == kth  # the selected slots holding the k-th value: the last c (values descending)
+    c = in_tie.sum(dim, keepdim=True)
+    # off CUDA a host check is free (not in a compiled graph: no data-dependent branch there):
+    # without more entries at the k-th value than topk took (the usual case with real-valued
+    # scores) its choice is the only one
+    if not v.is_cuda and not torch.compiler.is_compiling() and torch.equal(tied.sum(dim, keepdim=True), c):
+        return vals, chosen
     if index is None:
         shape = [1] * v.ndim
         shape[dim] = v.shape[dim]
         index = torch.arange(v.shape[dim], device=v.device).view(shape)
-        chosen = pos
-    else:
-        chosen = index.gather(dim, pos)
-    kth = vals.narrow(dim, k - 1, 1)
-    # the tied entries' indices, lowest first (the others pushed below every index)
-    key = torch.where(v == kth, -index, torch.iinfo(torch.int64).min + 1)
+    # the tied entries' indices, lowest first (the others pushed below every index); slot j of the
+    # last c takes the (j − (k − c))-th. A NaN k-th value ties with nothing: topk's choice stays
+    key = torch.where(tied, -index, torch.iinfo(torch.int64).min + 1)
     lowest = -torch.topk(key, k, dim=dim).values
-    # the selected slots holding the k-th value are the last c (values descending): slot j takes the
-    # (j − (k − c))-th lowest tied index. A NaN k-th value ties with nothing: topk's choice stays
-    in_tie = vals == kth
-    c = in_tie.sum(dim, keepdim=True)
     shape = [1] * v.ndim
     shape[dim] = k
     rank = (torch.arange(k, device=v.device).view(shape) - (k - c)).clamp_(min=0)
