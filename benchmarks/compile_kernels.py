@@ -73,7 +73,7 @@ def main(variants, arch=90):
     data_ptrs = {"x_ptr", "y_ptr", "q_ptr", "k_ptr", "w_ptr", "gx_ptr", "gy_ptr", "own_ptr", "other_ptr", "grad_ptr"}
 
     def compile_one(fn, dtype, cfg, constexprs):
-        jitted = tc.jitted(fn)  # with the helpers it calls bound, as at run time
+        jitted = tc.jitted(fn).kernel  # with the helpers it calls bound, as at run time
         names = jitted.arg_names
         const = dict(constexprs)
         const.update({k: v for k, v in cfg.items() if k in names})

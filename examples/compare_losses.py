@@ -15,17 +15,22 @@ the default), finetune (the pretrained CNN, fine-tuned), scratch (random weights
 
 Everything after ``--`` goes to every train_coco.py run. Runs whose ``test_metrics.json``
 already exists are not repeated (delete the run directory to redo one). Each run's wall time and
-CPU time (user + system of the train_coco.py process) are kept beside its metrics.
+CPU time (user + system of the train_coco.py process) are kept beside its metrics, in
+``times.json``. A stored file that cannot be read (truncated, not the expected numbers) stops the
+command with one line naming it; it is not recomputed silently, since redoing a run takes minutes.
 """
 
 import argparse
-import json
+import math
 import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from vse.checkpoint import write_json
+from vse.errors import DataError, UserError, read_json
 
 VARIANTS = {
     "sh": [],
@@ -63,7 +68,12 @@ def main():
         for variant in args.variants:
             for seed in args.seeds:
                 run = os.path.join(args.out, setup, f"{variant}_seed{seed}")
-                metrics = run_once(train, run, seed, SETUPS[setup] + VARIANTS[variant] + extra, f"{setup} {variant}")
+                try:
+                    metrics = run_once(
+                        train, run, seed, SETUPS[setup] + VARIANTS[variant] + extra, f"{setup} {variant}"
+                    )
+                except UserError as e:
+                    sys.exit(f"error: {e.where}: {e.problem}")
                 results.setdefault(f"{setup} {variant}", []).append(metrics)
     cols = SHOWN + ("time_s", "cpu_s")
     print("\n| loss | " + " | ".join(cols) + " |")
@@ -96,15 +106,24 @@ def run_once(train: str, run: str, seed: int, flags: list[str], name: str) -> di
             sys.exit(f"error: {name} seed {seed} failed")
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-        with open(times_path, "w") as f:
-            json.dump({"time_s": time.time() - t0, "cpu_s": cpu}, f)
-    with open(metrics_path) as f:
-        m = json.load(f)
-    times = {"time_s": float("nan"), "cpu_s": float("nan")}
+        write_json({"time_s": time.time() - t0, "cpu_s": cpu}, times_path)  # atomic: never a torn file
+    m = read_numbers(metrics_path, SHOWN, run)
+    times = {"time_s": math.nan, "cpu_s": math.nan}  # runs from before times.json was kept
     if os.path.isfile(times_path):
-        with open(times_path) as f:
-            times.update(json.load(f))
+        times = read_numbers(times_path, tuple(times), run)
     return {**m, **times}
+
+
+def read_numbers(path: str, keys: tuple[str, ...], run: str) -> dict[str, float]:
+    """``keys`` of the JSON object in ``path``, each a number; else a DataError naming the file."""
+    try:
+        doc = read_json(path)
+    except DataError as e:  # truncated, not UTF-8, unreadable
+        raise DataError(path, f"{e.problem}; delete {run} to redo the run") from None
+    bad = [k for k in keys if not isinstance(doc, dict) or not isinstance(doc.get(k), (int, float))]
+    if bad:
+        raise DataError(path, f"no number for {', '.join(bad)}: delete {run} to redo the run")
+    return {k: float(doc[k]) for k in keys}
 
 
 if __name__ == "__main__":

@@ -68,21 +68,27 @@ class SplitData:
 
 
 def _read_captions(path: str) -> list[str]:
+    """Every line of ``path`` is a caption, a blank one too, as in the original PrecompDataset: the
+    count is the file's line count, and a blank line does not shift the captions after it onto
+    other images."""
     if not os.path.isfile(path):
         raise DataError(path, "no such file")
     try:
         with open(path, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
+            return [line.strip() for line in f]
     except UnicodeDecodeError as e:
         raise DataError(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
-def _check_count(caps_path: str, n_caps: int, n_images: int) -> None:
-    if n_caps != CAPS_PER_IMAGE * n_images:
+def _check_count(caps_path: str, caps: list[str], n_images: int) -> None:
+    if len(caps) != CAPS_PER_IMAGE * n_images:
+        blank = [i + 1 for i, c in enumerate(caps) if not c]
+        shown = ", ".join(map(str, blank[:3])) + (", ..." if len(blank) > 3 else "")
+        also = f"; every line is a caption, {len(blank)} blank (line{'s' * (len(blank) > 1)} {shown})" if blank else ""
         raise DataError(
             caps_path,
-            f"{n_caps} captions for {n_images} images: expected {CAPS_PER_IMAGE} per image "
-            f"({CAPS_PER_IMAGE * n_images})",
+            f"{len(caps)} captions for {n_images} images: expected {CAPS_PER_IMAGE} per image "
+            f"({CAPS_PER_IMAGE * n_images}){also}",
         )
 
 
@@ -107,11 +113,13 @@ def load_precomp(data_path: str, data_name: str, split: str) -> SplitData:
         raise DataError(ims_path, f"not a readable .npy array ({str(e).splitlines()[0]})") from None
     if ims.ndim != 2 or not np.issubdtype(ims.dtype, np.floating):
         raise DataError(ims_path, f"expected a 2-D float array (images × features), got shape {ims.shape} {ims.dtype}")
+    if len(ims) == 0:
+        raise DataError(ims_path, f"no images (0 rows): the {split} split is empty")
     caps = _read_captions(caps_path)
-    if len(caps) == len(ims) and len(ims) % CAPS_PER_IMAGE == 0 and len(ims) > 0 and _repeated(ims):
+    if len(caps) == len(ims) and len(ims) % CAPS_PER_IMAGE == 0 and _repeated(ims):
         # The original f8k/f30k release repeats each image's features once per caption.
         ims = ims[::CAPS_PER_IMAGE]
-    _check_count(caps_path, len(caps), len(ims))
+    _check_count(caps_path, caps, len(ims))
     return SplitData(split, caps, len(ims), "features", features=ims, source=root)
 
 
@@ -136,6 +144,9 @@ def load_raw(
     for i, e in enumerate(entries):
         if not isinstance(e, dict) or "split" not in e or "filename" not in e or "sentences" not in e:
             raise DataError(json_path, f"image entry {i} lacks one of 'split', 'filename', 'sentences'")
+        for key in ("split", "filename") + (("filepath",) if data_name == "coco" and "filepath" in e else ()):
+            if not isinstance(e[key], str):
+                raise DataError(json_path, f"image entry {i}: its {key!r} is {e[key]!r}, not a string")
         if e["split"] not in wanted:
             continue
         sents = e["sentences"]
@@ -147,13 +158,17 @@ def load_raw(
             )
         for s in sents[:CAPS_PER_IMAGE]:  # COCO images with 6 or 7 captions keep their first 5
             text = s.get("raw") if isinstance(s, dict) else None
-            if text is None and isinstance(s, dict) and isinstance(s.get("tokens"), list):
-                text = " ".join(s["tokens"])
+            tokens = s.get("tokens") if isinstance(s, dict) else None
+            if text is None and isinstance(tokens, list) and all(isinstance(t, str) for t in tokens):
+                text = " ".join(tokens)
             if not isinstance(text, str):
                 raise DataError(json_path, f"image entry {i} ({e['filename']}): a sentence without 'raw' or 'tokens'")
             caps.append(text.strip())
         sub = e.get("filepath", "") if data_name == "coco" else ""
         files.append(os.path.join(image_root, sub, e["filename"]))
+    if not files:
+        named = " or ".join(f'"split": "{w}"' for w in sorted(wanted))
+        raise DataError(json_path, f"no images of the {split} split (entries with {named})")
     if check_files:
         missing = [p for p in files if not os.path.isfile(p)]
         if missing:

@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(args) -> dict:
     options.validate(args)  # --batch_size, --workers
+    options.check_directory("--data_cache", args.data_cache)
     ckpt = checkpoint.load(args.checkpoint, vocab_path=args.vocab_path)
     if ckpt.get("source") == "original":
         log(f"original VSE++ checkpoint; vocabulary {ckpt['vocab_file']} ({len(ckpt['vocab'])} words)")
@@ -59,7 +60,11 @@ def evaluate(args) -> dict:
             setattr(opt, k, getattr(args, k))
     if args.data_path is not None and args.data_name is None and opt.data_name == "synthetic":
         opt.data_name = "precomp"
-    opt.precomp = opt.data_name == "precomp" or opt.data_name.endswith("_precomp")
+    stored = ckpt["opt"]
+    reads_features = bool(stored["precomp"]) if "precomp" in stored else _is_precomp(stored["data_name"])
+    data.layout(opt.data_name)  # an unknown --data_name first
+    opt.precomp = _is_precomp(opt.data_name)
+    check_layout(args, opt, reads_features)
     device = resolve_device(args.device)
     vocab = vocab_from_checkpoint(ckpt)
     model = build_model(opt, len(vocab), log=lambda *a: None)
@@ -77,6 +82,32 @@ def evaluate(args) -> dict:
     if args.out:
         checkpoint.write_json(m, args.out)
     return m
+
+
+def _is_precomp(data_name: str) -> bool:
+    return data_name == "precomp" or data_name.endswith("_precomp")
+
+
+def check_layout(args, opt, reads_features: bool) -> None:
+    """ConfigError when the data are images and the model reads precomputed features, or the other
+    way round: its encoder could not be built for them, or its weights would not fit."""
+    if opt.precomp == reads_features:
+        return
+    if args.data_name is not None:
+        flag, data_is = "--data_name", f"--data_name {opt.data_name} is"
+    else:  # --data_path with a model of the embedded images: read as NAME_precomp
+        flag, data_is = "--data_path", "without --data_name the data are taken as"
+    if reads_features:
+        raise ConfigError(
+            flag,
+            f"the checkpoint's model reads precomputed features ({opt.img_dim}-d), but {data_is} images: "
+            "give a NAME_precomp --data_name",
+        )
+    raise ConfigError(
+        flag,
+        f"the checkpoint's model reads images (--cnn_type {opt.cnn_type}), but {data_is} precomputed features: "
+        "give the images' --data_name (coco, f30k, f8k or synthetic)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from . import data
+from .errors import DataError
 
 CAPS = 5
 KEYS = (
@@ -154,6 +155,8 @@ def format_table(m: dict[str, float], title: str = "") -> str:
 def evaluate_split(model, split: data.SplitData, tokenizer, opt, device, fold5=None) -> dict[str, float]:
     """:func:`evaluate_embeddings` of ``model`` on ``split`` (``opt``: batch size, workers, crop size,
     measure; a checkpoint from before ``--measure`` was stored: cosine)."""
+    if split.n_images == 0:  # torch.cat of no embeddings would fail with a traceback
+        raise DataError(split.source, f"the {split.name} split has no images")
     workers = opt.workers if split.kind == "files" else 0
     images, captions = data.eval_loaders(split, tokenizer, opt.batch_size, workers, opt.crop_size)
     ims, caps = encode(model, images, captions, device)

@@ -266,6 +266,7 @@ def finalize(opt: argparse.Namespace, explicit: dict[str, object], log=print) ->
         if chosen:
             log("embedded demo: " + " ".join(_flag(k, v) for k, v in chosen.items()) + " (any option given wins)")
     validate(opt)
+    check_directories(opt)
     check_measure(opt, log)
     opt.loss = resolve_loss(opt)
     if opt.loss == "infonce" and "margin" not in explicit:
@@ -331,6 +332,30 @@ def validate(opt: argparse.Namespace) -> None:
         value = getattr(opt, name, None)
         if value is not None and not ok(value):  # NaN fails every comparison
             raise ConfigError(f"--{name}", f"{requirement}, got {value}")
+
+
+def check_directories(opt: argparse.Namespace) -> None:
+    """ConfigError(``--logger_name`` / ``--data_cache``) when the directory named cannot be one,
+    before anything is computed (the embedded data would be generated first)."""
+    check_directory("--logger_name", getattr(opt, "logger_name", None))
+    check_directory("--data_cache", getattr(opt, "data_cache", None))
+
+
+def check_directory(flag: str, path: str | None) -> None:
+    """ConfigError(``flag``) when ``path`` (None: not given) or the nearest of its parents that
+    exists is not a directory: ``os.makedirs`` would fail there with a traceback."""
+    from .errors import ConfigError
+
+    if not path:
+        return
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if os.path.isdir(existing):
+        return
+    if existing == os.path.abspath(path):
+        raise ConfigError(flag, f"{path} exists and is not a directory")
+    raise ConfigError(flag, f"{path} cannot be a directory: {existing} is not a directory")
 
 
 def check_measure(opt: argparse.Namespace, log=None) -> None:
@@ -419,6 +444,7 @@ def merge_resumed(
             "cannot be switched on when resuming a run that did not learn its temperature: start a new run",
         )
     validate(merged)
+    check_directories(merged)
     check_measure(merged)
     merged.loss = resolve_loss(merged)
     resolve_temperature(merged)

@@ -280,6 +280,8 @@ def load_coco(data_path: str, split: str, use_restval: bool = False, check_files
                 raise DataError(json_path, f"image {image_id} of caption ids in {ids_path} is not among its images")
             captions += [c.strip() for c in caps[: data.CAPS_PER_IMAGE]]
             files.append(os.path.join(root, "images", subset, file_names[image_id]))
+    if not files:
+        raise DataError(ids_path, f"lists no captions: the {split} split has no images")
     if check_files:
         missing = [p for p in files if not os.path.isfile(p)]
         if missing:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .checkpoint import atomic_file
+from .errors import ConfigError
 
 GENERATOR_VERSION = 1
 
@@ -242,8 +243,15 @@ def load(cfg: SyntheticConfig, cache_dir: str | None = None, log=print) -> dict[
             return out
         except Exception:  # a corrupt cache file is regenerated
             log(f"notice: ignoring the unreadable cache file {path}")
+    try:  # before generating: a cache that cannot be written is said at once
+        os.makedirs(cache_dir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            cache_dir,
+            f"cannot create the embedded dataset's cache directory ({e.strerror}); "
+            "choose another with --data_cache or VSE_DATA_CACHE",
+        ) from None
     data = generate(cfg)
-    os.makedirs(cache_dir, exist_ok=True)
     arrays = {}
     for split, d in data.items():
         arrays[f"{split}_images"] = d["images"]

@@ -11,6 +11,7 @@ import argparse
 import csv
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -424,7 +425,10 @@ def train_and_test(
     """The steps of a run, in order; the test metrics (rank 0; ``{}`` on the other ranks)."""
     options.check_impl(opt.impl, device)
     checkpoint.seed_everything(opt.seed)
-    os.makedirs(opt.logger_name, exist_ok=True)
+    try:
+        os.makedirs(opt.logger_name, exist_ok=True)
+    except OSError as e:  # a file in the way, or no permission
+        raise ConfigError("--logger_name", f"cannot create the directory {opt.logger_name} ({e.strerror})") from None
     train, dev = load_data(opt, log)
     if ckpt is None or opt.cnn_weights:  # the embedded data's CNN starts pretrained (pretrain.py)
         pretrain.use_pretrained_cnn(opt, log)
@@ -432,9 +436,11 @@ def train_and_test(
     tokenizer = make_tokenizer(opt, vocab)
     learner = build_learner(opt, len(vocab), device, ctx, log)
     state = restore(learner, ckpt, opt) if ckpt is not None else new_state()
+    if ckpt is not None and ctx.is_main:
+        keep_best_known(opt, learner, state, vocab, log)
     log(describe_run(opt, learner, device, ctx))
     train_epochs(opt, learner, state, train, dev, tokenizer, vocab, device, ctx, log)
-    metrics = test_best(opt, learner.model, tokenizer, device, log, t_start) if ctx.is_main else {}
+    metrics = test_best(opt, learner.model, state, tokenizer, device, log, t_start) if ctx.is_main else {}
     # the ranks leave together: gloo could abort a rank that tore its group down while rank 0 was
     # still testing ("terminate called without an active exception", seen once in 5 runs)
     ddp.barrier(ctx)
@@ -443,14 +449,15 @@ def train_and_test(
 
 def load_data(opt, log: Log) -> tuple[data.SplitData, data.SplitData]:
     """The training split and the dev split (its first ``--val_images``); sets ``opt.img_dim``
-    from the features of a precomp dataset."""
+    from the features of a precomp dataset. The test split is read too, so that a missing or
+    empty one stops the run before training rather than after it."""
     data.layout(opt.data_name)
     train = data.load_split(opt, "train", log=log)
     dev = data.limit_images(data.load_split(opt, "dev", log=log), opt.val_images)
+    test = data.load_split(opt, test_split_name(opt), log=log)
     if opt.data_name in options.SYNTHETIC_NAMES:
         from . import synthetic
 
-        test = data.load_split(opt, "test", log=log)
         log(
             f"embedded dataset: {train.n_images}/{dev.n_images}/{test.n_images} train/dev/test images, 5 captions "
             f"each, {opt.synthetic_size}x{opt.synthetic_size} px, data seed {opt.data_seed}; best achievable R@1 on "
@@ -687,6 +694,14 @@ def record_epoch(
 
 def save_checkpoints(opt, learner: Learner, state: dict, vocab: Vocabulary, is_best: bool) -> None:
     """checkpoint.pth.tar, and model_best.pth.tar when ``is_best``: everything an exact resume needs."""
+    ckpt_state = checkpoint_state(opt, learner, state, vocab)
+    checkpoint.atomic_save(ckpt_state, os.path.join(opt.logger_name, "checkpoint.pth.tar"))
+    if is_best:
+        checkpoint.atomic_save(ckpt_state, os.path.join(opt.logger_name, "model_best.pth.tar"))
+
+
+def checkpoint_state(opt, learner: Learner, state: dict, vocab: Vocabulary) -> dict[str, Any]:
+    """What a checkpoint holds: the model, the optimiser, the RNGs, the options, the vocabulary, ..."""
     ckpt_state = {
         "format_version": checkpoint.FORMAT_VERSION,
         "epoch": state["epoch"],
@@ -705,16 +720,65 @@ def save_checkpoints(opt, learner: Learner, state: dict, vocab: Vocabulary, is_b
         ckpt_state["collapse_alarm"] = learner.alarm.state_dict()
     if learner.temperature is not None:
         ckpt_state["logit_scale"] = learner.temperature.logit_scale.detach().cpu().clone()
-    checkpoint.atomic_save(ckpt_state, os.path.join(opt.logger_name, "checkpoint.pth.tar"))
-    if is_best:
-        checkpoint.atomic_save(ckpt_state, os.path.join(opt.logger_name, "model_best.pth.tar"))
+    return ckpt_state
 
 
-def test_best(opt, model, tokenizer, device: torch.device, log: Log, t_start: float) -> dict[str, float]:
-    """The test metrics of the model that was best on dev, printed and written to test_metrics.json."""
+def keep_best_known(opt, learner: Learner, state: dict, vocab: Vocabulary, log: Log) -> None:
+    """A run resumed into another directory than its checkpoint's starts that directory's
+    model_best.pth.tar with the best model known, so that the model tested at the end is the best
+    on dev even when no new epoch beats the stored best rsum: the resumed run's model_best.pth.tar
+    beside the checkpoint (copied) when it holds that best rsum, else the resumed model."""
+    source_dir = os.path.dirname(os.path.abspath(opt.resume))
+    if os.path.realpath(source_dir) == os.path.realpath(opt.logger_name):
+        return  # the run's own directory: its model_best.pth.tar is the run's
     best_path = os.path.join(opt.logger_name, "model_best.pth.tar")
-    if os.path.isfile(best_path):
-        model.load_state_dict(checkpoint.load(best_path)["model"])
+    source_best = os.path.join(source_dir, "model_best.pth.tar")
+    if (
+        os.path.isfile(source_best)
+        and not os.path.samefile(source_best, opt.resume)
+        and _best_rsum(source_best, opt.vocab_path) == state["best_rsum"]
+    ):
+        with open(source_best, "rb") as src, checkpoint.atomic_file(best_path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        log(f"{best_path}: a copy of {source_best}, the best model so far (dev rsum {state['best_rsum']:.1f})")
+        return
+    checkpoint.atomic_save(checkpoint_state(opt, learner, state, vocab), best_path)
+    log(
+        f"{best_path}: the resumed model (epoch {state['epoch']}) until an epoch beats the stored best dev rsum "
+        f"{state['best_rsum']:.1f}"
+    )
+
+
+def _best_rsum(path: str, vocab_path: str | None) -> float | None:
+    """The best dev rsum stored in the checkpoint ``path`` (None: unreadable, or none stored)."""
+    try:
+        value = checkpoint.load(path, vocab_path=vocab_path).get("best_rsum")
+    except UserError:
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def test_best(opt, model, state: dict, tokenizer, device: torch.device, log: Log, t_start: float) -> dict[str, float]:
+    """The test metrics of the model that was best on dev (model_best.pth.tar, when it holds this
+    run's best dev rsum; else ``model`` as it is, and the log says so), printed and written to
+    test_metrics.json."""
+    best_path = os.path.join(opt.logger_name, "model_best.pth.tar")
+    if not math.isfinite(state["best_rsum"]):
+        log(f"notice: no epoch was validated, so no model is best on dev: testing the model of epoch {state['epoch']}")
+    elif not os.path.isfile(best_path):
+        log(f"notice: no {best_path}: testing the last model (epoch {state['epoch']})")
+    else:
+        best = checkpoint.load(best_path, vocab_path=opt.vocab_path)
+        stored = best.get("best_rsum")
+        if stored != state["best_rsum"]:  # another run's file, left in this directory
+            shown = f"{stored:.2f}" if isinstance(stored, (int, float)) else "none"
+            log(
+                f"notice: {best_path} is not this run's best model (its best dev rsum {shown}, this run's "
+                f"{state['best_rsum']:.2f}): testing the last model (epoch {state['epoch']})"
+            )
+        else:
+            checkpoint.load_weights(model, best, best_path, hint="; it is not this run's model")
+            log(f"testing {best_path} (epoch {best['epoch']}, the best dev rsum {state['best_rsum']:.1f})")
     split_name = test_split_name(opt)
     test = data.load_split(opt, split_name, log=log)
     m = evaluation.evaluate_split(model, test, tokenizer, opt, device)

@@ -335,3 +335,66 @@ def test_precomp_one_caption_per_image_is_not_taken_for_repeats(tmp_path, capsys
         capsys, ["--data_path", str(tmp_path), "--data_name", "toy_precomp", "--logger_name", str(tmp_path / "run")]
     )
     assert caps in line and "10 captions for 10 images" in line
+
+
+# ------------------------------------------------------------------ empty splits, field types, blank captions
+
+
+@pytest.mark.parametrize(
+    "sizes,split,karpathy",
+    [((("train", 12), ("test", 4)), "dev", "val"), ((("train", 12), ("val", 4)), "test", "test")],
+)
+def test_error_split_without_images_before_training(tmp_path, capsys, monkeypatch, sizes, split, karpathy):
+    base = make_raw(str(tmp_path), "f8k", sizes=sizes)
+    monkeypatch.setattr(
+        "vse.training.train_epoch", lambda *a, **k: pytest.fail("trained on a dataset without " + split)
+    )
+    argv = ["--data_path", str(tmp_path), "--data_name", "f8k", "--logger_name", str(tmp_path / "r")]
+    line = _run_error(capsys, argv + ["--cnn_type", "smallcnn", "--crop_size", "32"])
+    assert os.path.join(base, "dataset_flickr8k.json") in line
+    assert f'no images of the {split} split (entries with "split": "{karpathy}")' in line
+
+
+def test_error_precomp_split_without_images(tmp_path):
+    # evaluate.py reads its split with load_split too
+    d = make_precomp(str(tmp_path), sizes=(("test", 0),))
+    with pytest.raises(DataError) as e:
+        data.load_split(_opt(data_path=str(tmp_path), data_name="toy_precomp"), "test")
+    assert e.value.where == os.path.join(d, "test_ims.npy") and "the test split is empty" in e.value.problem
+
+
+@pytest.mark.parametrize(
+    "field,value,problem",
+    [
+        ("filename", 7, "image entry 1: its 'filename' is 7, not a string"),
+        ("split", ["train"], "image entry 1: its 'split' is ['train'], not a string"),
+        ("filepath", None, "image entry 1: its 'filepath' is None, not a string"),
+        ("sentences", [{"tokens": ["a", 1]}] * 5, "image entry 1 (img_0001.png): a sentence without 'raw' or 'tokens'"),
+    ],
+)
+def test_error_karpathy_field_types(tmp_path, field, value, problem):
+    base = make_raw(str(tmp_path), "coco", sizes=(("train", 3),))
+    path = os.path.join(base, "dataset_coco.json")
+    doc = json.load(open(path))
+    doc["images"][1][field] = value
+    json.dump(doc, open(path, "w"))
+    with pytest.raises(DataError) as e:
+        data.load_split(_opt(data_path=str(tmp_path), data_name="coco"), "train")
+    assert e.value.where == path and e.value.problem == problem
+
+
+def test_precomp_blank_caption_lines_are_captions(tmp_path):
+    # as in the original PrecompDataset: every line is a caption, so a blank one keeps the others in place
+    d = make_precomp(str(tmp_path), sizes=(("train", 4),))
+    caps = os.path.join(d, "train_caps.txt")
+    lines = open(caps).read().splitlines()
+    lines[7] = ""
+    open(caps, "w").write("\n".join(lines) + "\n")
+    split = data.load_split(_opt(data_path=str(tmp_path), data_name="toy_precomp"), "train")
+    assert split.captions == [ln.strip() for ln in lines]
+    # a blank line too many: the count of `wc -l`, and the blank lines named
+    open(caps, "a").write("\n")
+    with pytest.raises(DataError) as e:
+        data.load_split(_opt(data_path=str(tmp_path), data_name="toy_precomp"), "train")
+    assert e.value.where == caps
+    assert e.value.problem.startswith("21 captions for 4 images") and "2 blank (lines 8, 21)" in e.value.problem

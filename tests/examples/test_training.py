@@ -313,3 +313,93 @@ def test_hf_text_encoder_trains_and_evaluates(tmp_path, capsys):
         == 0
     )
     assert json.load(open(tmp_path / "m.json")) == pytest.approx(m)
+
+
+def _with(path, **changes):
+    """Rewrite the checkpoint at ``path`` with some entries changed (weights: ``scale`` multiplies them)."""
+    ckpt = torch.load(path, weights_only=True)
+    scale = changes.pop("scale", None)
+    if scale is not None:
+        ckpt["model"] = {k: v * scale if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    ckpt.update(changes)
+    checkpoint.atomic_save(ckpt, path)
+
+
+def test_resume_into_a_new_directory_tests_the_best_model(tmp_path, synth_args, capsys):
+    first = str(tmp_path / "first")
+    _run(synth_args + ["--logger_name", first])
+    last, best = os.path.join(first, "checkpoint.pth.tar"), os.path.join(first, "model_best.pth.tar")
+    cache = ["--data_cache", synth_args[1]]
+
+    # the checkpoint resumed is not the best model (other weights, the same best rsum): the best beside
+    # it is copied, and it is the one tested when no epoch beats it (here: no epoch left to train)
+    _with(last, scale=0.5)
+    copied = str(tmp_path / "copied")
+    _run(["--resume", last, "--logger_name", copied] + cache)
+    out = capsys.readouterr().out
+    assert open(os.path.join(copied, "model_best.pth.tar"), "rb").read() == open(best, "rb").read()
+    assert f"testing {copied}/model_best.pth.tar (epoch 1" in out
+    assert evaluate_main([best, "--out", str(tmp_path / "best.json")] + cache) == 0
+    assert json.load(open(os.path.join(copied, "test_metrics.json"))) == json.load(open(tmp_path / "best.json"))
+
+    # a stored best rsum that no model beside the checkpoint holds: the resumed model is the best known
+    _with(last, best_rsum=600.0)
+    resumed = str(tmp_path / "resumed")
+    _run(["--resume", last, "--logger_name", resumed, "--num_epochs", "2"] + cache)
+    out = capsys.readouterr().out
+    assert "the resumed model (epoch 1)" in out and f"testing {resumed}/model_best.pth.tar (epoch 1" in out
+    kept = torch.load(os.path.join(resumed, "model_best.pth.tar"), weights_only=True)
+    assert kept["epoch"] == 1 and kept["best_rsum"] == 600.0
+    for k, v in _weights(last).items():
+        assert torch.equal(kept["model"][k], v), k
+    assert torch.load(os.path.join(resumed, "checkpoint.pth.tar"), weights_only=True)["epoch"] == 2
+
+
+def test_no_validated_epoch_ignores_another_runs_best_model(tmp_path, synth_args, capsys):
+    # a model_best.pth.tar of another size left in the directory: never loaded (a traceback before),
+    # and the log says which model is tested
+    run = str(tmp_path / "run")
+    _run(synth_args + ["--logger_name", run])
+    _run(synth_args + ["--logger_name", run, "--num_epochs", "0", "--embed_size", "16"])
+    out = capsys.readouterr().out
+    assert "no epoch was validated" in out and "testing the model of epoch 0" in out
+    # one whose best rsum is not this run's is not tested either
+    _with(os.path.join(run, "model_best.pth.tar"), best_rsum=-1.0)
+    _run(["--resume", os.path.join(run, "checkpoint.pth.tar"), "--data_cache", synth_args[1]])
+    assert "is not this run's best model" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--logger_name", "--data_cache"])
+def test_directory_option_that_is_a_file(tmp_path, synth_args, capsys, flag):
+    somefile = tmp_path / "somefile"
+    somefile.write_text("x")
+    args = synth_args + ["--logger_name", str(tmp_path / "run")]
+    for path in (somefile, somefile / "below"):
+        argv = args + [flag, str(path)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {flag}: {path}") and "not a directory" in err[0], err
+
+
+def test_evaluate_images_model_on_features(tmp_path, synth_args, capsys):
+    run = str(tmp_path / "run")
+    _run(synth_args + ["--logger_name", run])
+    make_precomp(str(tmp_path))
+    best = os.path.join(run, "model_best.pth.tar")
+    capsys.readouterr()
+    for extra, flag in (
+        (["--data_path", str(tmp_path)], "--data_path"),
+        (["--data_path", str(tmp_path), "--data_name", "toy_precomp"], "--data_name"),
+        (["--data_name", "synthetic_precomp", "--data_cache", synth_args[1]], "--data_name"),
+    ):
+        assert evaluate_main([best] + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {flag}: the checkpoint's model reads images"), err
+    # and the other way round: a model of features on images
+    feats = str(tmp_path / "feats")
+    _run(TINY + ["--data_path", str(tmp_path), "--data_name", "toy_precomp", "--logger_name", feats])
+    capsys.readouterr()
+    argv = [os.path.join(feats, "model_best.pth.tar"), "--data_name", "synthetic", "--data_cache", synth_args[1]]
+    assert evaluate_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reads precomputed features (12-d)" in err[0], err

@@ -36,8 +36,8 @@ def triton_first(monkeypatch):
     monkeypatch.setattr(ops, "_TRITON_FAILED", {})
     state = {"backend": ops._triton_backend(), "calls": {}}
 
-    def resolve(impl, x, n_pairs, _orig=ops.resolve_backend):
-        return state["backend"] if impl in ("auto", "triton") else _orig(impl, x, n_pairs)
+    def resolve(impl, x, n_pairs, kind=None, y=None, _orig=ops.resolve_backend):
+        return state["backend"] if impl in ("auto", "triton") else _orig(impl, x, n_pairs, kind, y)
 
     monkeypatch.setattr(planner, "resolve_backend", resolve)
     monkeypatch.setattr(miner_module, "resolve_backend", resolve)

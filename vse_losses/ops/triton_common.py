@@ -10,6 +10,7 @@ still selects the CPU interpreter.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -208,12 +209,17 @@ def lp_merge_tile(m, s, h, p, P_MODE: tl.constexpr, AXIS: tl.constexpr):
 _JITTED = {}
 
 
-def jitted(fn):
-    """``fn`` jitted for the current mode (interpreter or compiled), once per mode. The kernels of
-    every ops/triton_* module are plain functions handed to ``triton.jit`` here, at first use, so
-    that ``TRITON_INTERPRET=1`` set after import (but before the first call) still takes effect.
-    A helper a kernel calls (marked ``@kernel_helper``) must be jitted in the same mode: its name
-    in the kernel's module is bound to that first."""
+def jitted(fn) -> _Launcher:
+    """``fn`` jitted for the current mode (interpreter or compiled), once per mode, as a
+    :class:`_Launcher`. The kernels of every ops/triton_* module are plain functions handed to
+    ``triton.jit`` here, at first use, so that ``TRITON_INTERPRET=1`` set after import (but before
+    the first call) still takes effect. A helper a kernel calls (marked ``@kernel_helper``) must be
+    jitted in the same mode: its name in the kernel's module is bound to that first."""
+    return _Launcher(_jit(fn))
+
+
+def _jit(fn):
+    """The ``triton.jit`` of ``fn`` for the current mode, its helpers bound (:func:`jitted`)."""
     if not TRITON_AVAILABLE:
         raise RuntimeError(f"{fn.__name__} needs {triton_requirement()}; install it or use impl='chunked'")
     key = (fn, is_interpreting())
@@ -224,9 +230,39 @@ def jitted(fn):
             value = fn.__globals__.get(name)
             helper = getattr(value, "fn", value)  # a helper jitted before keeps the plain function as .fn
             if getattr(helper, "kernel_helper", False):
-                fn.__globals__[name] = jitted(helper)
+                fn.__globals__[name] = _jit(helper)
         _JITTED[key] = triton.jit(fn)
     return _JITTED[key]
+
+
+class _Launcher:
+    """A jitted kernel (``.kernel``) whose launches, ``launcher[grid](*args)``, run on the CUDA
+    device of their first tensor argument: triton launches on the current device, which need not
+    be the tensors' (one process driving several GPUs without ``torch.cuda.set_device``), and a
+    kernel launched there would read another GPU's memory."""
+
+    __slots__ = ("kernel",)
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            device = next(a.device for a in args if torch.is_tensor(a))
+            with launch_device(device):
+                return launch(*args, **kwargs)
+
+        return run
+
+
+def launch_device(device: torch.device):
+    """A context that makes ``device`` the current CUDA device where it is not already (a no-op
+    context otherwise, and off CUDA)."""
+    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def tile_args(cfg: dict, N: int, M: int, D: int) -> dict:
