@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from . import distributed as _dist
 from .norms import Norm, smooth_max, violation_norm
-from .ops import Backend, checked_backend, kernel_backend, resolve_backend
+from .ops import Backend, checked_backend, kernel_backend, kernel_config, resolve_backend
 from .ops.dense_labelled import dense_labelled_terms
 from .ops.dense_paired import dense_paired_terms
 from .ops.tiling import cosine_scale_pair
@@ -142,9 +142,9 @@ def violation_terms(
     """
     backend = resolve_backend(impl, x, x.shape[0] * (x if y is None else y).shape[0], norm.kind, y)
     args = (x, y, labels, ref_labels, margin, norm, directions, query_rows, query_cols, cosine, guard)
-    if backend.name == "triton":  # the configuration's key costs tens of µs: only where it is used
-        config = _call_config("violation_terms", *args)
-        backend = checked_backend(impl, backend, config, lambda b: _probe(_violation_terms_on, b, *args))
+    if backend.name == "triton":  # the configuration's key costs a few µs: only where it is used
+        config = kernel_config("violation_terms", *args)
+        backend = checked_backend(impl, backend, config, lambda b: _probe(_violation_terms_on, b, *args), x.device)
     terms, idx = _violation_terms_on(backend, *args)
     if not anchors:
         return terms, None
@@ -154,25 +154,13 @@ def violation_terms(
     return terms, idx
 
 
-def _call_config(op: str, *args) -> tuple:
-    """What selects the kernels of a call: shapes, dtypes and device of the tensors, the options."""
-
-    def key(v):
-        if torch.is_tensor(v):
-            return ("tensor", v.device, v.dtype, tuple(v.shape))
-        if isinstance(v, Norm):  # a tensor temperature is a launch argument, not an option
-            return (v.kind, v.k, v.p, v.mix, torch.is_tensor(v.temperature))
-        return v
-
-    return (op, *map(key, args))
-
-
 def _probe(fn, backend, x, y, *rest):
-    """``fn`` forward and backward on copies of x and y: every kernel of the call compiles and runs
-    once (whatever the caller's grad mode)."""
+    """``fn`` forward and backward on x and y detached from the caller's graph (the same memory, no
+    copy: the kernels only read it): every kernel of the call compiles and runs once (whatever the
+    caller's grad mode)."""
     with torch.inference_mode(False), torch.enable_grad():
-        xs = x.detach().clone().requires_grad_()
-        ys = None if y is None else y.detach().clone().requires_grad_()
+        xs = x.detach().requires_grad_()
+        ys = None if y is None else y.detach().requires_grad_()
         terms, _ = fn(backend, xs, ys, *rest)
         if terms.requires_grad:
             terms.sum().backward()

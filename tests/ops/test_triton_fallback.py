@@ -126,3 +126,34 @@ def test_working_kernels_are_probed_once_without_a_warning(triton_first):
         loss(x, y)
     assert len(ops._TRITON_OK) == 1 and not ops._TRITON_FAILED
     torch.testing.assert_close(value.double(), _reference_sum_hinge(x, y), rtol=1e-5, atol=1e-6)
+
+
+def test_a_warm_up_or_a_margin_schedule_is_probed_once(triton_first):
+    """λ and the margin change every step of a warm-up or a schedule; the kernels do not."""
+    x, y = _inputs()
+    loss = vse_losses.MixedViolationLoss(mix=0.1, impl="auto")
+    for step in range(4):
+        loss.mix = 0.1 + 0.2 * step
+        loss.margin = 0.1 + 0.05 * step
+        loss(x, y)
+    assert len(ops._TRITON_OK) == 1 and not ops._TRITON_FAILED
+
+
+def test_the_configuration_key_follows_what_selects_the_kernels():
+    from vse_losses.norms import Norm
+
+    def key(B, M=None, D=1024, dtype=torch.bfloat16, norm=Norm("max"), margin=0.2):
+        x = torch.empty(B, D, dtype=dtype, device="meta")
+        y = torch.empty(M or B, D, dtype=dtype, device="meta")
+        return ops.kernel_config("violation_terms", x, y, None, None, margin, norm, "both", None, None, True, True)
+
+    assert key(65536) == key(131072)  # large sizes by their tile evenness: one probe
+    assert key(2000) == key(3008) != key(2048) != key(2001)
+    assert key(1000) != key(999)  # small ones exactly (the one-launch kernel's tiles follow B)
+    assert key(4096, margin=0.1) == key(4096, margin=0.3)
+    assert key(4096, norm=Norm("mix", mix=0.2)) == key(4096, norm=Norm("mix", mix=0.7))
+    assert key(4096, norm=Norm("lse", temperature=0.05)) == key(4096, norm=Norm("lse", temperature=0.1))
+    assert key(4096, norm=Norm("lse", temperature=torch.tensor(0.05))) != key(4096, norm=Norm("lse", temperature=0.05))
+    assert key(4096, norm=Norm("lp", p=3.0)) == key(4096, norm=Norm("lp", p=4.0)) != key(4096, norm=Norm("lp", p=2.0))
+    assert key(4096, norm=Norm("topk", k=2)) != key(4096, norm=Norm("topk", k=3))
+    assert key(4096, D=1000) != key(4096) != key(4096, dtype=torch.float16)

@@ -7,7 +7,7 @@ from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimila
 from pytorch_metric_learning.miners import BaseMiner
 
 from .. import _checks
-from ..ops import CHUNKED, checked_backend, resolve_backend
+from ..ops import CHUNKED, checked_backend, kernel_config, resolve_backend
 from ..ops.topk import topk_lowest
 from ..pairs import positive_pairs, resolve_labels
 
@@ -66,8 +66,8 @@ class TopKNegativeMiner(BaseMiner):
             def search(b):
                 return b.negative_topk(x, y, lab, ref_lab, self_ref, self.k)
 
-            config = ("negative_topk", x.device, x.dtype, y.dtype, x.shape, y.shape, self_ref, self.k)
-            vals, idx, _, _ = search(checked_backend(self.impl, backend, config, search))
+            config = kernel_config("negative_topk", x, y, self_ref, self.k)
+            vals, idx, _, _ = search(checked_backend(self.impl, backend, config, search, x.device))
         else:
             vals, idx = self._dense_topk(embeddings, ref_emb, lab, ref_lab, self_ref)
         vals, idx = vals[a], idx[a]  # (P, k)

@@ -47,6 +47,7 @@ __all__ = [
     "kernel_backend",
     "resolve_impl",
     "checked_backend",
+    "kernel_config",
     "TritonFallbackWarning",
     "triton_available",
     "triton_runs",
@@ -199,17 +200,48 @@ _TRITON_OK: set[Hashable] = set()
 _TRITON_FAILED: dict[Hashable, str] = {}
 
 
-def checked_backend(impl: str, backend: Backend, config: Hashable, probe: Callable[[Backend], object]) -> Backend:
-    """``backend``, unless it is Triton and its kernels fail for ``config``.
+def kernel_config(op: str, *args) -> tuple:
+    """The key of a call for :func:`checked_backend`: what selects its kernels, and nothing that
+    changes from step to step while they stay the same. Tensors by device, dtype and size class
+    (:func:`_size_class`); a :class:`~vse_losses.norms.Norm` by kind, selection k, ℓp mode and
+    whether τ is a tensor (not λ or τ's value: a warm-up changes them every step); floats (the
+    margin) by type; anything else by value."""
+
+    def key(v):
+        if torch.is_tensor(v):
+            return ("tensor", v.device, v.dtype, tuple(map(_size_class, v.shape)))
+        if isinstance(v, float):
+            return float
+        if hasattr(v, "selection_k") and hasattr(v, "hinge_p"):  # a Norm (not imported: a cycle)
+            p = v.hinge_p
+            p_mode = p if p in (None, 1.0, 2.0) else "p"  # the kernels' P_MODE
+            return ("norm", v.kind, v.selection_k, p_mode, torch.is_tensor(v.temperature))
+        return v
+
+    return (op, *map(key, args))
+
+
+def _size_class(n: int):
+    """A size as the kernels see it: exactly up to 1024 (the one-launch kernels' tiles follow B),
+    above by whether it is a whole number of the 128 and 16 that tiles and triton's argument
+    specialisation test."""
+    return n if n <= 1024 else ("large", n % 128 == 0, n % 16 == 0)
+
+
+def checked_backend(
+    impl: str, backend: Backend, config: Hashable, probe: Callable[[Backend], object], device: torch.device
+) -> Backend:
+    """``backend``, unless it is Triton and its kernels fail for ``config`` (:func:`kernel_config`).
 
     The kernels compile at first launch for the shapes, dtypes and options of a call, so a GPU or
     driver they do not suit (shared memory or registers out of resources, an architecture or
     driver triton does not support) fails there, forward or backward. The first call of each
-    ``config`` (everything that selects the kernels: device, dtypes, shapes, norm, options) runs
-    ``probe(backend)``, a forward and backward on copies of the inputs. If it raises, under
-    ``auto`` the configuration runs ``chunked`` from then on, after one
-    :class:`TritonFallbackWarning` naming the cause; under ``impl="triton"`` a ``RuntimeError``
-    names it. ``ValueError`` (bad input) and out-of-memory errors are the caller's and propagate.
+    ``config`` runs ``probe(backend)``, a forward and backward of the call (on inputs detached
+    from the caller's graph), then synchronises ``device`` so that a fault of a running kernel
+    surfaces here too. If it raises, under ``auto`` the configuration runs ``chunked`` from then
+    on, after one :class:`TritonFallbackWarning` naming the cause; under ``impl="triton"`` a
+    ``RuntimeError`` names it. ``ValueError`` (bad input) and out-of-memory errors are the
+    caller's and propagate.
     """
     if backend.name != "triton" or config in _TRITON_OK:
         return backend
@@ -225,6 +257,8 @@ def checked_backend(impl: str, backend: Backend, config: Hashable, probe: Callab
         return backend
     try:
         probe(backend)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     except (ValueError, torch.cuda.OutOfMemoryError):
         raise
     except Exception as e:  # noqa: BLE001  whatever triton, ptxas or the driver raise

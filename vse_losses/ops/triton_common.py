@@ -367,14 +367,18 @@ def choose_groups(
 
     Aim at about 8 programs per SM (good wave quantisation, each program still owns many
     tiles so that it re-reads its x block from L2, not HBM), with the partial buffers
-    ``(Q * B + P * M) * 8`` bytes under ``max_partial_bytes``.
+    ``(Q * B + P * M) * 8`` bytes under ``max_partial_bytes`` — but never below 2 programs per SM
+    (or every tile its own program): at B = M = 1,048,576 the cap alone would leave 40 programs
+    for 132 SMs, so there the partials take what two per SM need (about 272 MiB on an H100,
+    beside inputs of 4 GiB in bf16). ``M = 0``: no column partials.
     """
     target = 8 * n_sm
+    floor = min(2 * n_sm, nrb * nct)
     P = max(1, min(nrb, int(math.ceil(math.sqrt(target)))))
     Q = max(1, min(nct, int(math.ceil(target / P))))
     while (Q * B + P * M) * 8 > max_partial_bytes and (P > 1 or Q > 1):
-        if P >= Q and P > 1:
-            P = (P + 1) // 2
-        else:
-            Q = (Q + 1) // 2
+        P2, Q2 = ((P + 1) // 2, Q) if P >= Q and P > 1 else (P, (Q + 1) // 2)
+        if P2 * Q2 < floor:
+            break
+        P, Q = P2, Q2
     return P, Q

@@ -322,7 +322,7 @@ def _statistics(q, k, lq, lk, labels, z_scale, cols, _groups=None, *, scales=Non
     )
     BM, BN = cfg["BLOCK_M"], cfg["BLOCK_N"]
     nrb, nct = triton.cdiv(N, BM), triton.cdiv(M, BN)
-    P, Q = _groups or choose_groups(nrb, nct, N, M, num_sms(q.device), max_partial_bytes=128 * 2**20)
+    P, Q = _groups or choose_groups(nrb, nct, N, M if cols else 0, num_sms(q.device), max_partial_bytes=128 * 2**20)
     rb_per, ct_per = triton.cdiv(nrb, P), triton.cdiv(nct, Q)
     P, Q = triton.cdiv(nrb, rb_per), triton.cdiv(nct, ct_per)  # no empty programs
     f32 = dict(device=q.device, dtype=torch.float32)
