@@ -142,7 +142,8 @@ def test_a_warm_up_or_a_margin_schedule_is_probed_once(triton_first):
 def test_the_configuration_key_follows_what_selects_the_kernels():
     from vse_losses.norms import Norm
 
-    def key(B, M=None, D=1024, dtype=torch.bfloat16, norm=Norm("max"), margin=0.2):
+    def key(B, M=None, D=1024, dtype=torch.bfloat16, norm=None, margin=0.2):
+        norm = norm or Norm("max")
         x = torch.empty(B, D, dtype=dtype, device="meta")
         y = torch.empty(M or B, D, dtype=dtype, device="meta")
         return ops.kernel_config("violation_terms", x, y, None, None, margin, norm, "both", None, None, True, True)
