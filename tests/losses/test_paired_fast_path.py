@@ -10,6 +10,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import vse_losses
 from tests.support.cases import FAST_IMPLS, LOSS_CASES
+from vse_losses.ops import topk as topk_module
 
 # operations that read a device value back, or size their output by the data
 SYNCING = {
@@ -48,7 +49,10 @@ def test_paired_equals_labelled_identity(name, kwargs, norm, impl):
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize("name,kwargs,norm", LOSS_CASES)
-def test_paired_call_has_no_data_dependent_ops(name, kwargs, norm, impl):
+def test_paired_call_has_no_data_dependent_ops(name, kwargs, norm, impl, monkeypatch):
+    # top-k's tie rule looks at its counts on the host only off CUDA, where that costs nothing:
+    # take the GPU's branch here
+    monkeypatch.setattr(topk_module, "_host_check", lambda v: False)
     x0, y0 = _inputs(B=300, D=16, seed=1)  # several tiles for the chunked kernels
     x, y = x0.float().requires_grad_(), y0.float().requires_grad_()
     loss_fn = getattr(vse_losses, name)(impl=impl, **kwargs)

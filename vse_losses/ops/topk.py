@@ -26,10 +26,9 @@ def topk_lowest(
     tied = v == kth
     in_tie = vals == kth  # the selected slots holding the k-th value: the last c (values descending)
     c = in_tie.sum(dim, keepdim=True)
-    # off CUDA a host check is free (not in a compiled graph: no data-dependent branch there):
     # without more entries at the k-th value than topk took (the usual case with real-valued
     # scores) its choice is the only one
-    if not v.is_cuda and not torch.compiler.is_compiling() and torch.equal(tied.sum(dim, keepdim=True), c):
+    if _host_check(v) and torch.equal(tied.sum(dim, keepdim=True), c):
         return vals, chosen
     if index is None:
         shape = [1] * v.ndim
@@ -43,3 +42,9 @@ def topk_lowest(
     shape[dim] = k
     rank = (torch.arange(k, device=v.device).view(shape) - (k - c)).clamp_(min=0)
     return vals, torch.where(in_tie, lowest.gather(dim, rank), chosen)
+
+
+def _host_check(v: torch.Tensor) -> bool:
+    """Whether :func:`topk_lowest` may look at its counts on the host: off CUDA, where that is
+    free (on a GPU it would synchronise), and not in a compiled graph (no data-dependent branch)."""
+    return not v.is_cuda and not torch.compiler.is_compiling()
