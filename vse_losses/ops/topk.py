@@ -23,13 +23,13 @@ def topk_lowest(
         return vals, pos if index is None else index.gather(dim, pos)
     chosen = pos if index is None else index.gather(dim, pos)
     kth = vals.narrow(dim, k - 1, 1)
+    # no entry at least the k-th value beyond the k taken (the usual case with real-valued scores):
+    # topk's choice is the only one
+    if _host_check(v) and int((v >= kth).sum()) == vals.numel():
+        return vals, chosen
     tied = v == kth
     in_tie = vals == kth  # the selected slots holding the k-th value: the last c (values descending)
     c = in_tie.sum(dim, keepdim=True)
-    # without more entries at the k-th value than topk took (the usual case with real-valued
-    # scores) its choice is the only one
-    if _host_check(v) and torch.equal(tied.sum(dim, keepdim=True), c):
-        return vals, chosen
     if index is None:
         shape = [1] * v.ndim
         shape[dim] = v.shape[dim]
