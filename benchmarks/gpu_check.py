@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import sys
 import time
@@ -204,6 +205,7 @@ class Row:
         self.min_left_s = min_left_s  # budget a first call (nothing to predict from) needs
         self.dead: str | None = None  # why it stopped
         self.last: tuple | None = None  # (B, seconds per call)
+        self.prev: tuple | None = None  # the size before it
         self.warmed = False
 
     def build(self, x, y, product_max_bytes):
@@ -221,10 +223,12 @@ def _reps(t: float, dev: torch.device) -> int:
 
 
 def run_table(
-    dev, sizes, D, dtype, deadline, per_call_cap, impls, compile_sizes, with_pml, product_max_bytes: int
+    dev, sizes, D, dtype, deadline, per_call_cap, impls, compile_sizes, with_pml, product_max_bytes: int, on_size=None
 ) -> list[dict]:
     """Two passes over the sizes, so that the budget goes to the target rows first: (1) the product and
-    the triton rows, (2) chunked, dense and the anchors. Ratios use the product of pass 1."""
+    the triton rows, (2) chunked, dense and the anchors. Ratios use the product of pass 1.
+    ``on_size(records)``: called after each size (the script saves what it has: a run cut off
+    keeps it)."""
     nce_sizes = {B for B in sizes if B <= INFONCE_MAX_B}
     first = [Row("product", "anchor")]
     first += [Row(f"{loss}/triton", "loss", (loss, "triton")) for loss in TABLE_LOSSES if "triton" in impls]
@@ -261,13 +265,28 @@ def run_table(
                 log(f"{B:>9} inputs do not fit: stop")
                 bc.free_memory(dev)
                 break
+            except Exception as e:  # noqa: BLE001  a broken CUDA context: keep what was measured
+                log(f"{B:>9} inputs: {type(e).__name__}: {str(e)[:200]}; stop")
+                return records
             for row in rows:
                 rec = measure_row(row, B, x, y, dev, deadline, per_call_cap, product_max_bytes, prod_ms)
                 if rec is not None:
                     records.append({**rec, "D": D, "dtype": dname})
             del x, y
             bc.free_memory(dev)
+            if on_size is not None:
+                on_size(records)
     return records
+
+
+def _growth(row: Row) -> float:
+    """The exponent of a row's time in B, from its last two sizes, between 2 (the product's) and 3:
+    the SH/ℓp backward's chunks shrink as 1/M, so its accumulation grows faster than B² at the
+    largest sizes."""
+    if row.prev is None or row.prev[0] == row.last[0] or row.prev[1] <= 0 or row.last[1] <= 0:
+        return 2.0
+    k = math.log(row.last[1] / row.prev[1]) / math.log(row.last[0] / row.prev[0])
+    return min(3.0, max(2.0, k))
 
 
 def measure_row(row: Row, B: int, x, y, dev, deadline, per_call_cap, product_max_bytes, prod_ms) -> dict | None:
@@ -275,7 +294,7 @@ def measure_row(row: Row, B: int, x, y, dev, deadline, per_call_cap, product_max
     if row.dead or (row.sizes is not None and B not in row.sizes):
         return None
     left = deadline - time.time()
-    t_pred = row.last[1] * (B / row.last[0]) ** 2 if row.last else None
+    t_pred = row.last[1] * (B / row.last[0]) ** _growth(row) if row.last else None
     why = None
     if t_pred is not None:
         cost = t_pred * (1 + _reps(t_pred, dev)) + (0 if row.warmed else t_pred)
@@ -328,7 +347,7 @@ def measure_row(row: Row, B: int, x, y, dev, deadline, per_call_cap, product_max
         log(f"{B:>9} {row.name:<24} {'ERROR':>11} {'':>9} {'':>10} {'':>10}  {msg}")
         return {**rec, "status": "error", "note": msg}
     x.grad = y.grad = None
-    row.last = (B, med)
+    row.prev, row.last = row.last, (B, med)
     ms = med * 1e3
     if row.name == "product":
         prod_ms[B] = ms
@@ -709,7 +728,20 @@ def main(argv=None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False  # the default; fp32 references stay fp32
     impls = ["chunked"] + (["triton"] if tri_ok else [])
 
+    result = {"device": bc.device_name(dev), "torch": torch.__version__, "triton": tv}
+
+    def save(**parts) -> None:
+        """Every result so far into --json, rewritten atomically after each stage (and each size of
+        the table): a run cut off by a timeout or a crash keeps what it measured."""
+        result.update(parts)
+        if args.json:
+            tmp = args.json + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(result, f, indent=1, default=str)
+            os.replace(tmp, args.json)
+
     checks = [] if args.no_check else run_checks(dev, smoke, impls)
+    save(checks=checks)
     # whether this torch took the fp32-output products of half inputs (mm, and the in-place addmm
     # that accumulates the SH/ℓp keys' gradient) or fell back to widening / a temporary per chunk;
     # on the CPU neither is tried
@@ -717,6 +749,7 @@ def main(argv=None) -> int:
 
     native = {"mm_out_dtype": Matmul._native_ok, "addmm_out_dtype_in_place": Matmul._native_add_ok}
     log(f"# fp32-output products of half inputs (tried on CUDA only): {native}")
+    save(native_products=native)
     records: list[dict] = []
     if not args.no_table:
         table_impls = ["dense", "chunked"] + (["triton"] if tri_ok and dev.type == "cuda" else [])
@@ -724,7 +757,20 @@ def main(argv=None) -> int:
             pmax = int(args.product_max_mib * 2**20)
         else:
             pmax = torch.cuda.get_device_properties(dev).total_memory // 4 if dev.type == "cuda" else 2**20
-        records = run_table(dev, sizes, D, dtype, T_START + budget, cap, table_impls, compile_sizes, pml_ok, pmax)
+        records = run_table(
+            dev,
+            sizes,
+            D,
+            dtype,
+            T_START + budget,
+            cap,
+            table_impls,
+            compile_sizes,
+            pml_ok,
+            pmax,
+            on_size=lambda r: save(table=r),
+        )
+        save(table=records)
         md = pivot_markdown(records, sizes)
         log("\n" + md)
         tl = target_lines(records) if dev.type == "cuda" else []
@@ -748,8 +794,12 @@ def main(argv=None) -> int:
     if not args.no_sweep and tri_ok and (dev.type == "cuda" or interpreted):
         sweep_B = 64 if smoke else 65536
         log(f"\nTile sweep (B={sweep_B:,}, D={D}, {str(dtype).replace('torch.', '')}; kernels alone):")
-        sweep = run_tile_sweep(dev, sweep_B, D, dtype, T_START + budget + (30 if smoke else 60))
-        retimed = retime_mh(dev, sweep_B, D, dtype, sweep, T_START + budget + (40 if smoke else 80))
+        try:  # a kernel that fails here failed the checks already: keep the rest of the results
+            sweep = run_tile_sweep(dev, sweep_B, D, dtype, T_START + budget + (30 if smoke else 60))
+            retimed = retime_mh(dev, sweep_B, D, dtype, sweep, T_START + budget + (40 if smoke else 80))
+        except Exception as e:  # noqa: BLE001
+            log(f"tile sweep: {type(e).__name__}: {str(e)[:200]}; stopped")
+        save(tile_sweep=sweep, mh_retimed=retimed)
         if args.md and sweep:
             rows = "\n".join(f"| {r['kernel']} | {r['tiles']} | {r['ms']:.3f} | {r['x_product']:.2f}× |" for r in sweep)
             rows += "".join(
@@ -762,23 +812,6 @@ def main(argv=None) -> int:
                     f"\nTile sweep, B={sweep_B:,}, the kernels alone (ratio to the product of the same shape):\n\n"
                     "| kernel | tiles | ms | × product |\n|---|---|---:|---:|\n" + rows + "\n"
                 )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "device": bc.device_name(dev),
-                    "torch": torch.__version__,
-                    "triton": tv,
-                    "native_products": native,
-                    "checks": checks,
-                    "table": records,
-                    "tile_sweep": sweep,
-                    "mh_retimed": retimed,
-                },
-                f,
-                indent=1,
-                default=str,
-            )
     bad = [c for c in checks if c["status"] in ("FAIL", "ERROR")]
     log(f"\ndone in {elapsed():.0f} s; checks {'FAILED: ' + str(len(bad)) if bad else 'ok'}")
     return 1 if bad else 0

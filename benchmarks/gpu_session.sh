@@ -11,7 +11,8 @@
 #   pip download --no-deps -d .whl pytorch-metric-learning==2.9.0
 # and this script installs every .whl/*.whl into /tmp/site first; with the device tool of these
 # sessions: run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=540).
-# Exit status: non-zero when the self-check or gpu_check's checks fail (missed speed targets do not).
+# Exit status: non-zero when the self-check or gpu_check's checks fail, or either is cut off by its
+# deadline (124; missed speed targets do not count).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu_session_out}
@@ -39,10 +40,32 @@ tag=${card}_$(date -u +%F)
 echo "gpu_session.sh: $tag, outputs in $out/"
 nvidia-smi >"$out/nvidia_smi_$tag.txt" 2>&1 || true
 
-"$py" -m vse_losses.check "${check_args[@]}" --json "$out/self_check_$tag.json" 2>&1 | tee "$out/self_check_$tag.txt"
+# One deadline for the whole script (SESSION_S, default 520 s: the device tool's 540 s less a
+# margin), so that it ends, and keeps its files, before the machine's timeout: the self-check gets at
+# most 200 s, gpu_check what is left, its table's budget being that less the tile sweep's 80 s and
+# 30 s of slack. Both write their JSON as they go, so a step cut off keeps what it measured.
+t0=$SECONDS
+session_s=${SESSION_S:-520}
+export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-1}  # the compile anchor's first call
+timeout -k 5 200 "$py" -m vse_losses.check "${check_args[@]}" --json "$out/self_check_$tag.json" 2>&1 \
+    | tee "$out/self_check_$tag.txt"
 check_status=${PIPESTATUS[0]}
-"$py" benchmarks/gpu_check.py "${gpu_args[@]}" --md "$out/gpu_check_$tag.md" --json "$out/gpu_check_$tag.json" 2>&1 \
-    | tee "$out/gpu_check_$tag.log"
+left=$((session_s - (SECONDS - t0)))
+if [ ${#gpu_args[@]} -eq 0 ]; then
+    budget=$((left - 110))
+    [ "$budget" -gt 250 ] && budget=250
+    if [ "$budget" -lt 60 ]; then
+        gpu_args=(--budget-s 60 --no-sweep)
+    elif [ "$budget" -lt 120 ]; then
+        gpu_args=(--budget-s "$budget" --no-sweep)
+    else
+        gpu_args=(--budget-s "$budget")
+    fi
+    echo "gpu_session.sh: ${left} s left: gpu_check ${gpu_args[*]}"
+fi
+[ "$left" -lt 30 ] && left=30
+timeout -k 5 "$left" "$py" benchmarks/gpu_check.py "${gpu_args[@]}" --md "$out/gpu_check_$tag.md" \
+    --json "$out/gpu_check_$tag.json" 2>&1 | tee "$out/gpu_check_$tag.log"
 gpu_status=${PIPESTATUS[0]}
 echo "gpu_session.sh: self-check exit $check_status, gpu_check exit $gpu_status"
 [ "$check_status" -eq 0 ] && [ "$gpu_status" -eq 0 ]

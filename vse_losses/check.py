@@ -654,28 +654,23 @@ def main(argv=None) -> int:
         + f" ({time.perf_counter() - t0:.1f} s)"
     )
 
-    timing: list[dict] = []
+    def save(timing: list[dict]) -> None:
+        if args.json:
+            with open(args.json, "w") as f:
+                doc = {**env, "ok": not bad, "failed": [c.name for c in bad], "checks": [c.__dict__ for c in checks]}
+                json.dump({**doc, "timing": timing}, f, indent=1)
+            log(f"wrote {args.json}")
+
+    save([])  # the checks are kept if the timing fails or the run is cut off
     if not args.quick:
         sizes = args.sizes or ([128, 1024, 4096] if cuda else [128, 1024])
         D = args.dim or 1024
         dtype = getattr(torch, args.timing_dtype or ("bfloat16" if cuda else "float32"))
         log(f"\n== timing on {env['device']} ==")
-        timing = run_timing(device, sizes, D, dtype, budget_s=2.0 if cuda else 6.0, log=log)
-
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    **env,
-                    "ok": not bad,
-                    "failed": [c.name for c in bad],
-                    "checks": [c.__dict__ for c in checks],
-                    "timing": timing,
-                },
-                f,
-                indent=1,
-            )
-        log(f"wrote {args.json}")
+        try:
+            save(run_timing(device, sizes, D, dtype, budget_s=2.0 if cuda else 6.0, log=log))
+        except Exception as e:  # noqa: BLE001  the timing is a report: the checks decide the status
+            log(f"timing failed: {type(e).__name__}: {str(e)[:300]}")
     if bad:
         log(f"\nFAILED: {len(bad)} check(s) disagree with the float64 reference:")
         for c in bad:

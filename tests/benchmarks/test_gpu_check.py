@@ -71,3 +71,21 @@ def test_gpu_session_script_fails_when_a_step_fails(tmp_path):
     assert _session(tmp_path, "--gpu").returncode == 2  # an unknown argument
     run = _session(tmp_path, "--cpu-smoke", python="false")  # no step can run
     assert run.returncode != 0 and "self-check exit 1" in run.stdout
+
+
+def test_the_time_prediction_follows_the_rows_growth(monkeypatch):
+    """A row's next size is predicted from the growth of its last two (B² to B³), so that a row
+    whose time grows faster than B² is stopped before it overruns the budget."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import gpu_check
+
+    row = gpu_check.Row("SH/triton", "loss", ("SH", "triton"))
+    assert gpu_check._growth(row) == 2.0  # nothing measured
+    row.prev, row.last = (1000, 1.0), (2000, 4.0)
+    assert gpu_check._growth(row) == pytest.approx(2.0)
+    row.prev, row.last = (1000, 1.0), (2000, 6.0)
+    assert gpu_check._growth(row) == pytest.approx(2.585, abs=1e-3)
+    row.prev, row.last = (1000, 1.0), (2000, 100.0)
+    assert gpu_check._growth(row) == 3.0
+    row.prev, row.last = (1000, 1.0), (2000, 1.5)  # launch-bound sizes: never below B²
+    assert gpu_check._growth(row) == 2.0

@@ -204,6 +204,8 @@ class Matmul:
         if self.native:
             try:
                 return torch.mm(a, b, out_dtype=torch.float32)
+            except torch.cuda.OutOfMemoryError:  # the caller's, not a missing out_dtype
+                raise
             except (TypeError, RuntimeError):
                 Matmul._native_ok = self.native = False
                 self.operand_dtype = self.wide
@@ -218,6 +220,8 @@ class Matmul:
             try:
                 torch.addmm(acc, self.operand(a), self.operand(b), out_dtype=torch.float32, out=acc)
                 return
+            except torch.cuda.OutOfMemoryError:
+                raise
             except (TypeError, RuntimeError):
                 Matmul._native_add_ok = False
         if self.native:
