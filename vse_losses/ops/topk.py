@@ -14,9 +14,9 @@ def topk_lowest(
     to the k-th value, those with the lowest index are taken, as ``max`` does for k = 1: the
     library's rule for ties in every implementation. ``index``: the entries' indices (same shape as
     ``v``; default their positions along ``dim``), returned for the selected entries and used for
-    that rule (merging the candidates of several tiles). Cost: two comparisons and their counts;
-    where entries beyond those taken tie with the k-th value (and always on CUDA, where checking
-    would synchronise), a second ``topk`` over the tied entries' indices.
+    that rule (merging the candidates of several tiles). Cost: off CUDA, one comparison and its
+    count on the host; where entries beyond those taken tie with the k-th value (and always on
+    CUDA, where that check would synchronise), a second ``topk`` over the tied entries' indices.
     """
     vals, pos = torch.topk(v, k, dim=dim)
     if k == 1:  # torch.topk(k=1) is max, whose index is the first maximal one
