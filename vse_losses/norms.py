@@ -111,12 +111,11 @@ def hardest_hinges(h: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, torch.Ten
     """``(values, indices)`` of the ``norm.selection_k`` largest entries of each row of ``h``
     (..., n) — the hardest negatives of MH, top-k and the max part of a mix — or None for the norms
     without a selection (sum, ℓp) and for rows without entries. Ties go to the lowest index
-    (``max``'s first maximal index for k = 1, :func:`~vse_losses.ops.topk.topk_lowest` for more), as
-    every implementation of the library takes them."""
+    (:func:`~vse_losses.ops.topk.topk_lowest`), as every implementation of the library takes them."""
     k = min(norm.selection_k, h.shape[-1])
     if k == 0:
         return None
-    return tuple(h.max(-1, keepdim=True) if k == 1 else topk_lowest(h, k))
+    return topk_lowest(h, k)
 
 
 def violation_norm(h: torch.Tensor, norm: Norm, hardest: tuple | None = None) -> torch.Tensor:

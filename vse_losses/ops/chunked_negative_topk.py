@@ -13,11 +13,7 @@ NEG_INF = float("-inf")
 def _topk_desc(S: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k along ``dim``, padded with −inf/0 to k; ties go to the lowest index."""
     n = S.shape[dim]
-    if k == 1:
-        idx = S.argmax(dim, keepdim=True)  # argmax returns the first maximal index
-        vals = S.gather(dim, idx)
-    else:
-        vals, idx = topk_lowest(S, min(k, n), dim=dim)
+    vals, idx = topk_lowest(S, min(k, n), dim=dim)
     if vals.shape[dim] < k:
         pad = list(vals.shape)
         pad[dim] = k - vals.shape[dim]

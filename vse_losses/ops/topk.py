@@ -18,10 +18,13 @@ def topk_lowest(
     count on the host; where entries beyond those taken tie with the k-th value (and always on
     CUDA, where that check would synchronise), a second ``topk`` over the tied entries' indices.
     """
-    vals, pos = torch.topk(v, k, dim=dim)
-    if k == 1:  # torch.topk(k=1) is max, whose index is the first maximal one
-        return vals, pos if index is None else index.gather(dim, pos)
+    if k == 1:  # max's index is the first maximal one (documented; torch.topk's is not)
+        vals, pos = v.max(dim, keepdim=True)
+    else:
+        vals, pos = torch.topk(v, k, dim=dim)
     chosen = pos if index is None else index.gather(dim, pos)
+    if k <= 1:
+        return vals, chosen
     kth = vals.narrow(dim, k - 1, 1)
     # no entry at least the k-th value beyond the k taken (the usual case with real-valued scores):
     # topk's choice is the only one
