@@ -213,3 +213,13 @@ def test_gpu_default_tiles(D):
     q, keys, t, ql, kl, qs, gout = make_inputs(700, 513, D, torch.float32, 50, seed=1)
     got, ref = run_both(q, keys, t, ql, kl, qs, gout, 3.5)
     assert_close(got, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_weight_grid_has_room_for_millions_of_keys():
+    """The backward's weight kernels launch one grid axis of row tiles × column tiles: CUDA caps
+    axis 1 at 65,535 blocks, which column tiles alone reach at M ≈ 4M keys of 64."""
+    from vse_losses.ops.triton_common import chunk_grid
+
+    grid = chunk_grid(256, 5_000_000, {"BLOCK_M": 64, "BLOCK_N": 64})
+    assert grid == (4 * 78_125,)
+    assert grid[0] <= 2**31 - 1

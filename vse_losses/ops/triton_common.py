@@ -53,6 +53,7 @@ __all__ = [
     "kernel_helper",
     "score_tile",
     "chunk_score_tile",
+    "chunk_grid",
     "store_chunk",
     "recip_pos",
     "pow_masked",
@@ -141,17 +142,31 @@ def chunk_score_tile(
     EVEN_K: tl.constexpr,
 ):
     """Where the backward's weight kernels start: this program's (BLOCK_M, BLOCK_N) tile of a chunk
-    of rows r0 .. r0 + R of q against the keys. Returns ``(loc, rows, row_ok, cols, col_ok, S)``:
-    the rows' places in the chunk and in q, the keys, their masks, and the score tile."""
-    loc = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    of rows r0 .. r0 + R of q against the keys. Returns ``(pid_m, pid_n, loc, rows, row_ok, cols,
+    col_ok, S)``: the tile's row and column index, the rows' places in the chunk and in q, the keys,
+    their masks, and the score tile.
+
+    The grid is one axis of cdiv(R, BLOCK_M) · cdiv(M, BLOCK_N) programs, row tiles fastest (the
+    order a 2-D grid launches in): CUDA caps grid axis 1 at 65,535 blocks, which column tiles on it
+    would reach at M ≈ 4M keys; axis 0 takes 2³¹ − 1."""
+    n_m = tl.cdiv(R, BLOCK_M)
+    pid = tl.program_id(0)
+    pid_m = pid % n_m
+    pid_n = pid // n_m
+    loc = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = loc < R
     rows = r0 + loc
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < M
     q_rows = q_ptr + rows.to(tl.int64)[:, None] * stride_q
     k_cols = k_ptr + cols.to(tl.int64)[None, :] * stride_k
     S = score_tile(q_rows, k_cols, row_ok, col_ok, D, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_M, EVEN_N, EVEN_K)
-    return loc, rows, row_ok, cols, col_ok, S
+    return pid_m, pid_n, loc, rows, row_ok, cols, col_ok, S
+
+
+def chunk_grid(R: int, M: int, cfg: dict) -> tuple:
+    """The launch grid of a weight kernel over R rows and M keys (``chunk_score_tile``)."""
+    return (triton.cdiv(R, cfg["BLOCK_M"]) * triton.cdiv(M, cfg["BLOCK_N"]),)
 
 
 @kernel_helper

@@ -40,6 +40,7 @@ from .lp_norm import lp_norm
 from .tiling import Matmul
 from .triton_common import (  # triton, tl: None without triton
     TRITON_AVAILABLE,
+    chunk_grid,
     chunk_score_tile,
     device_arch,
     even_shape,
@@ -202,9 +203,7 @@ def _hinge_weight_kernel(
     (W̃, the weights of q and keys themselves up to the normalisation's radial share); the sums
     are W's (the thresholds' gradient).
     """
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    loc, rows, row_ok, cols, col_ok, acc = chunk_score_tile(
+    pid_m, pid_n, loc, rows, row_ok, cols, col_ok, acc = chunk_score_tile(
         q_ptr, k_ptr, r0, R, M, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_M, EVEN_N, EVEN_K
     )
     lq = tl.load(lq_ptr + rows, mask=row_ok, other=0)
@@ -388,7 +387,7 @@ def _weights(
     tq, Tq, gq = row_term or (unused,) * 3
     tk, Tk, gk = col_term or (unused,) * 3
     cq, ck = scales or (unused, unused)
-    jitted(_hinge_weight_kernel)[(triton.cdiv(R, BM), n_n)](
+    jitted(_hinge_weight_kernel)[chunk_grid(R, M, cfg)](
         q,
         keys,
         W,

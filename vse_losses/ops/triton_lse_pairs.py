@@ -67,6 +67,7 @@ import torch.nn.functional as F
 from .tiling import Matmul, PairScores, cosine_scale_pair, radial_coefficients, remove_radial_
 from .triton_common import (  # triton, tl: None without triton
     choose_groups,
+    chunk_grid,
     chunk_score_tile,
     device_arch,
     even_shape,
@@ -233,7 +234,7 @@ def _lse_weight_kernel(
     on the negatives (i, n) (as in the forward kernel), 0 elsewhere; ``z = S·z_scale`` and rq, rk
     the base-2 statistics (finite: a row without negatives has none of its entries here). SCALED:
     the scores are ``cq_i ck_n q_i·k_n`` and the tile written is ``cq_i W[i − r0, n] ck_n`` (W̃)."""
-    loc, rows, row_ok, cols, col_ok, acc = chunk_score_tile(
+    _, _, loc, rows, row_ok, cols, col_ok, acc = chunk_score_tile(
         q_ptr, k_ptr, r0, R, M, D, stride_q, stride_k, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_M, EVEN_N, EVEN_K
     )
     if LABELS:
@@ -375,9 +376,8 @@ def _weight_chunks(q, k, lq, lk, labels, z_scale, q_term, k_term, w_dtype, *, sc
     for r0 in range(0, N, step):
         R = min(step, N - r0)
         cfg = {**_weight_config(q.dtype, is_interpreting(), even_shape(R, M, D), arch), **(config or {}), "BLOCK_M": BM}
-        BM, BN = cfg["BLOCK_M"], cfg["BLOCK_N"]
         W = torch.empty((R, M), device=q.device, dtype=w_dtype)
-        jitted(_lse_weight_kernel)[(triton.cdiv(R, BM), triton.cdiv(M, BN))](
+        jitted(_lse_weight_kernel)[chunk_grid(R, M, cfg)](
             q,
             k,
             W,
