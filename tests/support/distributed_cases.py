@@ -330,4 +330,9 @@ def worker(rank: int, worlds: tuple, out_dir: str) -> None:
         finally:
             with open(os.path.join(out_dir, f"rank{rank}_world{world}.json"), "w") as f:
                 json.dump(results, f)
+            # all ranks leave together, and a rank leaving for good exits without tearing the
+            # group down: torch 2.4's gloo hung in destroy_process_group now and then otherwise
+            dist.barrier()
+            if not any(rank < w for w in worlds[worlds.index(world) + 1 :]):
+                os._exit(0)
             dist.destroy_process_group()

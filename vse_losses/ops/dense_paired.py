@@ -69,7 +69,9 @@ def _scores_and_sides(xh: torch.Tensor, yh: torch.Tensor, directions: str) -> tu
         return S, S.unsqueeze(0)
     Q = xh.new_empty((2, xh.shape[0], yh.shape[0]))
     rows, cols = Q.unbind(0)
-    torch.mm(xh, yh.t(), out=rows)
+    # detached: torch 2.4's torch.compile traces a Function's forward with grad mode on, where
+    # out= refuses operands that require grad (eager runs forward without grad: a no-op there)
+    torch.mm(xh.detach(), yh.detach().t(), out=rows)
     cols.copy_(rows.t())
     return rows, Q
 
