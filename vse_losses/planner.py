@@ -192,9 +192,16 @@ def _violation_terms_on(
     # a NaN/Inf in a row makes its whole row (or column) of S NaN, and every row is the own entry or
     # a negative of some term of one direction, whose masking keeps it or multiplies it by 0 (tested;
     # no term at all: the callers' zero is guarded). Each term is NaN only with the guard.
-    if guard is True or (guard and not (backend.dense and local and cosine and directions == "both")):
-        terms = terms + nan_guard(x, y)
-    return terms, anchors
+    sum_carries_nan = backend.dense and local and cosine and directions == "both"
+    return _guarded(terms, x, y, guard, sum_carries_nan), anchors
+
+
+def _guarded(terms, x, y, guard, sum_carries_nan: bool) -> torch.Tensor:
+    """``terms`` with :func:`nan_guard` added where ``guard`` asks for it: ``True`` always,
+    ``"sum"`` unless their sum already carries a NaN/Inf of the inputs (``sum_carries_nan``)."""
+    if guard is True or (guard and not sum_carries_nan):
+        return terms + nan_guard(x, y)
+    return terms
 
 
 def _paired_dense_terms(x, y, margin, norm, directions, cosine, guard):
@@ -210,9 +217,7 @@ def _paired_dense_terms(x, y, margin, norm, directions, cosine, guard):
     # direction and its own term carry it, so their sum is NaN, except in a batch of one pair (no
     # negative) or through an unnormalised dot product (inf − inf is not always NaN). Each term
     # is NaN only with the guard.
-    if guard is True or (guard and (B < 2 or not cosine)):
-        terms = terms + nan_guard(x, y)
-    return terms, None
+    return _guarded(terms, x, y, guard, sum_carries_nan=B >= 2 and cosine), None
 
 
 def _terms(x, y, labels, ref_labels, margin, norm, directions, backend: Backend, query_rows, query_cols, cosine):

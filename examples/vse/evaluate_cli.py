@@ -61,9 +61,9 @@ def evaluate(args) -> dict:
     if args.data_path is not None and args.data_name is None and opt.data_name == "synthetic":
         opt.data_name = "precomp"
     stored = ckpt["opt"]
-    reads_features = bool(stored["precomp"]) if "precomp" in stored else _is_precomp(stored["data_name"])
+    reads_features = bool(stored["precomp"]) if "precomp" in stored else options.is_precomp(stored["data_name"])
     data.layout(opt.data_name)  # an unknown --data_name first
-    opt.precomp = _is_precomp(opt.data_name)
+    opt.precomp = options.is_precomp(opt.data_name)
     check_layout(args, opt, reads_features)
     device = resolve_device(args.device)
     vocab = vocab_from_checkpoint(ckpt)
@@ -82,10 +82,6 @@ def evaluate(args) -> dict:
     if args.out:
         checkpoint.write_json(m, args.out)
     return m
-
-
-def _is_precomp(data_name: str) -> bool:
-    return data_name == "precomp" or data_name.endswith("_precomp")
 
 
 def check_layout(args, opt, reads_features: bool) -> None:

@@ -272,8 +272,13 @@ def finalize(opt: argparse.Namespace, explicit: dict[str, object], log=print) ->
     if opt.loss == "infonce" and "margin" not in explicit:
         opt.margin = 0.0  # CLIP's loss; a --margin given makes it an additive-margin softmax
     resolve_temperature(opt)
-    opt.precomp = opt.data_name == "precomp" or opt.data_name.endswith("_precomp")
+    opt.precomp = is_precomp(opt.data_name)
     return opt
+
+
+def is_precomp(data_name: str) -> bool:
+    """Whether the model of a ``--data_name`` reads precomputed features (not images)."""
+    return data_name == "precomp" or data_name.endswith("_precomp")
 
 
 def _flag(k, v) -> str:

@@ -34,17 +34,20 @@ def topk_lowest(
     in_tie = vals == kth  # the selected slots holding the k-th value: the last c (values descending)
     c = in_tie.sum(dim, keepdim=True)
     if index is None:
-        shape = [1] * v.ndim
-        shape[dim] = v.shape[dim]
-        index = torch.arange(v.shape[dim], device=v.device).view(shape)
+        index = _arange_along(v, dim, v.shape[dim])
     # the tied entries' indices, lowest first (the others pushed below every index); slot j of the
     # last c takes the (j − (k − c))-th. A NaN k-th value ties with nothing: topk's choice stays
     key = torch.where(tied, -index, torch.iinfo(torch.int64).min + 1)
     lowest = -torch.topk(key, k, dim=dim).values
-    shape = [1] * v.ndim
-    shape[dim] = k
-    rank = (torch.arange(k, device=v.device).view(shape) - (k - c)).clamp_(min=0)
+    rank = (_arange_along(v, dim, k) - (k - c)).clamp_(min=0)
     return vals, torch.where(in_tie, lowest.gather(dim, rank), chosen)
+
+
+def _arange_along(v: torch.Tensor, dim: int, n: int) -> torch.Tensor:
+    """0 .. n − 1 along ``dim`` of a tensor of v's rank (size 1 elsewhere), on v's device."""
+    shape = [1] * v.ndim
+    shape[dim] = n
+    return torch.arange(n, device=v.device).view(shape)
 
 
 def _host_check(v: torch.Tensor) -> bool:
