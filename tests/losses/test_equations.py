@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from pytorch_metric_learning.distances import DotProductSimilarity
 from pytorch_metric_learning.reducers import AvgNonZeroReducer, MeanReducer, SumReducer, ThresholdReducer
 
 import vse_losses
@@ -154,6 +155,30 @@ def test_a_nan_input_makes_every_term_nan(name, kwargs, norm, impl):
         for lab in (None, labels):
             terms = getattr(VF, FUNCTIONS[name])(x, y, labels=lab, impl=impl, reduction="none", **kwargs)
             assert terms.numel() > 0 and torch.isnan(terms).all()
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("name,kwargs,norm", LOSS_CASES)
+def test_a_mean_is_nan_where_no_term_carries_the_bad_input(name, kwargs, norm, impl):
+    """The plain mean's cheaper guard ("sum") must still guard where the terms do not carry a
+    NaN/Inf: an unnormalised dot product whose infinite scores all fall below every threshold
+    (inf·y_j1 = −inf for the negatives, +inf for the positive: every hinge clamps to 0), and a
+    batch of one pair (no negative at all)."""
+    x, y = torch.randn(4, 3), torch.randn(4, 3)
+    y[:, 1] = -1.0
+    y[2, 1] = 1.0
+    x[2, 1] = float("inf")
+    dot = DotProductSimilarity(normalize_embeddings=False)
+    for functional in (False, True):
+        if functional:
+            got = getattr(VF, FUNCTIONS[name])(x, y, impl=impl, similarity="dot", **kwargs)
+        else:
+            got = make_loss(name, kwargs, impl=impl, distance=dot)(x, y)
+        assert torch.isnan(got), (functional, got)
+    one_x, one_y = torch.randn(1, 3), torch.randn(1, 3)
+    one_x[0, 0] = float("nan")
+    assert torch.isnan(make_loss(name, kwargs, impl=impl)(one_x, one_y))
+    assert torch.isnan(getattr(VF, FUNCTIONS[name])(one_x, one_y, impl=impl, **kwargs))
 
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)
