@@ -9,8 +9,8 @@
 # The machine runs the working tree (PYTHONPATH=.). Where pytorch-metric-learning is not installed
 # there (a bare CUDA image), carry it as a wheel in .whl/ (ignored by git; it is pure Python):
 #   pip download --no-deps -d .whl pytorch-metric-learning==2.9.0
-# and this script installs every .whl/*.whl into /tmp/site first; with the device tool of these
-# sessions: run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=540).
+# and this script installs every .whl/*.whl into /tmp/site first. Where a remote runner copies the
+# tree over, send .whl/ with it and give the command a limit of at least 540 s.
 # Exit status: non-zero when the self-check or gpu_check's checks fail, or either is cut off by its
 # deadline (124; missed speed targets do not count).
 set -uo pipefail
@@ -40,7 +40,7 @@ tag=${card}_$(date -u +%F)
 echo "gpu_session.sh: $tag, outputs in $out/"
 nvidia-smi >"$out/nvidia_smi_$tag.txt" 2>&1 || true
 
-# One deadline for the whole script (SESSION_S, default 520 s: the device tool's 540 s less a
+# One deadline for the whole script (SESSION_S, default 520 s: a 540 s command limit less a
 # margin), so that it ends, and keeps its files, before the machine's timeout: the self-check gets at
 # most 200 s, gpu_check what is left, its table's budget being that less the tile sweep's 80 s and
 # 30 s of slack. Both write their JSON as they go, so a step cut off keeps what it measured.

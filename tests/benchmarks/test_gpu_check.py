@@ -62,7 +62,7 @@ def test_gpu_session_script_on_the_cpu(tmp_path):
     kinds = ["gpu_check_cpu_*.json", "gpu_check_cpu_*.log", "gpu_check_cpu_*.md", "self_check_cpu_*.json"]
     for pattern in kinds + ["self_check_cpu_*.txt"]:
         assert list(tmp_path.glob(pattern)), (pattern, names)
-    assert len(names) <= 8  # what the device tool brings back from $OUT
+    assert len(names) <= 8  # few files: a remote runner may bring back only a handful from $OUT
     assert json.loads(next(tmp_path.glob("self_check_cpu_*.json")).read_text())
     assert "self-check exit 0, gpu_check exit 0" in run.stdout
 
